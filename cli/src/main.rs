@@ -1,0 +1,205 @@
+//! `cobble`: the researcher's and the public's command. Submit a job,
+//! follow it, collect its validated results, view the leaderboard.
+
+mod output;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use cobble_core::spec::LocalJob;
+use cobble_proto::v1::{
+    self as pb, job_service_client::JobServiceClient, stats_service_client::StatsServiceClient,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Submit Cobble jobs, follow them, collect results, view the leaderboard"
+)]
+struct Cli {
+    /// The project's coordinator.
+    #[arg(
+        long,
+        global = true,
+        env = "COBBLE_COORDINATOR",
+        default_value = "http://127.0.0.1:7710"
+    )]
+    coordinator: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upload a job's module and inputs and submit it; prints the job id.
+    Submit {
+        /// The job spec (TOML).
+        spec: PathBuf,
+    },
+    /// Show a job's progress.
+    Status {
+        job: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write each unit's validated output to DIR/<index>/.
+    Results {
+        job: i64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop issuing a job's work units.
+    Cancel { job: i64 },
+    /// Users (default), teams or hosts ranked by credit.
+    Leaderboard {
+        #[arg(long, conflicts_with = "hosts")]
+        teams: bool,
+        #[arg(long)]
+        hosts: bool,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let channel = || cobble_client::connect(&cli.coordinator);
+    match cli.command {
+        Command::Submit { spec } => {
+            let job = LocalJob::load(&spec)?;
+            let channel = channel().await?;
+            let spec = upload_job(&channel, &job).await?;
+            let response = JobServiceClient::new(channel)
+                .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+                .await
+                .context("the coordinator refused the job")?
+                .into_inner();
+            eprintln!("submitted {:?}: {} work units", job.name, response.units);
+            println!("{}", response.job_id);
+        }
+        Command::Status { job, json } => {
+            let status = JobServiceClient::new(channel().await?)
+                .get_job_status(pb::JobRequest { job_id: job })
+                .await?
+                .into_inner();
+            output::print_status(&status, json)?;
+        }
+        Command::Results { job, out, json } => {
+            let channel = channel().await?;
+            let results = JobServiceClient::new(channel.clone())
+                .get_job_results(pb::JobRequest { job_id: job })
+                .await?
+                .into_inner();
+            write_results(&channel, &results, &out).await?;
+            output::print_results(&results, &out, json)?;
+        }
+        Command::Cancel { job } => {
+            let response = JobServiceClient::new(channel().await?)
+                .cancel_job(pb::JobRequest { job_id: job })
+                .await?
+                .into_inner();
+            if let Some(status) = response.status {
+                output::print_status(&status, false)?;
+            }
+        }
+        Command::Leaderboard {
+            teams,
+            hosts,
+            limit,
+            json,
+        } => {
+            let kind = if teams {
+                "teams"
+            } else if hosts {
+                "hosts"
+            } else {
+                "users"
+            };
+            let board = StatsServiceClient::new(channel().await?)
+                .get_leaderboard(pb::LeaderboardRequest {
+                    kind: kind.into(),
+                    limit,
+                })
+                .await?
+                .into_inner();
+            output::print_leaderboard(&board, json)?;
+        }
+    }
+    Ok(())
+}
+
+/// Uploads every file the job names (each once) and builds the spec.
+async fn upload_job(channel: &Channel, job: &LocalJob) -> anyhow::Result<pb::JobSpec> {
+    let mut paths: Vec<&Path> = vec![job.module.as_path()];
+    paths.extend(job.inputs.iter().map(|(_, p)| p.as_path()));
+    if let cobble_core::spec::LocalSplit::Files(files) = &job.split {
+        paths.extend(files.iter().map(|(_, p)| p.as_path()));
+    }
+    let mut uploaded: HashMap<PathBuf, pb::BlobRef> = HashMap::new();
+    for path in paths {
+        if !uploaded.contains_key(path) {
+            let blob = cobble_client::upload_file(channel, path)
+                .await
+                .with_context(|| format!("uploading {}", path.display()))?;
+            uploaded.insert(path.to_path_buf(), blob);
+        }
+    }
+    job.to_spec(|path| {
+        uploaded
+            .get(path)
+            .cloned()
+            .with_context(|| format!("{} was not uploaded", path.display()))
+    })
+}
+
+/// Downloads each done unit's stdout and files into `out/<index>/`.
+async fn write_results(
+    channel: &Channel,
+    results: &pb::JobResults,
+    out: &Path,
+) -> anyhow::Result<()> {
+    for unit in results.units.iter().filter(|u| u.state == "done") {
+        let dir = out.join(unit.index.to_string());
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        if let Some(stdout) = &unit.stdout {
+            fetch(channel, stdout, &dir.join("stdout")).await?;
+        }
+        for file in &unit.files {
+            let target = safe_join(&dir, &file.name)?;
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if let Some(blob) = &file.blob {
+                fetch(channel, blob, &target).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn fetch(channel: &Channel, blob: &pb::BlobRef, target: &Path) -> anyhow::Result<()> {
+    let hash = cobble_core::BlobHash::from_slice(&blob.hash)?;
+    cobble_client::download_verified(channel, &hash, target)
+        .await
+        .with_context(|| format!("downloading {}", target.display()))?;
+    Ok(())
+}
+
+/// Output names come from work units: never let one write outside `dir`.
+fn safe_join(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let relative = Path::new(name);
+    let plain = relative
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain || name.is_empty() {
+        bail!("refusing output file name {name:?}: not a plain relative path");
+    }
+    Ok(dir.join(relative))
+}

@@ -1,0 +1,127 @@
+//! Human and `--json` renderings of the CLI's answers.
+
+use cobble_proto::v1 as pb;
+use serde_json::json;
+use std::path::Path;
+
+pub fn print_status(status: &pb::JobStatus, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&status_json(status))?);
+        return Ok(());
+    }
+    println!("job {} ({}): {}", status.job_id, status.name, status.state);
+    println!(
+        "  units:   {} total, {} done, {} pending, {} errored",
+        status.units_total, status.units_done, status.units_pending, status.units_errored
+    );
+    println!(
+        "  results: {} valid, {} invalid, {} in progress, {} timed out, {} client errors",
+        status.results_valid,
+        status.results_invalid,
+        status.results_in_progress,
+        status.results_timed_out,
+        status.results_client_error
+    );
+    println!("  credit granted: {:.3}", status.credit_granted);
+    Ok(())
+}
+
+fn status_json(status: &pb::JobStatus) -> serde_json::Value {
+    json!({
+        "job_id": status.job_id,
+        "name": status.name,
+        "state": status.state,
+        "units": {
+            "total": status.units_total,
+            "done": status.units_done,
+            "pending": status.units_pending,
+            "errored": status.units_errored,
+        },
+        "results": {
+            "valid": status.results_valid,
+            "invalid": status.results_invalid,
+            "in_progress": status.results_in_progress,
+            "timed_out": status.results_timed_out,
+            "client_error": status.results_client_error,
+        },
+        "credit_granted": status.credit_granted,
+        "created_ms": status.created_ms,
+        "finished_ms": status.finished_ms,
+    })
+}
+
+pub fn print_results(results: &pb::JobResults, out: &Path, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let units: Vec<_> = results
+            .units
+            .iter()
+            .map(|unit| {
+                json!({
+                    "index": unit.index,
+                    "state": unit.state,
+                    "args": unit.args,
+                    "dir": (unit.state == "done").then(|| out.join(unit.index.to_string())),
+                    "files": unit.files.iter().map(|f| &f.name).collect::<Vec<_>>(),
+                    "error": (!unit.error.is_empty()).then_some(&unit.error),
+                })
+            })
+            .collect();
+        let value = json!({
+            "status": results.status.as_ref().map(status_json),
+            "units": units,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let done = results.units.iter().filter(|u| u.state == "done").count();
+    println!(
+        "{done} of {} units have validated results in {}",
+        results.units.len(),
+        out.display()
+    );
+    for unit in results.units.iter().filter(|u| u.state == "errored") {
+        println!("  unit {} errored: {}", unit.index, unit.error);
+    }
+    Ok(())
+}
+
+pub fn print_leaderboard(board: &pb::Leaderboard, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let entries: Vec<_> = board
+            .entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "rank": e.rank,
+                    "id": e.id,
+                    "name": e.name,
+                    "detail": e.detail,
+                    "total_credit": e.total_credit,
+                    "recent_average_credit": e.recent_average_credit,
+                    "valid_results": e.valid_results,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "kind": board.kind, "entries": entries }))?
+        );
+        return Ok(());
+    }
+    let detail = match board.kind.as_str() {
+        "hosts" => "owner",
+        "users" => "team",
+        _ => "",
+    };
+    println!(
+        "{:>4}  {:<24} {:<16} {:>12} {:>10} {:>8}",
+        "rank", board.kind, detail, "credit", "RAC", "valid"
+    );
+    for e in &board.entries {
+        println!(
+            "{:>4}  {:<24} {:<16} {:>12.3} {:>10.3} {:>8}",
+            e.rank, e.name, e.detail, e.total_credit, e.recent_average_credit, e.valid_results
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! The coordinator's content-addressed blob store: one file per blob under
+//! `<data-dir>/blobs/<first two hex digits>/<hash>`, written to a temporary
+//! name, fsync'd and renamed, so a crash never leaves a torn blob under its
+//! final name and every stored blob matches its hash.
+
+use crate::error::{Error, Result};
+use cobble_core::BlobHash;
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+/// An upload under way; becomes a blob only if its bytes hash as expected.
+#[derive(Debug)]
+pub struct BlobWriter {
+    file: tokio::fs::File,
+    temporary: PathBuf,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+impl BlobStore {
+    pub async fn open(root: PathBuf) -> Result<Self> {
+        tokio::fs::create_dir_all(root.join("tmp"))
+            .await
+            .map_err(Error::io(format!("creating blob store {}", root.display())))?;
+        Ok(BlobStore { root })
+    }
+
+    pub fn path_of(&self, hash: &BlobHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.root.join(&hex[..2]).join(hex)
+    }
+
+    pub async fn contains(&self, hash: &BlobHash) -> bool {
+        tokio::fs::metadata(self.path_of(hash))
+            .await
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+    }
+
+    /// Size of a stored blob, or None.
+    pub async fn size_of(&self, hash: &BlobHash) -> Option<u64> {
+        tokio::fs::metadata(self.path_of(hash))
+            .await
+            .ok()
+            .map(|m| m.len())
+    }
+
+    pub async fn writer(&self) -> Result<BlobWriter> {
+        let temporary = self
+            .root
+            .join("tmp")
+            .join(format!("{}.partial", cobble_core::random_token()));
+        let file = tokio::fs::File::create(&temporary)
+            .await
+            .map_err(Error::io("creating upload file"))?;
+        Ok(BlobWriter {
+            file,
+            temporary,
+            hasher: blake3::Hasher::new(),
+            written: 0,
+        })
+    }
+
+    /// Stores bytes held in memory (small blobs, tests).
+    pub async fn put(&self, bytes: &[u8]) -> Result<BlobHash> {
+        let mut writer = self.writer().await?;
+        writer.write(bytes).await?;
+        let hash = BlobHash::of(bytes);
+        writer.finish(self, &hash, bytes.len() as u64).await?;
+        Ok(hash)
+    }
+
+    pub async fn read(&self, hash: &BlobHash) -> Result<Vec<u8>> {
+        tokio::fs::read(self.path_of(hash))
+            .await
+            .map_err(|_| Error::NotFound(format!("blob {hash} is not stored here")))
+    }
+}
+
+impl BlobWriter {
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        self.file
+            .write_all(bytes)
+            .await
+            .map_err(Error::io("writing upload"))
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Verifies the upload against what the sender promised and publishes it.
+    pub async fn finish(self, store: &BlobStore, expected: &BlobHash, size: u64) -> Result<()> {
+        let actual = BlobHash::from(self.hasher.finalize());
+        let written = self.written;
+        if actual != *expected || written != size {
+            self.discard().await;
+            return Err(Error::InvalidArgument(format!(
+                "upload does not match its declared hash and size: declared {expected} ({size} bytes), received {actual} ({written} bytes)"
+            )));
+        }
+        self.file
+            .sync_all()
+            .await
+            .map_err(Error::io("syncing upload"))?;
+        let destination = store.path_of(expected);
+        if let Some(parent) = destination.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(Error::io("creating blob directory"))?;
+        }
+        tokio::fs::rename(&self.temporary, &destination)
+            .await
+            .map_err(Error::io("publishing blob"))?;
+        sync_dir(destination.parent()).await;
+        Ok(())
+    }
+
+    pub async fn discard(self) {
+        drop(self.file);
+        tokio::fs::remove_file(&self.temporary).await.ok();
+    }
+}
+
+/// Makes a rename durable: the directory entry itself must reach the disk.
+async fn sync_dir(dir: Option<&Path>) {
+    if let Some(dir) = dir
+        && let Ok(handle) = tokio::fs::File::open(dir).await
+    {
+        handle.sync_all().await.ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stores_and_refuses_mismatched_uploads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = BlobStore::open(dir.path().to_path_buf())
+            .await
+            .expect("store");
+        let hash = store.put(b"hello").await.expect("put");
+        assert_eq!(store.read(&hash).await.expect("read"), b"hello");
+
+        let mut writer = store.writer().await.expect("writer");
+        writer.write(b"hellO").await.expect("write");
+        let refused = writer.finish(&store, &BlobHash::of(b"other"), 5).await;
+        assert!(matches!(refused, Err(Error::InvalidArgument(_))));
+        assert!(!store.contains(&BlobHash::of(b"hellO")).await);
+        let leftovers = std::fs::read_dir(dir.path().join("tmp"))
+            .expect("tmp")
+            .count();
+        assert_eq!(leftovers, 0, "a refused upload leaves nothing behind");
+    }
+}

@@ -1,0 +1,28 @@
+//! The coordinator's configuration: one struct, every field documented,
+//! defaults that run a project on one machine with nothing else installed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Where the embedded database, the blob store and the project key live.
+    #[arg(long, env = "COBBLE_DATA_DIR", default_value = "cobble-data")]
+    pub data_dir: PathBuf,
+    /// Address to serve gRPC on; port 0 picks a free port (printed at start).
+    #[arg(long, env = "COBBLE_LISTEN", default_value = "127.0.0.1:7710")]
+    pub listen: SocketAddr,
+    /// `postgres://...` to use PostgreSQL; default: SQLite in the data dir.
+    #[arg(long, env = "COBBLE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Project signing key (hex secret); default `<data-dir>/project.key`,
+    /// created on first start.
+    #[arg(long, env = "COBBLE_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// Name shown to volunteers when they attach.
+    #[arg(long, default_value = "cobble")]
+    pub project_name: String,
+    /// Largest blob (module, input or output) accepted, in bytes.
+    #[arg(long, default_value_t = 4 << 30)]
+    pub max_blob_bytes: u64,
+}

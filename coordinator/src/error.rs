@@ -1,0 +1,59 @@
+//! Errors of the coordinator, and their one mapping to gRPC status codes.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Core(#[from] cobble_core::Error),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("project signing key {path}: {message}")]
+    SigningKey { path: String, message: String },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        use tonic::Status;
+        match error {
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::Core(e) => Status::invalid_argument(e.to_string()),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            other => {
+                // Internal details go to the operator's log, not to callers.
+                tracing::error!(error = %other, "internal error");
+                Status::internal("internal coordinator error; see the coordinator's log")
+            }
+        }
+    }
+}

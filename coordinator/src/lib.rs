@@ -1,0 +1,109 @@
+//! Cobble's coordinator: splits jobs into signed work units, schedules
+//! replicas on volunteers' hosts, validates results by quorum and grants
+//! credit, all behind one gRPC port.
+//!
+//! [`start`] opens the store; [`serve`] runs the server on a listener the
+//! caller bound, until the shutdown future resolves.
+
+pub mod blob_store;
+pub mod config;
+pub mod credit;
+pub mod db;
+pub mod error;
+pub mod service;
+pub mod signing_key;
+pub mod store;
+pub mod validate;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+use blob_store::BlobStore;
+use cobble_proto::v1 as pb;
+use db::Db;
+use std::future::Future;
+use std::time::Duration;
+use store::Store;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// How often overdue leases are swept, so their units are reissued.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Opens (creating on first start) the database, blob store and key.
+pub async fn start(config: &Config) -> Result<Store> {
+    std::fs::create_dir_all(&config.data_dir).map_err(Error::io(format!(
+        "creating data dir {}",
+        config.data_dir.display()
+    )))?;
+    let db = match &config.database_url {
+        Some(url) => Db::connect(url).await?,
+        None => Db::open_embedded(&config.data_dir).await?,
+    };
+    let blobs = BlobStore::open(config.data_dir.join("blobs")).await?;
+    let (key_path, create) = match &config.signing_key {
+        Some(path) => (path.clone(), false),
+        None => (config.data_dir.join("project.key"), true),
+    };
+    let key = signing_key::load_or_create(&key_path, create)?;
+    Ok(Store::new(db, blobs, key))
+}
+
+/// Serves every service on `listener` until `shutdown` resolves.
+pub async fn serve(
+    store: Store,
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    use pb::{
+        blob_service_server::BlobServiceServer, job_service_server::JobServiceServer,
+        stats_service_server::StatsServiceServer, worker_service_server::WorkerServiceServer,
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<WorkerServiceServer<service::WorkerApi>>()
+        .await;
+    health
+        .set_serving::<JobServiceServer<service::JobApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::InvalidArgument(format!("reflection descriptors: {e}")))?;
+
+    let sweeper = tokio::spawn(sweep_overdue(store.clone()));
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(WorkerServiceServer::new(service::WorkerApi {
+            store: store.clone(),
+            project_name: config.project_name.clone(),
+        }))
+        .add_service(JobServiceServer::new(service::JobApi {
+            store: store.clone(),
+        }))
+        .add_service(StatsServiceServer::new(service::StatsApi {
+            store: store.clone(),
+        }))
+        .add_service(BlobServiceServer::new(service::BlobApi {
+            blobs: store.blobs.clone(),
+            max_blob_bytes: config.max_blob_bytes,
+        }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    sweeper.abort();
+    store.db.close().await;
+    result.map_err(|e| Error::InvalidArgument(format!("gRPC server: {e}")))
+}
+
+async fn sweep_overdue(store: Store) {
+    let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        ticker.tick().await;
+        if let Err(error) = store.expire_overdue().await {
+            tracing::warn!(%error, "sweeping overdue leases failed");
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! `cobble-coordinator serve`: runs a Cobble project's coordinator.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Cobble's coordinator: splits jobs, signs work units, validates results"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the project: embedded SQLite and local blobs unless told otherwise.
+    Serve(cobble_coordinator::Config),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,h2=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Serve(config) = Cli::parse().command;
+    let store = cobble_coordinator::start(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let key = hex::encode(store.signing_key().verifying_key().as_bytes());
+    // Scripts and tests read these two lines; keep their form stable.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "cobble-coordinator listening on {address}")?;
+    writeln!(stdout, "project signing key {key}")?;
+    stdout.flush()?;
+    drop(stdout);
+    cobble_coordinator::serve(store, &config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on ctrl-c or SIGTERM, for a graceful stop.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,140 @@
+//! BlobService: chunked upload and download of content-addressed blobs.
+
+use crate::blob_store::BlobStore;
+use crate::error::Error;
+use cobble_core::BlobHash;
+use cobble_proto::v1::{self as pb, blob_service_server::BlobService};
+use std::pin::Pin;
+use tokio::io::AsyncReadExt;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Bytes per download message: well under gRPC's 4 MiB message limit.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct BlobApi {
+    pub blobs: BlobStore,
+    /// Largest blob accepted, so one upload cannot fill the disk.
+    pub max_blob_bytes: u64,
+}
+
+#[tonic::async_trait]
+impl BlobService for BlobApi {
+    async fn upload_blob(
+        &self,
+        request: Request<Streaming<pb::BlobChunk>>,
+    ) -> Result<Response<pb::UploadBlobResponse>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        let expected = first.expected.clone().ok_or_else(|| {
+            Status::invalid_argument("the first chunk must carry the expected hash and size")
+        })?;
+        let hash = BlobHash::from_slice(&expected.hash).map_err(Error::from)?;
+        if expected.size > self.max_blob_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "blob of {} bytes exceeds this coordinator's limit of {} bytes",
+                expected.size, self.max_blob_bytes
+            )));
+        }
+        if self.blobs.size_of(&hash).await == Some(expected.size) {
+            while stream.message().await?.is_some() {}
+            return Ok(Response::new(pb::UploadBlobResponse {
+                blob: Some(expected),
+                already_present: true,
+            }));
+        }
+        let mut writer = self.blobs.writer().await?;
+        let mut chunk = Some(first);
+        while let Some(message) = chunk {
+            if writer.written() + message.data.len() as u64 > expected.size {
+                writer.discard().await;
+                return Err(Status::invalid_argument(format!(
+                    "upload is longer than its declared {} bytes",
+                    expected.size
+                )));
+            }
+            if let Err(error) = writer.write(&message.data).await {
+                writer.discard().await;
+                return Err(error.into());
+            }
+            chunk = match stream.message().await {
+                Ok(next) => next,
+                Err(status) => {
+                    writer.discard().await;
+                    return Err(status);
+                }
+            };
+        }
+        writer.finish(&self.blobs, &hash, expected.size).await?;
+        Ok(Response::new(pb::UploadBlobResponse {
+            blob: Some(expected),
+            already_present: false,
+        }))
+    }
+
+    type GetBlobStream = Pin<Box<dyn Stream<Item = Result<pb::BlobChunk, Status>> + Send>>;
+
+    async fn get_blob(
+        &self,
+        request: Request<pb::GetBlobRequest>,
+    ) -> Result<Response<Self::GetBlobStream>, Status> {
+        let hash = BlobHash::from_slice(&request.get_ref().hash).map_err(Error::from)?;
+        let path = self.blobs.path_of(&hash);
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|_| Status::not_found(format!("blob {hash} is not stored here")))?;
+        let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let mut buffer = vec![0u8; CHUNK_BYTES];
+                let read = match file.read(&mut buffer).await {
+                    Ok(read) => read,
+                    Err(error) => {
+                        let status = Status::internal(format!("reading blob {hash}: {error}"));
+                        sender.send(Err(status)).await.ok();
+                        return;
+                    }
+                };
+                if read == 0 && !first {
+                    return;
+                }
+                buffer.truncate(read);
+                let expected = first.then(|| pb::BlobRef {
+                    hash: hash.0.to_vec(),
+                    size,
+                });
+                first = false;
+                let chunk = pb::BlobChunk {
+                    expected,
+                    data: buffer,
+                };
+                if sender.send(Ok(chunk)).await.is_err() || read == 0 {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(receiver).map(|chunk| chunk),
+        )))
+    }
+
+    async fn has_blobs(
+        &self,
+        request: Request<pb::HasBlobsRequest>,
+    ) -> Result<Response<pb::HasBlobsResponse>, Status> {
+        let mut missing = Vec::new();
+        for raw in request.get_ref().hashes.iter().take(10_000) {
+            let hash = BlobHash::from_slice(raw).map_err(Error::from)?;
+            if !self.blobs.contains(&hash).await {
+                missing.push(raw.clone());
+            }
+        }
+        Ok(Response::new(pb::HasBlobsResponse { missing }))
+    }
+}

@@ -1,0 +1,28 @@
+//! StatsService: the public leaderboard.
+
+use crate::store::Store;
+use cobble_proto::v1::{self as pb, stats_service_server::StatsService};
+use tonic::{Request, Response, Status};
+
+#[derive(Debug, Clone)]
+pub struct StatsApi {
+    pub store: Store,
+}
+
+#[tonic::async_trait]
+impl StatsService for StatsApi {
+    async fn get_leaderboard(
+        &self,
+        request: Request<pb::LeaderboardRequest>,
+    ) -> Result<Response<pb::Leaderboard>, Status> {
+        let request = request.get_ref();
+        let limit = if request.limit == 0 {
+            100
+        } else {
+            request.limit
+        };
+        Ok(Response::new(
+            self.store.leaderboard(&request.kind, limit).await?,
+        ))
+    }
+}

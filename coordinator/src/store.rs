@@ -1,0 +1,54 @@
+//! Everything the coordinator keeps: the SQL behind each RPC, over the
+//! [`Db`] handle, plus the blob store and the project key. Each public
+//! method is one transaction, so every acknowledged change is durable
+//! (invariant 7) and concurrent workers never see a half-made change.
+
+mod accounts;
+mod jobs;
+mod leaderboard;
+mod reports;
+mod scheduler;
+
+pub use accounts::{Attached, HostIdentity};
+pub use reports::ReportStatus;
+
+use crate::blob_store::BlobStore;
+use crate::db::Db;
+use ed25519_dalek::SigningKey;
+use std::sync::Arc;
+
+/// Shared state behind every service.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub db: Db,
+    pub blobs: BlobStore,
+    signing_key: Arc<SigningKey>,
+}
+
+impl Store {
+    pub fn new(db: Db, blobs: BlobStore, signing_key: SigningKey) -> Self {
+        Store {
+            db,
+            blobs,
+            signing_key: Arc::new(signing_key),
+        }
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing_key
+    }
+}
+
+/// Stored secrets are kept as BLAKE3 hashes: a leaked database does not
+/// leak working keys.
+fn key_hash(key: &str) -> Vec<u8> {
+    blake3::hash(key.as_bytes()).as_bytes().to_vec()
+}
+
+/// Compares a presented key with a stored hash in constant time.
+fn key_matches(key: &str, stored: &[u8]) -> bool {
+    let Ok(stored) = <[u8; 32]>::try_from(stored) else {
+        return false;
+    };
+    blake3::hash(key.as_bytes()) == blake3::Hash::from_bytes(stored)
+}

@@ -1,0 +1,227 @@
+//! Jobs: submission (splitting into units and their first replicas),
+//! status, results and cancellation.
+
+use super::Store;
+use crate::error::{Error, Result};
+use cobble_core::{BlobHash, spec};
+use cobble_proto::v1 as pb;
+use prost::Message;
+use sqlx::Row;
+
+impl Store {
+    /// Checks a spec, splits it into units and creates `target_results`
+    /// unsent results for each, all in one transaction.
+    pub async fn submit_job(&self, spec: &pb::JobSpec) -> Result<(i64, u32)> {
+        spec::check_spec(spec)?;
+        self.require_blobs(spec).await?;
+        let units = spec::split(spec);
+        let replication = spec.replication.unwrap_or(spec::DEFAULT_REPLICATION);
+        let limits = spec.limits.unwrap_or_default();
+        let now = cobble_core::now_ms();
+
+        let mut tx = self.db.begin_write().await?;
+        let job_id: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (name, state, spec, min_quorum, target_results, max_total_results, deadline_s, units_total, created_ms)
+             VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(&spec.name)
+        .bind(spec.encode_to_vec())
+        .bind(i64::from(replication.min_quorum))
+        .bind(i64::from(replication.target_results))
+        .bind(i64::from(replication.max_total_results))
+        .bind(i64::from(limits.deadline_s))
+        .bind(units.len() as i64)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        for unit in &units {
+            let payload = pb::Manifest {
+                args: unit.args.clone(),
+                inputs: unit.inputs.clone(),
+                ..Default::default()
+            };
+            let unit_id: i64 = sqlx::query_scalar(
+                "INSERT INTO units (job_id, idx, payload, state, created_ms)
+                 VALUES ($1, $2, $3, 'pending', $4) RETURNING id",
+            )
+            .bind(job_id)
+            .bind(i64::from(unit.index))
+            .bind(payload.encode_to_vec())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            for _ in 0..replication.target_results {
+                insert_unsent(&mut tx, unit_id, now).await?;
+            }
+        }
+        tx.commit().await?;
+        tracing::info!(job_id, name = %spec.name, units = units.len(), "job submitted");
+        Ok((job_id, units.len() as u32))
+    }
+
+    /// Refuses a spec naming blobs the coordinator does not hold.
+    async fn require_blobs(&self, spec: &pb::JobSpec) -> Result<()> {
+        let mut refs: Vec<(&str, &pb::BlobRef)> = Vec::new();
+        if let Some(module) = &spec.module {
+            refs.push(("module", module));
+        }
+        for input in &spec.inputs {
+            if let Some(blob) = &input.blob {
+                refs.push((input.name.as_str(), blob));
+            }
+        }
+        if let Some(pb::split_rule::Rule::Files(files)) =
+            spec.split.as_ref().and_then(|s| s.rule.as_ref())
+        {
+            for file in &files.files {
+                if let Some(blob) = &file.blob {
+                    refs.push((file.name.as_str(), blob));
+                }
+            }
+        }
+        for (name, blob) in refs {
+            let hash = BlobHash::from_slice(&blob.hash)?;
+            match self.blobs.size_of(&hash).await {
+                Some(size) if size == blob.size => {}
+                Some(size) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{name}: blob {hash} holds {size} bytes, the spec says {}",
+                        blob.size
+                    )));
+                }
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{name}: blob {hash} was not uploaded; upload it before submitting"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn job_status(&self, job_id: i64) -> Result<pb::JobStatus> {
+        let job = sqlx::query(
+            "SELECT name, state, units_total, created_ms, finished_ms FROM jobs WHERE id = $1",
+        )
+        .bind(job_id)
+        .fetch_optional(self.db.pool())
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no job {job_id}")))?;
+        let units = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE state = 'pending') AS pending,
+                    COUNT(*) FILTER (WHERE state = 'done') AS done,
+                    COUNT(*) FILTER (WHERE state = 'errored') AS errored
+             FROM units WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .fetch_one(self.db.pool())
+        .await?;
+        let results = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE r.state = 'in_progress') AS in_progress,
+                    COUNT(*) FILTER (WHERE r.validate_state = 'valid') AS valid,
+                    COUNT(*) FILTER (WHERE r.validate_state = 'invalid') AS invalid,
+                    COUNT(*) FILTER (WHERE r.state = 'timed_out') AS timed_out,
+                    COUNT(*) FILTER (WHERE r.outcome = 'client_error') AS client_error,
+                    COALESCE(SUM(r.granted_credit), 0.0) AS credit
+             FROM results r JOIN units u ON u.id = r.unit_id WHERE u.job_id = $1",
+        )
+        .bind(job_id)
+        .fetch_one(self.db.pool())
+        .await?;
+        let count = |row: &sqlx::any::AnyRow, column: &str| -> Result<u32> {
+            Ok(row.try_get::<i64, _>(column)? as u32)
+        };
+        Ok(pb::JobStatus {
+            job_id,
+            name: job.try_get("name")?,
+            state: job.try_get("state")?,
+            units_total: count(&job, "units_total")?,
+            units_pending: count(&units, "pending")?,
+            units_done: count(&units, "done")?,
+            units_errored: count(&units, "errored")?,
+            results_in_progress: count(&results, "in_progress")?,
+            results_valid: count(&results, "valid")?,
+            results_invalid: count(&results, "invalid")?,
+            results_timed_out: count(&results, "timed_out")?,
+            results_client_error: count(&results, "client_error")?,
+            credit_granted: results.try_get("credit")?,
+            created_ms: job.try_get("created_ms")?,
+            finished_ms: job.try_get::<Option<i64>, _>("finished_ms")?.unwrap_or(0),
+        })
+    }
+
+    /// Every unit of a job with its canonical output, if it has one.
+    pub async fn job_results(&self, job_id: i64) -> Result<pb::JobResults> {
+        let status = self.job_status(job_id).await?;
+        let rows = sqlx::query(
+            "SELECT u.idx, u.state, u.payload, u.error, r.output
+             FROM units u LEFT JOIN results r ON r.id = u.canonical_result_id
+             WHERE u.job_id = $1 ORDER BY u.idx",
+        )
+        .bind(job_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut units = Vec::with_capacity(rows.len());
+        for row in rows {
+            let payload: Vec<u8> = row.try_get("payload")?;
+            let payload = pb::Manifest::decode(payload.as_slice())
+                .map_err(|e| Error::Corrupt(format!("unit payload: {e}")))?;
+            let output: Option<Vec<u8>> = row.try_get("output")?;
+            let output = match output {
+                Some(bytes) => Some(
+                    pb::Success::decode(bytes.as_slice())
+                        .map_err(|e| Error::Corrupt(format!("result output: {e}")))?,
+                ),
+                None => None,
+            };
+            let (stdout, files) = output.map_or((None, Vec::new()), |o| (o.stdout, o.files));
+            units.push(pb::UnitResult {
+                index: row.try_get::<i64, _>("idx")? as u32,
+                state: row.try_get("state")?,
+                stdout,
+                files,
+                error: row
+                    .try_get::<Option<String>, _>("error")?
+                    .unwrap_or_default(),
+                args: payload.args,
+            });
+        }
+        Ok(pb::JobResults {
+            status: Some(status),
+            units,
+        })
+    }
+
+    /// Stops issuing a job's work. Running replicas are told to abort on
+    /// their next heartbeat; nothing already valid is undone.
+    pub async fn cancel_job(&self, job_id: i64) -> Result<pb::JobStatus> {
+        let mut tx = self.db.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', finished_ms = $2 WHERE id = $1 AND state = 'running'",
+        )
+        .bind(job_id)
+        .bind(cobble_core::now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 1 {
+            sqlx::query(
+                "UPDATE results SET state = 'aborted'
+                 WHERE state = 'unsent' AND unit_id IN (SELECT id FROM units WHERE job_id = $1)",
+            )
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.job_status(job_id).await
+    }
+}
+
+pub(super) async fn insert_unsent(tx: &mut crate::db::Tx, unit_id: i64, now: i64) -> Result<()> {
+    sqlx::query("INSERT INTO results (unit_id, state, created_ms) VALUES ($1, 'unsent', $2)")
+        .bind(unit_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! The leaderboard: users, teams and hosts ranked by total credit.
+
+use super::Store;
+use crate::credit;
+use crate::error::{Error, Result};
+use cobble_proto::v1 as pb;
+use sqlx::Row;
+
+impl Store {
+    pub async fn leaderboard(&self, kind: &str, limit: u32) -> Result<pb::Leaderboard> {
+        let limit = i64::from(limit.clamp(1, 1000));
+        let sql = match kind {
+            "" | "users" => {
+                "SELECT a.id, a.name, COALESCE(t.name, '') AS detail, a.total_credit, a.rac, a.rac_time_ms, a.valid_results
+                 FROM accounts a LEFT JOIN teams t ON t.id = a.team_id
+                 ORDER BY a.total_credit DESC, a.id LIMIT $1"
+            }
+            "teams" => {
+                "SELECT id, name, '' AS detail, total_credit, rac, rac_time_ms, valid_results
+                 FROM teams ORDER BY total_credit DESC, id LIMIT $1"
+            }
+            "hosts" => {
+                "SELECT h.id, h.name, a.name AS detail, h.total_credit, h.rac, h.rac_time_ms, h.valid_results
+                 FROM hosts h JOIN accounts a ON a.id = h.account_id
+                 ORDER BY h.total_credit DESC, h.id LIMIT $1"
+            }
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown leaderboard {other:?}; use users, teams or hosts"
+                )));
+            }
+        };
+        let now = cobble_core::now_ms();
+        let rows = sqlx::query(sql)
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for (rank, row) in rows.iter().enumerate() {
+            entries.push(pb::LeaderboardEntry {
+                rank: rank as u32 + 1,
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                detail: row.try_get("detail")?,
+                total_credit: row.try_get("total_credit")?,
+                recent_average_credit: credit::decayed_rac(
+                    row.try_get("rac")?,
+                    row.try_get("rac_time_ms")?,
+                    now,
+                ),
+                valid_results: row.try_get::<i64, _>("valid_results")?.max(0) as u64,
+            });
+        }
+        Ok(pb::Leaderboard {
+            kind: if kind.is_empty() { "users" } else { kind }.to_string(),
+            entries,
+        })
+    }
+}

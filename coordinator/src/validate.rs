@@ -1,0 +1,216 @@
+//! The transitioner's decision for one work unit: given every result of the
+//! unit, is there a quorum, which results are valid, does the unit need
+//! another replica, or has it failed? Pure: the caller loads the rows and
+//! applies the [`Decision`] in one transaction.
+
+use crate::credit;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultState {
+    Unsent,
+    InProgress,
+    /// Reported successfully, awaiting (or past) validation.
+    Success,
+    ClientError,
+    TimedOut,
+    Aborted,
+}
+
+/// What the transitioner needs to know of one result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultView {
+    pub id: i64,
+    pub state: ResultState,
+    /// Output digest of a successful result.
+    pub digest: Option<Vec<u8>>,
+    /// Fuel the reporting host measured for a successful result.
+    pub fuel_used: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Replication {
+    pub min_quorum: u32,
+    pub max_total_results: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// A quorum agrees: the unit is done.
+    Done {
+        canonical: i64,
+        valid: Vec<i64>,
+        invalid: Vec<i64>,
+        /// Granted to each valid result.
+        credit: f64,
+    },
+    /// No quorum yet; create this many new unsent results (may be zero).
+    Wait { new_results: u32 },
+    /// No quorum is possible within `max_total_results`.
+    Errored { reason: String },
+}
+
+/// Decides the fate of a pending unit. `results` lists every result of the
+/// unit, in the order they were created.
+pub fn decide(replication: Replication, results: &[ResultView]) -> Decision {
+    // Group successful results by digest, keeping report order within groups.
+    let mut groups: Vec<(&[u8], Vec<&ResultView>)> = Vec::new();
+    for result in results.iter().filter(|r| r.state == ResultState::Success) {
+        let Some(digest) = result.digest.as_deref() else {
+            continue;
+        };
+        match groups.iter_mut().find(|(d, _)| *d == digest) {
+            Some((_, members)) => members.push(result),
+            None => groups.push((digest, vec![result])),
+        }
+    }
+    // The largest group wins; the earliest group breaks ties.
+    let best = groups
+        .iter()
+        .enumerate()
+        .max_by_key(|(position, (_, members))| (members.len(), std::cmp::Reverse(*position)))
+        .map(|(_, group)| group);
+    let best_size = best.map_or(0, |(_, members)| members.len()) as u32;
+
+    if let Some((digest, members)) = best
+        && best_size >= replication.min_quorum
+    {
+        let valid: Vec<i64> = members.iter().map(|r| r.id).collect();
+        let invalid = results
+            .iter()
+            .filter(|r| r.state == ResultState::Success && r.digest.as_deref() != Some(*digest))
+            .map(|r| r.id)
+            .collect();
+        // Fuel is deterministic, so honest replicas agree on it; taking the
+        // minimum means no single host can inflate the credit it shares.
+        let fuel = members.iter().map(|r| r.fuel_used).min().unwrap_or(0);
+        return Decision::Done {
+            canonical: members[0].id,
+            valid,
+            invalid,
+            credit: credit::for_fuel(fuel),
+        };
+    }
+
+    let outstanding = results
+        .iter()
+        .filter(|r| matches!(r.state, ResultState::Unsent | ResultState::InProgress))
+        .count() as u32;
+    let total = results.len() as u32;
+    let needed = replication.min_quorum - best_size;
+    let room = replication.max_total_results.saturating_sub(total);
+    let new_results = needed.saturating_sub(outstanding).min(room);
+    if outstanding + new_results < needed {
+        // Even if every remaining replica agreed with the best group, no
+        // quorum could form: give up now rather than waste volunteers' time.
+        let errors = results
+            .iter()
+            .filter(|r| r.state == ResultState::ClientError)
+            .count();
+        return Decision::Errored {
+            reason: format!(
+                "no quorum of {} within {} results ({} successes in {} disagreeing groups, {} client errors)",
+                replication.min_quorum,
+                replication.max_total_results,
+                groups.iter().map(|(_, m)| m.len()).sum::<usize>(),
+                groups.len(),
+                errors
+            ),
+        };
+    }
+    Decision::Wait { new_results }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ResultState::*;
+
+    const QUORUM_2_OF_5: Replication = Replication {
+        min_quorum: 2,
+        max_total_results: 5,
+    };
+
+    /// Builds results from a compact notation: `"a"`/`"b"` are successes
+    /// with that digest, `u` unsent, `p` in progress, `e` client error, `t`
+    /// timed out. Ids count from 1.
+    fn results(spec: &[&str]) -> Vec<ResultView> {
+        spec.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (state, digest) = match *s {
+                    "u" => (Unsent, None),
+                    "p" => (InProgress, None),
+                    "e" => (ClientError, None),
+                    "t" => (TimedOut, None),
+                    digest => (Success, Some(digest.as_bytes().to_vec())),
+                };
+                ResultView {
+                    id: i as i64 + 1,
+                    state,
+                    digest,
+                    fuel_used: 1_000_000_000 + i as u64,
+                }
+            })
+            .collect()
+    }
+
+    fn check(spec: &[&str], expected: Decision) {
+        assert_eq!(decide(QUORUM_2_OF_5, &results(spec)), expected, "{spec:?}");
+    }
+
+    fn wait(new_results: u32) -> Decision {
+        Decision::Wait { new_results }
+    }
+
+    #[test]
+    fn decisions() {
+        check(&["u", "u"], wait(0));
+        check(&["a", "p"], wait(0));
+        check(&["a", "b"], wait(1));
+        check(&["a", "t"], wait(1));
+        check(&["t", "t"], wait(2));
+        check(&["a", "e"], wait(1));
+        check(&["a", "b", "c", "d", "p"], wait(0));
+        // Agreement: the first agreeing result is canonical, credit from the
+        // lowest fuel claim among the agreeing ones.
+        check(
+            &["a", "a"],
+            Decision::Done {
+                canonical: 1,
+                valid: vec![1, 2],
+                invalid: vec![],
+                credit: credit::for_fuel(1_000_000_000),
+            },
+        );
+        check(
+            &["b", "a", "a"],
+            Decision::Done {
+                canonical: 2,
+                valid: vec![2, 3],
+                invalid: vec![1],
+                credit: credit::for_fuel(1_000_000_001),
+            },
+        );
+    }
+
+    #[test]
+    fn gives_up_when_no_quorum_can_form() {
+        let decision = decide(QUORUM_2_OF_5, &results(&["a", "b", "c", "d", "e"]));
+        assert!(matches!(decision, Decision::Errored { .. }), "{decision:?}");
+        let decision = decide(QUORUM_2_OF_5, &results(&["e", "e", "e", "e", "a"]));
+        assert!(matches!(decision, Decision::Errored { .. }), "{decision:?}");
+        // Four used, one left, but two more would be needed.
+        let decision = decide(QUORUM_2_OF_5, &results(&["e", "e", "e", "t"]));
+        assert!(matches!(decision, Decision::Errored { .. }), "{decision:?}");
+    }
+
+    #[test]
+    fn a_single_result_quorum_is_done_at_once() {
+        let replication = Replication {
+            min_quorum: 1,
+            max_total_results: 3,
+        };
+        let decision = decide(replication, &results(&["a"]));
+        assert!(matches!(decision, Decision::Done { canonical: 1, .. }));
+    }
+}

@@ -1,0 +1,440 @@
+//! The coordinator's store against real databases: embedded SQLite always,
+//! PostgreSQL when `COBBLE_TEST_POSTGRES_URL` is set (CI sets it). Each test
+//! runs the same scenario on every backend available.
+
+use cobble_coordinator::store::{HostIdentity, ReportStatus, Store};
+use cobble_coordinator::{Config, Error};
+use cobble_proto::v1::{self as pb, report_request::Outcome};
+use sqlx::Executor;
+use std::path::Path;
+
+/// A store on a fresh database, and what to drop afterwards.
+struct Backend {
+    store: Store,
+    _dir: tempfile::TempDir,
+    postgres: Option<(String, String)>,
+}
+
+impl Backend {
+    async fn cleanup(self) {
+        self.store.db.close().await;
+        if let Some((admin_url, database)) = self.postgres {
+            let dropped = match sqlx::AnyPool::connect(&admin_url).await {
+                Ok(pool) => pool
+                    .execute(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str())
+                    .await
+                    .map(|_| ()),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = dropped {
+                eprintln!("could not drop test database {database}: {error}");
+            }
+        }
+    }
+}
+
+async fn open(database_url: Option<String>, dir: &Path) -> Store {
+    let config = Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        database_url,
+        signing_key: None,
+        project_name: "test".into(),
+        max_blob_bytes: 1 << 30,
+    };
+    cobble_coordinator::start(&config)
+        .await
+        .expect("store starts")
+}
+
+/// Every backend this machine offers, each on an empty database.
+async fn backends() -> Vec<Backend> {
+    let sqlite_dir = tempfile::tempdir().expect("temp dir");
+    let mut backends = vec![Backend {
+        store: open(None, sqlite_dir.path()).await,
+        _dir: sqlite_dir,
+        postgres: None,
+    }];
+    match std::env::var("COBBLE_TEST_POSTGRES_URL") {
+        Ok(admin_url) => {
+            sqlx::any::install_default_drivers();
+            let admin = sqlx::AnyPool::connect(&admin_url)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("COBBLE_TEST_POSTGRES_URL={admin_url} is set but unreachable: {e}")
+                });
+            let database = format!("cobble_test_{}", cobble_core::random_token());
+            admin
+                .execute(format!("CREATE DATABASE {database}").as_str())
+                .await
+                .expect("create test database");
+            admin.close().await;
+            let url = match admin_url.rsplit_once('/') {
+                Some((base, _)) => format!("{base}/{database}"),
+                None => panic!("COBBLE_TEST_POSTGRES_URL needs a database path"),
+            };
+            let dir = tempfile::tempdir().expect("temp dir");
+            backends.push(Backend {
+                store: open(Some(url), dir.path()).await,
+                _dir: dir,
+                postgres: Some((admin_url, database)),
+            });
+        }
+        Err(_) => eprintln!("skipping PostgreSQL: COBBLE_TEST_POSTGRES_URL is not set"),
+    }
+    backends
+}
+
+async fn attach(store: &Store, account: &str) -> HostIdentity {
+    let attached = store
+        .register_host(&pb::RegisterHostRequest {
+            account: account.into(),
+            host_name: format!("{account}-box"),
+            ..Default::default()
+        })
+        .await
+        .expect("attach");
+    store
+        .authenticate_host(attached.host_id, &attached.host_key)
+        .await
+        .expect("fresh credentials work")
+}
+
+async fn submit(store: &Store, units: i64, replication: (u32, u32, u32), deadline_s: u32) -> i64 {
+    let bytes = b"\0asm\x01\0\0\0 pretend module";
+    let module = store.blobs.put(bytes).await.expect("blob");
+    let spec = pb::JobSpec {
+        name: "t".into(),
+        module: Some(pb::BlobRef {
+            hash: module.0.to_vec(),
+            size: bytes.len() as u64,
+        }),
+        args: vec!["{start}".into()],
+        inputs: vec![],
+        split: Some(pb::SplitRule {
+            rule: Some(pb::split_rule::Rule::Range(pb::RangeSplit {
+                start: 0,
+                end: units,
+                per_unit: 1,
+            })),
+        }),
+        replication: Some(pb::Replication {
+            min_quorum: replication.0,
+            target_results: replication.1,
+            max_total_results: replication.2,
+        }),
+        limits: Some(pb::Limits {
+            fuel: 1_000,
+            memory_mib: 16,
+            deadline_s,
+            max_output_bytes: 1_000,
+        }),
+    };
+    store.submit_job(&spec).await.expect("submit").0
+}
+
+async fn take_one(store: &Store, host: HostIdentity) -> Option<pb::Manifest> {
+    let assignments = store.request_work(host, 1).await.expect("request work");
+    let key = store.signing_key().verifying_key();
+    assignments
+        .first()
+        .map(|a| cobble_core::manifest::verify(a, &key).expect("coordinator signs what it issues"))
+}
+
+async fn success(store: &Store, stdout: &[u8], fuel: u64) -> pb::ReportRequest {
+    let hash = store.blobs.put(stdout).await.expect("blob");
+    pb::ReportRequest {
+        lease_id: String::new(),
+        outcome: Some(Outcome::Success(pb::Success {
+            stdout: Some(pb::BlobRef {
+                hash: hash.0.to_vec(),
+                size: stdout.len() as u64,
+            }),
+            files: vec![],
+            fuel_used: fuel,
+            elapsed_ms: 1,
+        })),
+    }
+}
+
+async fn report(
+    store: &Store,
+    host: HostIdentity,
+    lease: &str,
+    mut request: pb::ReportRequest,
+) -> Result<ReportStatus, Error> {
+    request.lease_id = lease.to_string();
+    store.report_result(host, &request).await
+}
+
+async fn credit_of(store: &Store, account: &str) -> (f64, u64) {
+    let board = store.leaderboard("users", 100).await.expect("leaderboard");
+    board
+        .entries
+        .iter()
+        .find(|e| e.name == account)
+        .map(|e| (e.total_credit, e.valid_results))
+        .unwrap_or((0.0, 0))
+}
+
+#[tokio::test]
+async fn quorum_validation_and_exactly_once_credit() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let job = submit(store, 1, (2, 2, 5), 600).await;
+        let (alice, bob, carol) = (
+            attach(store, "alice").await,
+            attach(store, "bob").await,
+            attach(store, "carol").await,
+        );
+
+        let for_alice = take_one(store, alice).await.expect("alice gets the unit");
+        assert!(
+            take_one(store, alice).await.is_none(),
+            "invariant 1: never two replicas of a unit to one host"
+        );
+        let for_bob = take_one(store, bob)
+            .await
+            .expect("bob gets the second replica");
+        assert_eq!(for_alice.unit_id, for_bob.unit_id);
+        assert_ne!(for_alice.lease_id, for_bob.lease_id);
+        assert!(
+            take_one(store, carol).await.is_none(),
+            "only target_results replicas at first"
+        );
+
+        // Alice and Bob disagree: a third replica is issued, to Carol.
+        let good = success(store, b"42\n", 2_000_000_000).await;
+        let bad = success(store, b"41\n", 9_000_000_000).await;
+        assert_eq!(
+            report(store, alice, &for_alice.lease_id, good.clone())
+                .await
+                .ok(),
+            Some(ReportStatus::Accepted)
+        );
+        assert_eq!(
+            report(store, bob, &for_bob.lease_id, bad).await.ok(),
+            Some(ReportStatus::Accepted)
+        );
+        let for_carol = take_one(store, carol)
+            .await
+            .expect("disagreement issues another replica");
+
+        // Bogus reports change nothing.
+        assert!(matches!(
+            report(store, bob, &for_carol.lease_id, good.clone()).await,
+            Err(Error::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            report(store, carol, "no-such-lease", good.clone()).await,
+            Err(Error::NotFound(_))
+        ));
+        let mut missing_blob = good.clone();
+        if let Some(Outcome::Success(s)) = &mut missing_blob.outcome {
+            s.stdout = Some(pb::BlobRef {
+                hash: vec![7; 32],
+                size: 3,
+            });
+        }
+        assert!(matches!(
+            report(store, carol, &for_carol.lease_id, missing_blob).await,
+            Err(Error::InvalidArgument(_))
+        ));
+
+        // Carol agrees with Alice: quorum.
+        let carol_claims_more = success(store, b"42\n", 5_000_000_000).await;
+        assert_eq!(
+            report(store, carol, &for_carol.lease_id, carol_claims_more.clone())
+                .await
+                .ok(),
+            Some(ReportStatus::Accepted)
+        );
+        let status = store.job_status(job).await.expect("status");
+        assert_eq!((status.state.as_str(), status.units_done), ("done", 1));
+        assert_eq!((status.results_valid, status.results_invalid), (2, 1));
+
+        // Credit: the lowest fuel claim in the quorum, once per valid result.
+        assert_eq!(credit_of(store, "alice").await, (2.0, 1));
+        assert_eq!(credit_of(store, "carol").await, (2.0, 1));
+        assert_eq!(credit_of(store, "bob").await, (0.0, 0));
+
+        // Invariant 2: a repeat is a no-op with the same answer.
+        assert_eq!(
+            report(store, carol, &for_carol.lease_id, carol_claims_more)
+                .await
+                .ok(),
+            Some(ReportStatus::Duplicate)
+        );
+        assert_eq!(
+            report(store, alice, &for_alice.lease_id, good).await.ok(),
+            Some(ReportStatus::Duplicate)
+        );
+        assert_eq!(credit_of(store, "carol").await, (2.0, 1));
+        assert_eq!(
+            store.job_status(job).await.expect("status").credit_granted,
+            4.0
+        );
+
+        let results = store.job_results(job).await.expect("results");
+        let stdout = results.units[0].stdout.as_ref().expect("canonical stdout");
+        assert_eq!(stdout.hash, cobble_core::BlobHash::of(b"42\n").0.to_vec());
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn expired_leases_are_reissued_and_late_reports_change_nothing() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let job = submit(store, 1, (1, 1, 3), 1).await;
+        let (slow, fast) = (attach(store, "slow").await, attach(store, "fast").await);
+        let stale = take_one(store, slow).await.expect("slow takes the unit");
+        assert!(take_one(store, fast).await.is_none());
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        assert_eq!(store.expire_overdue().await.expect("sweep"), 1);
+        let fresh = take_one(store, fast)
+            .await
+            .expect("reissued after the deadline");
+        assert_eq!(fresh.unit_id, stale.unit_id);
+
+        let answer = success(store, b"ok", 1_000_000_000).await;
+        assert_eq!(
+            report(store, slow, &stale.lease_id, answer.clone())
+                .await
+                .ok(),
+            Some(ReportStatus::TooLate)
+        );
+        assert_eq!(
+            credit_of(store, "slow").await,
+            (0.0, 0),
+            "no credit for a timed-out result"
+        );
+        assert_eq!(
+            report(store, fast, &fresh.lease_id, answer).await.ok(),
+            Some(ReportStatus::Accepted)
+        );
+        let status = store.job_status(job).await.expect("status");
+        assert_eq!(
+            (status.state.as_str(), status.results_timed_out),
+            ("done", 1)
+        );
+        assert_eq!(credit_of(store, "fast").await, (1.0, 1));
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn units_error_out_after_max_total_results() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let job = submit(store, 1, (2, 2, 3), 600).await;
+        let hosts = [
+            attach(store, "a").await,
+            attach(store, "b").await,
+            attach(store, "c").await,
+        ];
+        for (i, host) in hosts.iter().enumerate() {
+            let manifest = take_one(store, *host)
+                .await
+                .expect("a replica for each host");
+            let answer = success(store, format!("answer {i}").as_bytes(), 10).await;
+            report(store, *host, &manifest.lease_id, answer)
+                .await
+                .expect("report");
+        }
+        let status = store.job_status(job).await.expect("status");
+        assert_eq!(
+            (status.state.as_str(), status.units_errored),
+            ("done", 1),
+            "{status:?}"
+        );
+        assert_eq!(status.credit_granted, 0.0);
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_credentials_and_specs_are_refused() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let host = attach(store, "eve").await;
+        assert!(matches!(
+            store.authenticate_host(host.host_id, "guess").await,
+            Err(Error::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            store.authenticate_host(9_999, "guess").await,
+            Err(Error::Unauthenticated(_))
+        ));
+        // An existing account cannot be taken over without its key.
+        let taken = store
+            .register_host(&pb::RegisterHostRequest {
+                account: "eve".into(),
+                ..Default::default()
+            })
+            .await;
+        assert!(matches!(taken, Err(Error::AlreadyExists(_))));
+        let wrong = store
+            .register_host(&pb::RegisterHostRequest {
+                account: "eve".into(),
+                account_key: "0123".into(),
+                ..Default::default()
+            })
+            .await;
+        assert!(matches!(wrong, Err(Error::Unauthenticated(_))));
+        // A spec naming a blob that was never uploaded is refused whole.
+        let spec = pb::JobSpec {
+            name: "ghost".into(),
+            module: Some(pb::BlobRef {
+                hash: vec![3; 32],
+                size: 10,
+            }),
+            split: Some(pb::SplitRule {
+                rule: Some(pb::split_rule::Rule::Range(pb::RangeSplit {
+                    start: 0,
+                    end: 1,
+                    per_unit: 1,
+                })),
+            }),
+            replication: Some(cobble_core::spec::DEFAULT_REPLICATION),
+            limits: Some(pb::Limits {
+                fuel: 1,
+                memory_mib: 1,
+                deadline_s: 1,
+                max_output_bytes: 1,
+            }),
+            ..Default::default()
+        };
+        let refused = store.submit_job(&spec).await;
+        assert!(
+            matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains("not uploaded")),
+            "{refused:?}"
+        );
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_coordinator_keeps_everything() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path: &Path = dir.path();
+    let config = Config {
+        data_dir: path.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        database_url: None,
+        signing_key: None,
+        project_name: "test".into(),
+        max_blob_bytes: 1 << 30,
+    };
+    let store = cobble_coordinator::start(&config).await.expect("start");
+    let key = store.signing_key().verifying_key();
+    let job = submit(&store, 3, (1, 1, 2), 600).await;
+    store.db.close().await;
+    let store = cobble_coordinator::start(&config).await.expect("restart");
+    assert_eq!(
+        store.signing_key().verifying_key(),
+        key,
+        "the project key survives restarts"
+    );
+    assert_eq!(store.job_status(job).await.expect("status").units_total, 3);
+}

@@ -1,0 +1,34 @@
+//! Cobble's shared domain: content ids for blobs, signed work-unit manifests
+//! and job specs. Everything here is plain functions over plain data, used by
+//! the coordinator, the worker and the `cobble` CLI alike.
+
+pub mod blob;
+pub mod error;
+pub mod manifest;
+pub mod output;
+pub mod spec;
+
+pub use blob::BlobHash;
+pub use error::Error;
+
+/// Fills a buffer from the operating system's secure random source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // The OS random source failing is not recoverable and never expected.
+    #[allow(clippy::expect_used)]
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    bytes
+}
+
+/// A fresh random token as lowercase hex, for lease ids and keys.
+pub fn random_token() -> String {
+    hex::encode(random_bytes::<16>())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,145 @@
+//! Signed work-unit manifests.
+//!
+//! The coordinator encodes a [`Manifest`] once, signs those exact bytes and
+//! ships bytes and signature together; the worker verifies the signature over
+//! the bytes it received before decoding them. Signing bytes rather than a
+//! re-encoding avoids any dependence on canonical protobuf encoding.
+
+use crate::Error;
+use cobble_proto::v1::{Assignment, Manifest};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use prost::Message;
+
+/// Domain separation: a manifest signature can never be replayed as a
+/// signature over anything else the project key might sign later.
+const SIGNING_CONTEXT: &[u8] = b"cobble-manifest-v1\0";
+
+fn signed_message(manifest_bytes: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(SIGNING_CONTEXT.len() + manifest_bytes.len());
+    message.extend_from_slice(SIGNING_CONTEXT);
+    message.extend_from_slice(manifest_bytes);
+    message
+}
+
+/// Encodes and signs a manifest with the project key.
+pub fn sign(manifest: &Manifest, key: &SigningKey) -> Assignment {
+    let manifest_bytes = manifest.encode_to_vec();
+    let signature = key.sign(&signed_message(&manifest_bytes));
+    Assignment {
+        manifest: manifest_bytes,
+        signature: signature.to_bytes().to_vec(),
+    }
+}
+
+/// Verifies an assignment's signature, then decodes its manifest.
+/// Nothing from an unverified manifest is ever looked at.
+pub fn verify(assignment: &Assignment, project_key: &VerifyingKey) -> Result<Manifest, Error> {
+    let signature = Signature::from_slice(&assignment.signature)
+        .map_err(|e| Error::MalformedSignature(e.to_string()))?;
+    project_key
+        .verify(&signed_message(&assignment.manifest), &signature)
+        .map_err(|_| Error::BadSignature)?;
+    Manifest::decode(assignment.manifest.as_slice())
+        .map_err(|e| Error::MalformedManifest(e.to_string()))
+}
+
+/// Parses a project public key from its 32 raw bytes.
+pub fn project_key_from_bytes(bytes: &[u8]) -> Result<VerifyingKey, Error> {
+    let array: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| Error::BadProjectKey(format!("expected 32 bytes, got {}", bytes.len())))?;
+    VerifyingKey::from_bytes(&array).map_err(|e| Error::BadProjectKey(e.to_string()))
+}
+
+/// Parses a project public key from 64 hex digits, as printed by the coordinator.
+pub fn project_key_from_hex(text: &str) -> Result<VerifyingKey, Error> {
+    let bytes = hex::decode(text.trim()).map_err(|e| Error::BadProjectKey(e.to_string()))?;
+    project_key_from_bytes(&bytes)
+}
+
+/// Creates a fresh project signing key from the OS random source.
+pub fn generate_signing_key() -> SigningKey {
+    SigningKey::from_bytes(&crate::random_bytes::<32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cobble_proto::v1::BlobRef;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            unit_id: 7,
+            job_id: 1,
+            lease_id: "lease".into(),
+            module: Some(BlobRef {
+                hash: vec![1; 32],
+                size: 10,
+            }),
+            args: vec!["0".into(), "100".into()],
+            deadline_ms: 1_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn signed_manifest_verifies() {
+        let key = generate_signing_key();
+        let assignment = sign(&manifest(), &key);
+        let decoded = verify(&assignment, &key.verifying_key()).ok();
+        assert_eq!(decoded, Some(manifest()));
+    }
+
+    #[test]
+    fn tampered_manifest_is_refused() {
+        let key = generate_signing_key();
+        let mut assignment = sign(&manifest(), &key);
+        // Flip one byte of the args: a host asking for a bigger range, say.
+        let last = assignment.manifest.len() - 1;
+        assignment.manifest[last] ^= 1;
+        assert!(matches!(
+            verify(&assignment, &key.verifying_key()),
+            Err(Error::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn wrong_key_is_refused() {
+        let key = generate_signing_key();
+        let other = generate_signing_key();
+        let assignment = sign(&manifest(), &key);
+        assert!(matches!(
+            verify(&assignment, &other.verifying_key()),
+            Err(Error::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn truncated_signature_is_refused() {
+        let key = generate_signing_key();
+        let mut assignment = sign(&manifest(), &key);
+        assignment.signature.truncate(10);
+        assert!(matches!(
+            verify(&assignment, &key.verifying_key()),
+            Err(Error::MalformedSignature(_))
+        ));
+    }
+
+    #[test]
+    fn unsigned_assignment_is_refused() {
+        let key = generate_signing_key();
+        let assignment = Assignment {
+            manifest: manifest().encode_to_vec(),
+            signature: vec![0; 64],
+        };
+        assert!(verify(&assignment, &key.verifying_key()).is_err());
+    }
+
+    #[test]
+    fn project_key_hex_round_trip() {
+        let key = generate_signing_key().verifying_key();
+        let parsed = project_key_from_hex(&hex::encode(key.as_bytes())).ok();
+        assert_eq!(parsed, Some(key));
+        assert!(project_key_from_hex("abcd").is_err());
+    }
+}

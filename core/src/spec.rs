@@ -1,0 +1,562 @@
+//! Job specs: the TOML file a researcher writes, and the checks that both the
+//! `cobble` CLI (before uploading anything) and the coordinator (before
+//! trusting anything) run on it.
+
+use crate::Error;
+use cobble_proto::v1::{self as pb, split_rule::Rule};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// Replication used when the spec has no `[replication]` table: two hosts
+/// must agree, as in most BOINC projects.
+pub const DEFAULT_REPLICATION: pb::Replication = pb::Replication {
+    min_quorum: 2,
+    target_results: 2,
+    max_total_results: 5,
+};
+pub const DEFAULT_FUEL: u64 = 100_000_000_000;
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+pub const DEFAULT_DEADLINE_S: u32 = 3_600;
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 << 20;
+/// wasm32 cannot address more than 4 GiB.
+pub const MAX_MEMORY_MIB: u32 = 4_096;
+pub const MAX_DEADLINE_S: u32 = 30 * 24 * 3_600;
+pub const MAX_UNITS: u64 = 1_000_000;
+pub const MAX_REPLICAS: u32 = 100;
+
+/// The placeholders an argument template may use.
+pub const PLACEHOLDERS: [&str; 4] = ["{start}", "{end}", "{index}", "{file}"];
+
+/// A job spec as written in TOML, before its files are read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecToml {
+    name: String,
+    module: PathBuf,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    inputs: Vec<PathBuf>,
+    split: SplitToml,
+    replication: Option<ReplicationToml>,
+    limits: Option<LimitsToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitToml {
+    range: Option<RangeToml>,
+    files: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeToml {
+    start: i64,
+    end: i64,
+    per_unit: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicationToml {
+    min_quorum: Option<u32>,
+    target_results: Option<u32>,
+    max_total_results: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsToml {
+    fuel: Option<u64>,
+    memory_mib: Option<u32>,
+    deadline_s: Option<u32>,
+    max_output_bytes: Option<u64>,
+}
+
+/// How a loaded job is split, with file paths resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LocalSplit {
+    Range(pb::RangeSplit),
+    /// One unit per file: (name under /input, path on this machine).
+    Files(Vec<(String, PathBuf)>),
+}
+
+/// A job spec read from disk and checked, with every path resolved relative
+/// to the spec file. Turning it into a [`pb::JobSpec`] needs the blobs' hashes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalJob {
+    pub name: String,
+    pub module: PathBuf,
+    pub args: Vec<String>,
+    /// (name under /input, path on this machine).
+    pub inputs: Vec<(String, PathBuf)>,
+    pub split: LocalSplit,
+    pub replication: pb::Replication,
+    pub limits: pb::Limits,
+}
+
+impl LocalJob {
+    /// Reads and checks a job spec file.
+    pub fn load(path: &Path) -> Result<LocalJob, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|error| match error {
+            Error::Spec { message, .. } => Error::Spec {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and checks spec text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<LocalJob, Error> {
+        let raw: SpecToml = toml::from_str(text).map_err(|e| Error::Spec {
+            path: PathBuf::from("(text)"),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let module = base.join(&raw.module);
+        if !module.is_file() {
+            return Err(Error::field(
+                "module",
+                format!("{} is not a readable file", module.display()),
+            ));
+        }
+        let mut inputs = Vec::new();
+        for input in &raw.inputs {
+            let path = base.join(input);
+            if !path.is_file() {
+                return Err(Error::field(
+                    "inputs",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            inputs.push((file_name(&path, "inputs")?, path));
+        }
+        let split = match (raw.split.range, raw.split.files) {
+            (Some(range), None) => LocalSplit::Range(pb::RangeSplit {
+                start: range.start,
+                end: range.end,
+                per_unit: range.per_unit,
+            }),
+            (None, Some(patterns)) => LocalSplit::Files(expand_globs(base, &patterns)?),
+            (Some(_), Some(_)) => {
+                return Err(Error::field(
+                    "split",
+                    "give either `range` or `files`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(Error::field(
+                    "split",
+                    "missing: give `range = { start, end, per_unit }` or `files = [\"glob\"]`",
+                ));
+            }
+        };
+        let replication = raw.replication.map_or(DEFAULT_REPLICATION, |r| {
+            let min_quorum = r.min_quorum.unwrap_or(DEFAULT_REPLICATION.min_quorum);
+            let target_results = r.target_results.unwrap_or(min_quorum);
+            pb::Replication {
+                min_quorum,
+                target_results,
+                max_total_results: r
+                    .max_total_results
+                    .unwrap_or(target_results + DEFAULT_REPLICATION.max_total_results - 2),
+            }
+        });
+        let limits = raw.limits.map_or_else(default_limits, |l| pb::Limits {
+            fuel: l.fuel.unwrap_or(DEFAULT_FUEL),
+            memory_mib: l.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+            deadline_s: l.deadline_s.unwrap_or(DEFAULT_DEADLINE_S),
+            max_output_bytes: l.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+        });
+        let job = LocalJob {
+            name: raw.name,
+            module,
+            args: raw.args,
+            inputs,
+            split,
+            replication,
+            limits,
+        };
+        job.check()?;
+        Ok(job)
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        check_name(&self.name)?;
+        let split = match &self.split {
+            LocalSplit::Range(range) => Rule::Range(*range),
+            LocalSplit::Files(files) => Rule::Files(pb::FilesSplit {
+                files: files
+                    .iter()
+                    .map(|(name, _)| pb::NamedBlob {
+                        name: name.clone(),
+                        blob: None,
+                    })
+                    .collect(),
+            }),
+        };
+        let input_names: Vec<&str> = self.inputs.iter().map(|(n, _)| n.as_str()).collect();
+        check_common(
+            &self.args,
+            &input_names,
+            &split,
+            &self.replication,
+            &self.limits,
+        )
+    }
+
+    /// Builds the protocol spec once the blobs are known by hash.
+    /// `blob_of` maps a local path to the reference of its uploaded bytes.
+    pub fn to_spec<E>(
+        &self,
+        mut blob_of: impl FnMut(&Path) -> Result<pb::BlobRef, E>,
+    ) -> Result<pb::JobSpec, E> {
+        let mut named = |list: &[(String, PathBuf)]| -> Result<Vec<pb::NamedBlob>, E> {
+            list.iter()
+                .map(|(name, path)| {
+                    Ok(pb::NamedBlob {
+                        name: name.clone(),
+                        blob: Some(blob_of(path)?),
+                    })
+                })
+                .collect()
+        };
+        let inputs = named(&self.inputs)?;
+        let rule = match &self.split {
+            LocalSplit::Range(range) => Rule::Range(*range),
+            LocalSplit::Files(files) => Rule::Files(pb::FilesSplit {
+                files: named(files)?,
+            }),
+        };
+        Ok(pb::JobSpec {
+            name: self.name.clone(),
+            module: Some(blob_of(&self.module)?),
+            args: self.args.clone(),
+            inputs,
+            split: Some(pb::SplitRule { rule: Some(rule) }),
+            replication: Some(self.replication),
+            limits: Some(self.limits),
+        })
+    }
+}
+
+fn default_limits() -> pb::Limits {
+    pb::Limits {
+        fuel: DEFAULT_FUEL,
+        memory_mib: DEFAULT_MEMORY_MIB,
+        deadline_s: DEFAULT_DEADLINE_S,
+        max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+    }
+}
+
+fn file_name(path: &Path, field: &str) -> Result<String, Error> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| Error::field(field, format!("{} has no UTF-8 file name", path.display())))
+}
+
+fn expand_globs(base: &Path, patterns: &[String]) -> Result<Vec<(String, PathBuf)>, Error> {
+    let mut files = Vec::new();
+    for pattern in patterns {
+        let full = base.join(pattern);
+        let full = full.to_string_lossy();
+        let paths = glob::glob(&full)
+            .map_err(|e| Error::field("split.files", format!("bad pattern {pattern:?}: {e}")))?;
+        let before = files.len();
+        for path in paths.flatten() {
+            if path.is_file() {
+                files.push((file_name(&path, "split.files")?, path));
+            }
+        }
+        if files.len() == before {
+            return Err(Error::field(
+                "split.files",
+                format!("pattern {pattern:?} matches no file"),
+            ));
+        }
+    }
+    Ok(files)
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    if name.trim().is_empty() || name.len() > 100 {
+        return Err(Error::field("name", "must be 1 to 100 characters"));
+    }
+    Ok(())
+}
+
+/// A name a unit sees under `/input`: one plain path component.
+fn check_input_name(field: &str, name: &str) -> Result<(), Error> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && name.len() <= 255;
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::field(
+            field,
+            format!("{name:?} is not a plain file name"),
+        ))
+    }
+}
+
+/// Checks shared by the CLI and the coordinator: everything but file access.
+fn check_common(
+    args: &[String],
+    input_names: &[&str],
+    split: &Rule,
+    replication: &pb::Replication,
+    limits: &pb::Limits,
+) -> Result<(), Error> {
+    let is_range = matches!(split, Rule::Range(_));
+    for arg in args {
+        for placeholder in placeholders_in(arg) {
+            if !PLACEHOLDERS.contains(&placeholder) {
+                return Err(Error::field(
+                    "args",
+                    format!(
+                        "unknown placeholder {placeholder} in {arg:?}; use {}",
+                        PLACEHOLDERS.join(" ")
+                    ),
+                ));
+            }
+            if is_range && placeholder == "{file}" {
+                return Err(Error::field(
+                    "args",
+                    "{file} needs `split.files`, but this job splits a range",
+                ));
+            }
+            if !is_range && (placeholder == "{start}" || placeholder == "{end}") {
+                return Err(Error::field(
+                    "args",
+                    format!("{placeholder} needs `split.range`, but this job splits files"),
+                ));
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    for name in input_names {
+        check_input_name("inputs", name)?;
+        if !seen.insert(*name) {
+            return Err(Error::field(
+                "inputs",
+                format!("two inputs are named {name:?}"),
+            ));
+        }
+    }
+    match split {
+        Rule::Range(range) => {
+            if range.per_unit <= 0 {
+                return Err(Error::field("split.range.per_unit", "must be positive"));
+            }
+            if range.end <= range.start {
+                return Err(Error::field(
+                    "split.range.end",
+                    format!("must be greater than start ({})", range.start),
+                ));
+            }
+            let units = unit_count(range);
+            if units > MAX_UNITS {
+                return Err(Error::field(
+                    "split.range.per_unit",
+                    format!("makes {units} units; at most {MAX_UNITS} are allowed"),
+                ));
+            }
+        }
+        Rule::Files(files) => {
+            if files.files.is_empty() {
+                return Err(Error::field("split.files", "names no file"));
+            }
+            let mut names = HashSet::new();
+            for file in &files.files {
+                check_input_name("split.files", &file.name)?;
+                if seen.contains(file.name.as_str()) {
+                    return Err(Error::field(
+                        "split.files",
+                        format!("{:?} is also the name of an input", file.name),
+                    ));
+                }
+                if !names.insert(file.name.as_str()) {
+                    return Err(Error::field(
+                        "split.files",
+                        format!("two files are named {:?}", file.name),
+                    ));
+                }
+            }
+        }
+    }
+    check_replication(replication)?;
+    check_limits(limits)
+}
+
+fn check_replication(r: &pb::Replication) -> Result<(), Error> {
+    if r.min_quorum == 0 {
+        return Err(Error::field("replication.min_quorum", "must be at least 1"));
+    }
+    if r.target_results < r.min_quorum {
+        return Err(Error::field(
+            "replication.target_results",
+            format!("must be at least min_quorum ({})", r.min_quorum),
+        ));
+    }
+    if r.max_total_results < r.target_results {
+        return Err(Error::field(
+            "replication.max_total_results",
+            format!("must be at least target_results ({})", r.target_results),
+        ));
+    }
+    if r.max_total_results > MAX_REPLICAS {
+        return Err(Error::field(
+            "replication.max_total_results",
+            format!("must be at most {MAX_REPLICAS}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_limits(l: &pb::Limits) -> Result<(), Error> {
+    if l.fuel == 0 {
+        return Err(Error::field("limits.fuel", "must be positive"));
+    }
+    if l.memory_mib == 0 || l.memory_mib > MAX_MEMORY_MIB {
+        return Err(Error::field(
+            "limits.memory_mib",
+            format!("must be between 1 and {MAX_MEMORY_MIB}"),
+        ));
+    }
+    if l.deadline_s == 0 || l.deadline_s > MAX_DEADLINE_S {
+        return Err(Error::field(
+            "limits.deadline_s",
+            format!("must be between 1 and {MAX_DEADLINE_S} (30 days)"),
+        ));
+    }
+    if l.max_output_bytes == 0 {
+        return Err(Error::field("limits.max_output_bytes", "must be positive"));
+    }
+    Ok(())
+}
+
+/// Every `{...}` group in an argument template.
+fn placeholders_in(arg: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        match rest[open..].find('}') {
+            Some(close) => {
+                found.push(&rest[open..open + close + 1]);
+                rest = &rest[open + close + 1..];
+            }
+            None => break,
+        }
+    }
+    found
+}
+
+fn unit_count(range: &pb::RangeSplit) -> u64 {
+    let span = (range.end as i128 - range.start as i128).max(0) as u128;
+    let per_unit = range.per_unit.max(1) as u128;
+    span.div_ceil(per_unit).min(u64::MAX as u128) as u64
+}
+
+/// Checks a spec that arrived over the network; the coordinator trusts
+/// nothing the CLI checked. Returns the validated parts.
+pub fn check_spec(spec: &pb::JobSpec) -> Result<(), Error> {
+    check_name(&spec.name)?;
+    let module = spec
+        .module
+        .as_ref()
+        .ok_or_else(|| Error::field("module", "missing"))?;
+    crate::BlobHash::from_slice(&module.hash).map_err(|e| Error::field("module", e.to_string()))?;
+    let rule = spec
+        .split
+        .as_ref()
+        .and_then(|s| s.rule.as_ref())
+        .ok_or_else(|| Error::field("split", "missing"))?;
+    let mut blobs: Vec<&pb::NamedBlob> = spec.inputs.iter().collect();
+    if let Rule::Files(files) = rule {
+        blobs.extend(files.files.iter());
+    }
+    for named in blobs {
+        let blob = named
+            .blob
+            .as_ref()
+            .ok_or_else(|| Error::field("inputs", format!("{:?} has no blob", named.name)))?;
+        crate::BlobHash::from_slice(&blob.hash)
+            .map_err(|e| Error::field("inputs", e.to_string()))?;
+    }
+    let input_names: Vec<&str> = spec.inputs.iter().map(|i| i.name.as_str()).collect();
+    let replication = spec
+        .replication
+        .ok_or_else(|| Error::field("replication", "missing"))?;
+    let limits = spec
+        .limits
+        .ok_or_else(|| Error::field("limits", "missing"))?;
+    check_common(&spec.args, &input_names, rule, &replication, &limits)
+}
+
+/// One work unit as the split rule defines it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitPlan {
+    pub index: u32,
+    pub args: Vec<String>,
+    pub inputs: Vec<pb::NamedBlob>,
+}
+
+/// Cuts a checked spec into its work units, filling argument placeholders.
+pub fn split(spec: &pb::JobSpec) -> Vec<UnitPlan> {
+    let fill = |index: u32, start: &str, end: &str, file: &str| -> Vec<String> {
+        spec.args
+            .iter()
+            .map(|arg| {
+                arg.replace("{start}", start)
+                    .replace("{end}", end)
+                    .replace("{index}", &index.to_string())
+                    .replace("{file}", file)
+            })
+            .collect()
+    };
+    match spec.split.as_ref().and_then(|s| s.rule.as_ref()) {
+        Some(Rule::Range(range)) => (0..unit_count(range))
+            .map(|i| {
+                let start = range.start + i as i64 * range.per_unit;
+                let end = (start + range.per_unit).min(range.end);
+                let index = i as u32;
+                UnitPlan {
+                    index,
+                    args: fill(index, &start.to_string(), &end.to_string(), ""),
+                    inputs: spec.inputs.clone(),
+                }
+            })
+            .collect(),
+        Some(Rule::Files(files)) => files
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, file)| {
+                let index = i as u32;
+                let mut inputs = spec.inputs.clone();
+                inputs.push(file.clone());
+                UnitPlan {
+                    index,
+                    args: fill(index, "", "", &file.name),
+                    inputs,
+                }
+            })
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+#[path = "spec_tests.rs"]
+mod tests;

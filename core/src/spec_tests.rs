@@ -1,0 +1,207 @@
+//! Spec parsing tests: one `check` helper, one line per invalid field.
+
+use super::*;
+use std::fs;
+
+/// A temp dir holding a module, an input and two data files.
+fn fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    fs::write(dir.path().join("unit.wasm"), b"\0asm").expect("write");
+    fs::write(dir.path().join("table.bin"), b"t").expect("write");
+    fs::create_dir(dir.path().join("data")).expect("mkdir");
+    fs::write(dir.path().join("data/a.txt"), b"a").expect("write");
+    fs::write(dir.path().join("data/b.txt"), b"b").expect("write");
+    dir
+}
+
+const VALID: &str = r#"
+name = "primes"
+module = "unit.wasm"
+args = ["{start}", "{end}"]
+inputs = ["table.bin"]
+[split]
+range = { start = 0, end = 1000, per_unit = 300 }
+[replication]
+min_quorum = 2
+target_results = 3
+max_total_results = 5
+[limits]
+fuel = 1000
+memory_mib = 64
+deadline_s = 60
+"#;
+
+/// Parses `VALID` with `from` replaced by `to` and expects an error that
+/// mentions every fragment in `expected`.
+fn check(from: &str, to: &str, expected: &[&str]) {
+    let dir = fixture();
+    assert!(VALID.contains(from), "fixture lacks {from:?}");
+    let text = VALID.replace(from, to);
+    let error = match LocalJob::parse(&text, dir.path()) {
+        Ok(job) => panic!("{to:?} was accepted: {job:?}"),
+        Err(error) => error.to_string(),
+    };
+    for fragment in expected {
+        assert!(
+            error.contains(fragment),
+            "error for {to:?} is {error:?}, expected it to mention {fragment:?}"
+        );
+    }
+}
+
+#[test]
+fn valid_spec_parses_and_splits() {
+    let dir = fixture();
+    let job = LocalJob::parse(VALID, dir.path()).expect("valid spec");
+    assert_eq!(job.inputs[0].0, "table.bin");
+    let spec = job
+        .to_spec(|path| {
+            Ok::<_, ()>(pb::BlobRef {
+                hash: crate::BlobHash::of(path.to_string_lossy().as_bytes())
+                    .0
+                    .to_vec(),
+                size: 1,
+            })
+        })
+        .expect("spec");
+    check_spec(&spec).expect("the coordinator accepts what the CLI accepts");
+    let units = split(&spec);
+    let args: Vec<Vec<String>> = units.iter().map(|u| u.args.clone()).collect();
+    assert_eq!(
+        args,
+        [
+            ["0", "300"],
+            ["300", "600"],
+            ["600", "900"],
+            ["900", "1000"]
+        ]
+        .map(|pair| pair.map(String::from).to_vec())
+    );
+    assert!(units.iter().all(|u| u.inputs.len() == 1));
+}
+
+#[test]
+fn files_split_gives_one_unit_per_file() {
+    let dir = fixture();
+    let text = VALID
+        .replace(
+            r#"args = ["{start}", "{end}"]"#,
+            r#"args = ["/input/{file}", "{index}"]"#,
+        )
+        .replace(
+            "range = { start = 0, end = 1000, per_unit = 300 }",
+            r#"files = ["data/*.txt"]"#,
+        );
+    let job = LocalJob::parse(&text, dir.path()).expect("valid spec");
+    let spec = job
+        .to_spec(|_| {
+            Ok::<_, ()>(pb::BlobRef {
+                hash: vec![0; 32],
+                size: 1,
+            })
+        })
+        .expect("spec");
+    let units = split(&spec);
+    assert_eq!(units.len(), 2);
+    assert_eq!(units[1].args, ["/input/b.txt", "1"]);
+    assert_eq!(
+        units[1].inputs.len(),
+        2,
+        "shared input plus the unit's file"
+    );
+}
+
+#[test]
+fn invalid_fields_are_named() {
+    check(r#"name = "primes""#, r#"name = """#, &["name", "1 to 100"]);
+    check(
+        r#""unit.wasm""#,
+        r#""missing.wasm""#,
+        &["module", "missing.wasm"],
+    );
+    check(
+        r#"["table.bin"]"#,
+        r#"["nope.bin"]"#,
+        &["inputs", "nope.bin"],
+    );
+    check(
+        r#"["table.bin"]"#,
+        r#"["table.bin", "table.bin"]"#,
+        &["inputs", "two inputs"],
+    );
+    check(r#""{end}""#, r#""{stop}""#, &["args", "{stop}"]);
+    check(r#""{end}""#, r#""{file}""#, &["args", "split.files"]);
+    check(
+        "per_unit = 300",
+        "per_unit = 0",
+        &["split.range.per_unit", "positive"],
+    );
+    check(
+        "end = 1000",
+        "end = 0",
+        &["split.range.end", "greater than start"],
+    );
+    check(
+        "range = { start = 0, end = 1000, per_unit = 300 }",
+        "range = { start = 0, end = 1000, per_unit = 300 }\nfiles = [\"data/*.txt\"]",
+        &["split", "not both"],
+    );
+    check(
+        "range = { start = 0, end = 1000, per_unit = 300 }",
+        r#"files = ["data/*.csv"]"#,
+        &["split.files", "matches no file"],
+    );
+    check(
+        "end = 1000, per_unit = 300",
+        "end = 9000000000, per_unit = 1",
+        &["split.range.per_unit", "at most"],
+    );
+    check(
+        "min_quorum = 2",
+        "min_quorum = 0",
+        &["replication.min_quorum"],
+    );
+    check(
+        "target_results = 3",
+        "target_results = 1",
+        &["replication.target_results", "min_quorum"],
+    );
+    check(
+        "max_total_results = 5",
+        "max_total_results = 2",
+        &["replication.max_total_results", "target_results"],
+    );
+    check("fuel = 1000", "fuel = 0", &["limits.fuel", "positive"]);
+    check(
+        "memory_mib = 64",
+        "memory_mib = 5000",
+        &["limits.memory_mib", "4096"],
+    );
+    check("deadline_s = 60", "deadline_s = 0", &["limits.deadline_s"]);
+    check("fuel = 1000", "fuel = \"lots\"", &["fuel", "expected u64"]);
+    check("fuel = 1000", "fuels = 1000", &["unknown field", "fuels"]);
+    check(r#"name = "primes""#, "", &["missing field", "name"]);
+}
+
+#[test]
+fn coordinator_refuses_specs_with_bad_hashes() {
+    let spec = pb::JobSpec {
+        name: "x".into(),
+        module: Some(pb::BlobRef {
+            hash: vec![1, 2, 3],
+            size: 3,
+        }),
+        ..Default::default()
+    };
+    let error = check_spec(&spec).expect_err("short hash").to_string();
+    assert!(error.contains("module"), "{error}");
+}
+
+#[test]
+fn placeholder_scanner_finds_groups() {
+    assert_eq!(
+        placeholders_in("a{start}-{end}b{"),
+        vec!["{start}", "{end}"]
+    );
+    assert!(placeholders_in("plain").is_empty());
+}

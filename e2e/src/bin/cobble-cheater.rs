@@ -1,0 +1,54 @@
+//! A test-only adversary: the real worker, except that it reports a forged
+//! stdout for every unit. It exists to prove the quorum catches liars; it
+//! is never shipped (the shipped `cobble-worker` sets no hooks).
+
+use clap::Parser;
+use cobble_worker::attach::Volunteer;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    coordinator: String,
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "mallory")]
+    user: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    cobble_worker::init_logging();
+    let args = Args::parse();
+    let config = cobble_worker::RunConfig {
+        coordinator: args.coordinator,
+        data_dir: args.data_dir,
+        volunteer: Volunteer {
+            user: args.user,
+            team: Some("liars".into()),
+            account_key: None,
+            project_key: None,
+        },
+        slots: 1,
+    };
+    let hooks = cobble_worker::Hooks {
+        stdout_filter: Some(Arc::new(|stdout: &mut Vec<u8>| {
+            // Claim one prime fewer than computed: plausible, and wrong.
+            let text = String::from_utf8_lossy(stdout).into_owned();
+            let forged = match text.trim_end().rsplit_once(": ") {
+                Some((head, count)) => match count.parse::<u64>() {
+                    Ok(n) => format!("{head}: {}\n", n.saturating_sub(1)),
+                    Err(_) => format!("forged {text}"),
+                },
+                None => format!("forged {text}"),
+            };
+            *stdout = forged.into_bytes();
+        })),
+    };
+    cobble_worker::run(config, hooks, async {
+        tokio::signal::ctrl_c().await.ok();
+    })
+    .await?;
+    Ok(())
+}

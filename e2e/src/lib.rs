@@ -1,0 +1,184 @@
+//! Test harness: starts the real `cobble-coordinator`, `cobble-worker` and
+//! `cobble` binaries on loopback, each in its own temporary directory, and
+//! kills them when dropped. Used by the end-to-end tests (and benchmarks).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary, built (once per test process) by cargo so it
+/// is never stale, whichever way the tests were started.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "cobble-coordinator",
+            "-p",
+            "cobble-worker",
+            "-p",
+            "cobble-cli",
+            "-p",
+            "cobble-e2e",
+        ]);
+        if profile_dir.ends_with("release") {
+            command.arg("--release");
+        }
+        let status = command.status().expect("running cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    let path = profile_dir.join(name);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// A running process that is killed when dropped, with its stderr in a file.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(mut command: Command, log: PathBuf) -> Process {
+        let file = std::fs::File::create(&log).expect("log file");
+        command.stderr(file).stdin(Stdio::null());
+        let child = command.spawn().expect("spawning a binary");
+        Process { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` `count` times.
+    pub fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log_text().matches(needle).count() >= count)
+    }
+
+    /// SIGKILL: no chance to clean up, as when a machine loses power.
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    condition()
+}
+
+/// A coordinator on a random loopback port with embedded SQLite.
+pub struct Coordinator {
+    pub process: Process,
+    pub url: String,
+    pub project_key: String,
+    pub data_dir: PathBuf,
+}
+
+impl Coordinator {
+    pub fn start(dir: &Path) -> Coordinator {
+        Self::start_with(dir, &[])
+    }
+
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Coordinator {
+        let data_dir = dir.join("coordinator");
+        let mut command = Command::new(binary("cobble-coordinator"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .args(extra)
+            .stdout(Stdio::piped());
+        let mut process = Process::spawn(command, dir.join("coordinator.log"));
+        let stdout = process.child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut url = None;
+        let mut project_key = None;
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(address) = line.strip_prefix("cobble-coordinator listening on ") {
+                url = Some(format!("http://{address}"));
+            }
+            if let Some(key) = line.strip_prefix("project signing key ") {
+                project_key = Some(key.to_string());
+                break;
+            }
+        }
+        let (Some(url), Some(project_key)) = (url, project_key) else {
+            panic!("coordinator did not start: {}", process.log_text());
+        };
+        Coordinator {
+            process,
+            url,
+            project_key,
+            data_dir,
+        }
+    }
+
+    /// Runs `cobble` against this coordinator.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary("cobble"))
+            .arg("--coordinator")
+            .arg(&self.url)
+            .args(args)
+            .output()
+            .expect("running cobble")
+    }
+
+    /// Runs `cobble` and returns its stdout, failing the test on error.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "cobble {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// Starts a worker (or the test cheater) attached as `user`.
+pub fn start_worker(
+    binary_name: &str,
+    coordinator: &Coordinator,
+    data_dir: &Path,
+    user: &str,
+) -> Process {
+    let mut command = Command::new(binary(binary_name));
+    if binary_name == "cobble-worker" {
+        command.arg("run");
+    }
+    command
+        .arg("--coordinator")
+        .arg(&coordinator.url)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--user", user])
+        .stdout(Stdio::null());
+    let log = data_dir.with_extension("log");
+    Process::spawn(command, log)
+}

@@ -1,0 +1,161 @@
+//! End to end: a real coordinator on embedded SQLite, three real worker
+//! processes (one of them a liar), a real job, over real sockets.
+
+use cobble_e2e::{Coordinator, start_worker, wait_until};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+const UNITS: u64 = 24;
+const PER_UNIT: u64 = 100_000;
+
+/// Counts primes below `limit` with a sieve: an independent check of the
+/// unit's trial division.
+fn prime_flags(limit: usize) -> Vec<bool> {
+    let mut prime = vec![true; limit];
+    prime[0] = false;
+    prime[1] = false;
+    let mut i = 2;
+    while i * i < limit {
+        if prime[i] {
+            (i * i..limit).step_by(i).for_each(|j| prime[j] = false);
+        }
+        i += 1;
+    }
+    prime
+}
+
+fn write_job(dir: &Path, deadline_s: u32) -> std::path::PathBuf {
+    let job_dir = dir.join("job");
+    std::fs::create_dir_all(&job_dir).expect("mkdir");
+    std::fs::copy(cobble_unit_artifacts::PRIMES, job_dir.join("primes.wasm")).expect("copy module");
+    let spec = format!(
+        r#"
+name = "primes-e2e"
+module = "primes.wasm"
+args = ["{{start}}", "{{end}}"]
+[split]
+range = {{ start = 0, end = {end}, per_unit = {PER_UNIT} }}
+[replication]
+min_quorum = 2
+target_results = 2
+max_total_results = 5
+[limits]
+fuel = 50000000000
+memory_mib = 64
+deadline_s = {deadline_s}
+"#,
+        end = UNITS * PER_UNIT
+    );
+    let path = job_dir.join("job.toml");
+    std::fs::write(&path, spec).expect("write spec");
+    path
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn job_completes_with_a_cheater_and_a_crash() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let coordinator = Coordinator::start(dir);
+    let spec = write_job(dir, 8);
+
+    let alice_dir = dir.join("alice");
+    let mut alice = start_worker("cobble-worker", &coordinator, &alice_dir, "alice");
+    let _bob = start_worker("cobble-worker", &coordinator, &dir.join("bob"), "bob");
+    let _mallory = start_worker(
+        "cobble-cheater",
+        &coordinator,
+        &dir.join("mallory"),
+        "mallory",
+    );
+
+    let job = coordinator.cli_ok(&["submit", spec.to_str().expect("utf-8 path")]);
+    let job = job.trim().to_string();
+    assert!(job.parse::<i64>().is_ok(), "submit printed {job:?}");
+
+    // Kill alice with SIGKILL while she is computing a unit.
+    assert!(
+        alice.wait_for_log("unit started", 2, Duration::from_secs(60)),
+        "alice never started a unit: {}",
+        alice.log_text()
+    );
+    let log = alice.log_text();
+    let in_flight = log.matches("unit started").count() > log.matches("reported").count();
+    alice.kill();
+    assert!(in_flight, "alice was between units when killed:\n{log}");
+    // The volunteer reboots: same data dir, same host, same account.
+    let _alice = start_worker("cobble-worker", &coordinator, &alice_dir, "alice");
+
+    let done = wait_until(Duration::from_secs(240), || {
+        json(&coordinator.cli_ok(&["status", &job, "--json"]))["state"] == "done"
+    });
+    let status = json(&coordinator.cli_ok(&["status", &job, "--json"]));
+    assert!(done, "job did not finish: {status}");
+    assert_eq!(status["units"]["done"], UNITS, "{status}");
+    assert_eq!(status["units"]["errored"], 0, "{status}");
+    assert!(
+        status["results"]["invalid"].as_u64() >= Some(1),
+        "the cheater was never caught: {status}"
+    );
+    assert!(
+        status["results"]["timed_out"].as_u64() >= Some(1),
+        "the killed lease never timed out: {status}"
+    );
+
+    // Every validated result equals the count computed here.
+    let out = dir.join("results");
+    coordinator.cli_ok(&["results", &job, "--out", out.to_str().expect("utf-8 path")]);
+    let flags = prime_flags((UNITS * PER_UNIT) as usize);
+    for index in 0..UNITS {
+        let (start, end) = (index * PER_UNIT, (index + 1) * PER_UNIT);
+        let expected = flags[start as usize..end as usize]
+            .iter()
+            .filter(|p| **p)
+            .count();
+        let stdout = std::fs::read_to_string(out.join(index.to_string()).join("stdout"))
+            .unwrap_or_else(|e| panic!("unit {index} has no stdout: {e}"));
+        assert_eq!(stdout, format!("primes in [{start}, {end}): {expected}\n"));
+    }
+
+    // Credit: honest volunteers earn, the cheater earns nothing.
+    let board = json(&coordinator.cli_ok(&["leaderboard", "--json"]));
+    let credit_of = |name: &str| {
+        board["entries"]
+            .as_array()
+            .and_then(|entries| entries.iter().find(|e| e["name"] == name))
+            .map(|e| {
+                (
+                    e["total_credit"].as_f64().unwrap_or(-1.0),
+                    e["valid_results"].as_u64().unwrap_or(0),
+                )
+            })
+            .unwrap_or_else(|| panic!("{name} missing from {board}"))
+    };
+    assert_eq!(credit_of("mallory"), (0.0, 0), "{board}");
+    for honest in ["alice", "bob"] {
+        let (credit, valid) = credit_of(honest);
+        assert!(credit > 0.0 && valid > 0, "{honest}: {board}");
+    }
+    let teams = json(&coordinator.cli_ok(&["leaderboard", "--teams", "--json"]));
+    assert_eq!(teams["entries"][0]["name"], "liars");
+    assert_eq!(teams["entries"][0]["total_credit"], 0.0);
+    // Total credit equals what the job says it granted, counted once each.
+    let granted = status["credit_granted"].as_f64().unwrap_or(0.0);
+    let total: f64 = ["alice", "bob", "mallory"]
+        .iter()
+        .map(|n| credit_of(n).0)
+        .sum();
+    assert!(
+        (granted - total).abs() < 1e-6,
+        "granted {granted}, leaderboard {total}"
+    );
+    assert_eq!(
+        status["results"]["valid"].as_u64(),
+        Some(UNITS * 2),
+        "exactly a quorum of two per unit is valid: {status}"
+    );
+}

@@ -1,0 +1,135 @@
+//! Attaching to a project: the account and host credentials and the pinned
+//! project key, kept in `<data-dir>/attach.toml` (mode 0600).
+
+use crate::error::{Error, Result};
+use cobble_proto::v1::{self as pb, worker_service_client::WorkerServiceClient};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tonic::transport::Channel;
+
+/// What a worker remembers about its project between runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attachment {
+    pub coordinator: String,
+    /// The project's ed25519 public key, hex; pinned on first attach.
+    pub project_key: String,
+    pub account: String,
+    pub account_key: String,
+    pub account_id: i64,
+    pub host_id: i64,
+    pub host_key: String,
+}
+
+/// Who the volunteer says they are, from the command line.
+#[derive(Debug, Clone)]
+pub struct Volunteer {
+    pub user: String,
+    pub team: Option<String>,
+    /// Key of an existing account, to attach a second machine to it.
+    pub account_key: Option<String>,
+    /// Expected project key; overrides trust-on-first-use.
+    pub project_key: Option<String>,
+}
+
+pub fn state_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("attach.toml")
+}
+
+pub fn load(data_dir: &Path) -> Result<Option<Attachment>> {
+    let path = state_path(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::CorruptState {
+                path,
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()))(e)),
+    }
+}
+
+fn save(data_dir: &Path, attachment: &Attachment) -> Result<()> {
+    let path = state_path(data_dir);
+    let text = toml::to_string(attachment).map_err(|e| Error::CorruptState {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    crate::durable::write_private(&path, text.as_bytes())
+        .map_err(Error::io(format!("writing {}", path.display())))
+}
+
+/// Returns this host's attachment, attaching to the project on first run.
+/// Refuses a coordinator whose key differs from the pinned one.
+pub async fn attach(
+    channel: &Channel,
+    url: &str,
+    data_dir: &Path,
+    volunteer: &Volunteer,
+) -> Result<Attachment> {
+    let mut client = WorkerServiceClient::new(channel.clone());
+    let info = client
+        .get_project_info(pb::ProjectInfoRequest {})
+        .await?
+        .into_inner();
+    let offered = hex::encode(&info.signing_key);
+    cobble_core::manifest::project_key_from_hex(&offered)?;
+    let existing = load(data_dir)?;
+    let pinned = volunteer
+        .project_key
+        .clone()
+        .or_else(|| existing.as_ref().map(|a| a.project_key.clone()));
+    if let Some(pinned) = pinned
+        && pinned.trim() != offered
+    {
+        return Err(Error::ProjectKeyChanged {
+            pinned_in: state_path(data_dir),
+            expected: pinned,
+            actual: offered,
+        });
+    }
+    if let Some(existing) = existing {
+        return Ok(existing);
+    }
+    let response = client
+        .register_host(pb::RegisterHostRequest {
+            account: volunteer.user.clone(),
+            account_key: volunteer.account_key.clone().unwrap_or_default(),
+            team: volunteer.team.clone().unwrap_or_default(),
+            host_name: host_name(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory_bytes: 0,
+            os: std::env::consts::OS.to_string(),
+        })
+        .await?
+        .into_inner();
+    let attachment = Attachment {
+        coordinator: url.to_string(),
+        project_key: offered,
+        account: volunteer.user.clone(),
+        account_key: if response.account_key.is_empty() {
+            volunteer.account_key.clone().unwrap_or_default()
+        } else {
+            response.account_key
+        },
+        account_id: response.account_id,
+        host_id: response.host_id,
+        host_key: response.host_key,
+    };
+    save(data_dir, &attachment)?;
+    tracing::info!(
+        account = %attachment.account,
+        host_id = attachment.host_id,
+        "attached to project {}",
+        info.name
+    );
+    Ok(attachment)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .unwrap_or_else(|| "host".to_string())
+}

@@ -1,0 +1,77 @@
+//! `cobble-worker exec`: runs one unit locally in exactly the sandbox and
+//! limits a real unit gets, so researchers can test a module before they
+//! submit it, and benchmarks can time the real execution path.
+
+use crate::error::{Error, Result};
+use crate::sandbox::{Invocation, RunReport, Sandbox, UnitLimits};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub module: PathBuf,
+    /// Files placed at `/input/<file name>`.
+    pub inputs: Vec<PathBuf>,
+    pub args: Vec<String>,
+    pub limits: UnitLimits,
+    /// Where `/output` is kept; a temporary directory when None.
+    pub output_dir: Option<PathBuf>,
+    pub seed: [u8; 32],
+}
+
+/// What `exec` measured besides the unit's own report.
+#[derive(Debug)]
+pub struct ExecReport {
+    pub run: RunReport,
+    pub compile: Duration,
+    pub output_dir: PathBuf,
+}
+
+pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
+    let sandbox = Sandbox::new(None)?;
+    let bytes = std::fs::read(&request.module)
+        .map_err(Error::io(format!("reading {}", request.module.display())))?;
+    let compile_started = Instant::now();
+    let prepared = sandbox.prepare_bytes(&bytes)?;
+    let compile = compile_started.elapsed();
+
+    let scratch = std::env::temp_dir().join(format!("cobble-exec-{}", cobble_core::random_token()));
+    let input_dir = scratch.join("input");
+    let output_dir = request
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| scratch.join("output"));
+    for dir in [&input_dir, &output_dir] {
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    }
+    let result = async {
+        for input in &request.inputs {
+            let name = input.file_name().ok_or_else(|| Error::Io {
+                context: format!("input {}", input.display()),
+                source: std::io::Error::other("has no file name"),
+            })?;
+            std::fs::copy(input, input_dir.join(name))
+                .map_err(Error::io(format!("copying input {}", input.display())))?;
+        }
+        sandbox
+            .run(
+                &prepared,
+                Invocation {
+                    args: &request.args,
+                    input_dir: &input_dir,
+                    output_dir: &output_dir,
+                    stdin: Vec::new(),
+                    seed: request.seed,
+                    limits: request.limits,
+                },
+            )
+            .await
+    }
+    .await;
+    std::fs::remove_dir_all(&input_dir).ok();
+    Ok(ExecReport {
+        run: result?,
+        compile,
+        output_dir,
+    })
+}

@@ -1,0 +1,472 @@
+//! The wasmtime sandbox every work unit runs in.
+//!
+//! A unit sees only what invariant 6 allows: `/input` read-only, an empty
+//! `/output`, its args and stdin, virtual clocks and a random source seeded
+//! from its unit id. No network (WASI preview 1 has no sockets), no host
+//! environment. Fuel bounds its deterministic work, a [`ResourceLimiter`]
+//! its memory, and epoch interruption its wall-clock time; every way a unit
+//! can fail becomes a [`UnitFailure`], never a crash of the worker.
+
+mod clock;
+mod module_cache;
+
+use crate::error::{Error, Result};
+use clock::{VirtualMonotonicClock, VirtualWallClock};
+pub use module_cache::ModuleCache;
+use rand::SeedableRng;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::{
+    Config, Engine, InstancePre, Linker, OptLevel, ResourceLimiter, Store, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+/// How often the engine's epoch advances: the granularity of wall-clock
+/// limits and of yielding to the async runtime.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Output-size checks walk `/output`; doing it every ~0.5 s keeps that cheap.
+const OUTPUT_CHECK_EVERY_TICKS: u32 = 50;
+/// stderr is for diagnostics; more than this is a runaway unit.
+const STDERR_CAP: usize = 1 << 20;
+
+/// Resource limits of one run, already converted from the manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitLimits {
+    pub fuel: u64,
+    pub memory_bytes: u64,
+    pub wall_time: Duration,
+    pub max_output_bytes: u64,
+}
+
+impl UnitLimits {
+    pub fn from_proto(limits: &cobble_proto::v1::Limits, wall_time: Duration) -> Self {
+        UnitLimits {
+            fuel: limits.fuel,
+            memory_bytes: u64::from(limits.memory_mib) << 20,
+            wall_time,
+            max_output_bytes: limits.max_output_bytes,
+        }
+    }
+}
+
+/// Everything one run of a unit needs.
+#[derive(Debug)]
+pub struct Invocation<'a> {
+    pub args: &'a [String],
+    /// Host directory shown read-only as `/input`.
+    pub input_dir: &'a Path,
+    /// Empty host directory shown as `/output`.
+    pub output_dir: &'a Path,
+    pub stdin: Vec<u8>,
+    /// Seeds the unit's random source and so must be the same on every replica.
+    pub seed: [u8; 32],
+    pub limits: UnitLimits,
+}
+
+/// One file a unit wrote under `/output`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputFile {
+    /// Path relative to `/output`, with `/` separators.
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// Why a unit did not produce a result. Each is a failed result for the
+/// coordinator, never a fault of the worker.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UnitFailure {
+    #[error("unit trapped: {0}")]
+    Trap(String),
+    #[error("unit ran out of fuel (budget {0})")]
+    FuelExhausted(u64),
+    #[error("unit tried to use more than its {0} MiB memory limit")]
+    MemoryExceeded(u64),
+    #[error("unit ran past its wall-clock limit of {0:?}")]
+    WallTime(Duration),
+    #[error("unit wrote more than its {0}-byte output limit")]
+    OutputTooLarge(u64),
+    #[error("unit exited with status {0}")]
+    Exit(i32),
+    #[error("unit left something other than a regular file in /output: {0}")]
+    BadOutput(String),
+}
+
+impl UnitFailure {
+    /// The protocol's name for this failure (`ClientError.kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UnitFailure::Trap(_) => "trap",
+            UnitFailure::FuelExhausted(_) => "fuel_exhausted",
+            UnitFailure::MemoryExceeded(_) => "memory",
+            UnitFailure::WallTime(_) => "deadline",
+            UnitFailure::OutputTooLarge(_) => "output_too_large",
+            UnitFailure::Exit(_) => "exit",
+            UnitFailure::BadOutput(_) => "bad_output",
+        }
+    }
+}
+
+/// What a finished run left behind, successful or not.
+#[derive(Debug)]
+pub struct RunReport {
+    pub outcome: Result<(), UnitFailure>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub files: Vec<OutputFile>,
+    pub fuel_used: u64,
+    /// From `run` being called to the unit's first instruction.
+    pub startup: Duration,
+    pub elapsed: Duration,
+}
+
+/// Per-store state: the WASI context and the memory cap.
+pub struct UnitState {
+    wasi: WasiP1Ctx,
+    memory: MemoryCap,
+}
+
+struct MemoryCap {
+    max_bytes: u64,
+    /// Set when a growth was refused, so the trap that follows (Rust's
+    /// allocator aborts) is reported as a memory failure, not a generic trap.
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired as u64 <= self.max_bytes;
+        if !allowed {
+            self.exceeded = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million is far beyond any real program.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("wall-clock limit reached")]
+struct WallTimeExceeded;
+
+#[derive(Debug, thiserror::Error)]
+#[error("output limit reached")]
+struct OutputLimitExceeded;
+
+/// Advances the engine's epoch until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("cobble-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .ok();
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The engine, its WASI linker and the compiled-module cache, shared by
+/// every unit a worker runs.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<UnitState>,
+    modules: ModuleCache,
+    _ticker: EpochTicker,
+}
+
+/// A compiled module ready to instantiate.
+pub type PreparedModule = InstancePre<UnitState>;
+
+impl Sandbox {
+    /// Builds the engine. `cache_dir` keeps compiled modules across restarts.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self> {
+        let engine = Engine::new(&engine_config()).map_err(|e| Error::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut UnitState| {
+            &mut state.wasi
+        })
+        .map_err(|e| Error::Engine(e.to_string()))?;
+        let modules = ModuleCache::new(cache_dir)?;
+        let ticker = EpochTicker::start(&engine);
+        Ok(Sandbox {
+            engine,
+            linker,
+            modules,
+            _ticker: ticker,
+        })
+    }
+
+    /// Returns the module named by `hash`, compiling `wasm` only if neither
+    /// memory nor the disk cache has it. The caller has verified the hash.
+    pub fn prepare(&self, hash: &cobble_core::BlobHash, wasm: &Path) -> Result<PreparedModule> {
+        self.modules
+            .get_or_compile(&self.engine, &self.linker, hash, wasm)
+    }
+
+    /// Compiles bytes that have no content id yet (`cobble-worker exec`).
+    pub fn prepare_bytes(&self, wasm: &[u8]) -> Result<PreparedModule> {
+        let module = module_cache::compile(&self.engine, wasm)?;
+        module_cache::instantiate_pre(&self.linker, &module)
+    }
+
+    /// Runs a unit to completion or failure.
+    pub async fn run(
+        &self,
+        module: &PreparedModule,
+        invocation: Invocation<'_>,
+    ) -> Result<RunReport> {
+        let started = Instant::now();
+        let limits = invocation.limits;
+        // One byte past the cap: a full pipe then proves the unit overflowed,
+        // while writing exactly the cap stays legal.
+        let stdout_capacity =
+            usize::try_from(limits.max_output_bytes.saturating_add(1)).unwrap_or(usize::MAX);
+        let stdout = MemoryOutputPipe::new(stdout_capacity);
+        let stderr = MemoryOutputPipe::new(STDERR_CAP);
+        let wasi = build_wasi(&invocation, stdout.clone(), stderr.clone())?;
+        let mut store = Store::new(
+            &self.engine,
+            UnitState {
+                wasi,
+                memory: MemoryCap {
+                    max_bytes: limits.memory_bytes,
+                    exceeded: false,
+                },
+            },
+        );
+        store.limiter(|state| &mut state.memory);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        let deadline = started + limits.wall_time;
+        let output_dir = invocation.output_dir.to_path_buf();
+        let mut ticks = 0u32;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                return Err(wasmtime::Error::new(WallTimeExceeded));
+            }
+            ticks += 1;
+            if ticks.is_multiple_of(OUTPUT_CHECK_EVERY_TICKS)
+                && dir_size(&output_dir) > limits.max_output_bytes
+            {
+                return Err(wasmtime::Error::new(OutputLimitExceeded));
+            }
+            // Yield so the async runtime can pause or cancel the unit.
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let mut startup = Duration::ZERO;
+        let result = async {
+            let instance = module.instantiate_async(&mut store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            startup = started.elapsed();
+            start.call_async(&mut store, ()).await
+        }
+        .await;
+
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let fuel_used = limits.fuel.saturating_sub(fuel_left);
+        let memory_exceeded = store.data().memory.exceeded;
+        drop(store);
+        let stdout = stdout.contents().to_vec();
+        let stderr = stderr.contents().to_vec();
+        let mut outcome = match result {
+            Ok(()) => Ok(()),
+            Err(error) => classify(&error, &limits, memory_exceeded, stdout.len()),
+        };
+        let files = match collect_outputs(invocation.output_dir) {
+            Ok(files) => files,
+            Err(failure) => {
+                outcome = outcome.and(Err(failure));
+                Vec::new()
+            }
+        };
+        let total: u64 = stdout.len() as u64 + files.iter().map(|f| f.size).sum::<u64>();
+        if outcome.is_ok() && total > limits.max_output_bytes {
+            outcome = Err(UnitFailure::OutputTooLarge(limits.max_output_bytes));
+        }
+        Ok(RunReport {
+            outcome,
+            stdout,
+            stderr,
+            files,
+            fuel_used,
+            startup,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// Engine settings shared by every unit. Determinism comes first: replicas
+/// on different hosts must agree bit for bit.
+fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.consume_fuel(true);
+    config.epoch_interruption(true);
+    config.cranelift_nan_canonicalization(true);
+    config.relaxed_simd_deterministic(true);
+    config.cranelift_opt_level(OptLevel::Speed);
+    config
+}
+
+fn build_wasi(
+    invocation: &Invocation<'_>,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+) -> Result<WasiP1Ctx> {
+    let mut builder = WasiCtxBuilder::new();
+    // argv[0] is fixed so that replicas see identical arguments.
+    builder.arg("unit");
+    builder.args(invocation.args);
+    builder.stdin(MemoryInputPipe::new(invocation.stdin.clone()));
+    builder.stdout(stdout);
+    builder.stderr(stderr);
+    builder
+        .preopened_dir(invocation.input_dir, "/input", FsPerms::ReadOnly)
+        .map_err(|e| Error::Engine(format!("cannot map /input: {e}")))?;
+    builder
+        .preopened_dir(invocation.output_dir, "/output", FsPerms::ReadWrite)
+        .map_err(|e| Error::Engine(format!("cannot map /output: {e}")))?;
+    let seed = invocation.seed;
+    builder.wall_clock(VirtualWallClock::default());
+    builder.monotonic_clock(VirtualMonotonicClock::default());
+    builder.secure_random(rand::rngs::StdRng::from_seed(derive(&seed, "secure")));
+    builder.insecure_random(rand::rngs::StdRng::from_seed(derive(&seed, "insecure")));
+    let insecure_seed = derive(&seed, "insecure-seed");
+    builder.insecure_random_seed(u128::from_le_bytes(
+        insecure_seed[..16].try_into().unwrap_or_default(),
+    ));
+    Ok(builder.build_p1())
+}
+
+/// Independent streams from one seed, so no two random sources correlate.
+fn derive(seed: &[u8; 32], purpose: &str) -> [u8; 32] {
+    blake3::derive_key(&format!("cobble unit random {purpose}"), seed)
+}
+
+fn classify(
+    error: &wasmtime::Error,
+    limits: &UnitLimits,
+    memory_exceeded: bool,
+    stdout_len: usize,
+) -> Result<(), UnitFailure> {
+    // Checked first: a unit whose writes failed at the cap often exits
+    // with an error status of its own, which would hide the real cause.
+    if error.is::<OutputLimitExceeded>() || stdout_len as u64 > limits.max_output_bytes {
+        return Err(UnitFailure::OutputTooLarge(limits.max_output_bytes));
+    }
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return if exit.0 == 0 {
+            Ok(())
+        } else {
+            Err(UnitFailure::Exit(exit.0))
+        };
+    }
+    if error.is::<WallTimeExceeded>() {
+        return Err(UnitFailure::WallTime(limits.wall_time));
+    }
+    if memory_exceeded {
+        return Err(UnitFailure::MemoryExceeded(limits.memory_bytes >> 20));
+    }
+    if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+        return Err(UnitFailure::FuelExhausted(limits.fuel));
+    }
+    // The first line names the trap; the wasm backtrace after it is noise here.
+    let message = format!("{error:#}");
+    let first = message.lines().next().unwrap_or("unknown trap");
+    Err(UnitFailure::Trap(first.to_string()))
+}
+
+/// Lists `/output` without following links: a symlink left there could
+/// otherwise make the worker read and upload a host file.
+fn collect_outputs(dir: &Path) -> Result<Vec<OutputFile>, UnitFailure> {
+    let mut files = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let entries = std::fs::read_dir(dir.join(&relative))
+            .map_err(|e| UnitFailure::BadOutput(format!("{}: {e}", relative.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| UnitFailure::BadOutput(e.to_string()))?;
+            let name = relative.join(entry.file_name());
+            let meta = std::fs::symlink_metadata(entry.path())
+                .map_err(|e| UnitFailure::BadOutput(e.to_string()))?;
+            if meta.is_dir() {
+                pending.push(name);
+            } else if meta.is_file() {
+                let text = name
+                    .to_str()
+                    .ok_or_else(|| UnitFailure::BadOutput(format!("{name:?} is not UTF-8")))?
+                    .replace('\\', "/");
+                files.push(OutputFile {
+                    name: text,
+                    path: entry.path(),
+                    size: meta.len(),
+                });
+            } else {
+                return Err(UnitFailure::BadOutput(name.display().to_string()));
+            }
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
+/// Bytes under a directory, not following links.
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(entry.path()),
+                _ => total += entry.metadata().map(|m| m.len()).unwrap_or(0),
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+#[path = "sandbox_tests.rs"]
+mod tests;

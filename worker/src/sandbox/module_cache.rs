@@ -1,0 +1,128 @@
+//! Compiled modules, cached in memory and on disk by module hash, so a later
+//! unit of a module already seen starts without compiling.
+//!
+//! Only `.wasm` travels over the network and is signed. Precompiled code is
+//! loaded only from this worker's own cache directory, written by this
+//! worker: wasmtime's deserialize trusts its input completely.
+
+use super::{PreparedModule, UnitState};
+use crate::error::{Error, Result};
+use cobble_core::BlobHash;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use wasmtime::{Engine, Linker, Module};
+
+pub struct ModuleCache {
+    dir: Option<PathBuf>,
+    loaded: Mutex<HashMap<BlobHash, PreparedModule>>,
+}
+
+impl ModuleCache {
+    pub fn new(dir: Option<PathBuf>) -> Result<Self> {
+        if let Some(dir) = &dir {
+            std::fs::create_dir_all(dir).map_err(Error::io(format!(
+                "creating module cache {}",
+                dir.display()
+            )))?;
+        }
+        Ok(ModuleCache {
+            dir,
+            loaded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn get_or_compile(
+        &self,
+        engine: &Engine,
+        linker: &Linker<UnitState>,
+        hash: &BlobHash,
+        wasm: &Path,
+    ) -> Result<PreparedModule> {
+        if let Some(pre) = self.lock().get(hash) {
+            return Ok(pre.clone());
+        }
+        let module = match self.load_compiled(engine, hash) {
+            Some(module) => module,
+            None => {
+                let bytes = std::fs::read(wasm)
+                    .map_err(Error::io(format!("reading module {}", wasm.display())))?;
+                let module = compile(engine, &bytes)?;
+                self.store_compiled(hash, &module);
+                module
+            }
+        };
+        let pre = instantiate_pre(linker, &module)?;
+        self.lock().insert(*hash, pre.clone());
+        Ok(pre)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlobHash, PreparedModule>> {
+        // A panic while holding this lock leaves a plain map behind; keep using it.
+        self.loaded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn path_of(&self, hash: &BlobHash) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{hash}.cwasm")))
+    }
+
+    fn load_compiled(&self, engine: &Engine, hash: &BlobHash) -> Option<Module> {
+        let path = self.path_of(hash)?;
+        // Read into memory rather than mmap the file: a mapped file that
+        // anything truncates later would kill the worker with SIGBUS.
+        let bytes = std::fs::read(&path).ok()?;
+        // SAFETY: the file is in this worker's private cache directory and
+        // was written by `store_compiled` from a module this worker compiled
+        // itself; wasmtime also checks that it matches this engine's settings.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Module::deserialize(engine, &bytes) };
+        match loaded {
+            Ok(module) => Some(module),
+            Err(error) => {
+                // A stale or torn cache entry: drop it and compile afresh.
+                tracing::warn!(%hash, %error, "discarding unusable compiled module");
+                std::fs::remove_file(&path).ok();
+                None
+            }
+        }
+    }
+
+    fn store_compiled(&self, hash: &BlobHash, module: &Module) {
+        let Some(path) = self.path_of(hash) else {
+            return;
+        };
+        let written = module
+            .serialize()
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                // Write then rename, so a crash never leaves a torn file under the final name.
+                let temporary = path.with_extension("cwasm.partial");
+                std::fs::write(&temporary, bytes)
+                    .and_then(|()| std::fs::rename(&temporary, &path))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(error) = written {
+            tracing::warn!(%hash, %error, "cannot cache compiled module");
+        }
+    }
+}
+
+pub fn compile(engine: &Engine, wasm: &[u8]) -> Result<Module> {
+    Module::from_binary(engine, wasm).map_err(|e| {
+        let message = format!("{e:#}");
+        Error::InvalidModule(message.lines().next().unwrap_or_default().to_string())
+    })
+}
+
+pub fn instantiate_pre(linker: &Linker<UnitState>, module: &Module) -> Result<PreparedModule> {
+    if module.get_export("_start").is_none() {
+        return Err(Error::NotACommand);
+    }
+    linker
+        .instantiate_pre(module)
+        .map_err(|e| Error::InvalidModule(format!("{e:#}")))
+}

@@ -1,0 +1,246 @@
+//! Sandbox tests against real guests: runaway loops, memory hogs, escapes.
+
+use super::*;
+use cobble_unit_artifacts::{PRIMES, SANDBOX_PROBE};
+
+struct Dirs {
+    _root: tempfile::TempDir,
+    input: PathBuf,
+    output: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let root = tempfile::tempdir().expect("temp dir");
+    let input = root.path().join("input");
+    let output = root.path().join("output");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::create_dir_all(&output).expect("mkdir");
+    std::fs::write(input.join("data.txt"), b"hello").expect("write");
+    Dirs {
+        _root: root,
+        input,
+        output,
+    }
+}
+
+fn limits() -> UnitLimits {
+    UnitLimits {
+        fuel: 5_000_000_000,
+        memory_bytes: 64 << 20,
+        wall_time: Duration::from_secs(20),
+        max_output_bytes: 1 << 20,
+    }
+}
+
+async fn run_with(wasm: &str, args: &[&str], limits: UnitLimits) -> (RunReport, Dirs) {
+    let sandbox = Sandbox::new(None).expect("sandbox");
+    let bytes = std::fs::read(wasm).expect("guest built by cobble-unit-artifacts");
+    let module = sandbox.prepare_bytes(&bytes).expect("module");
+    let dirs = dirs();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let report = sandbox
+        .run(
+            &module,
+            Invocation {
+                args: &args,
+                input_dir: &dirs.input,
+                output_dir: &dirs.output,
+                stdin: Vec::new(),
+                seed: [7; 32],
+                limits,
+            },
+        )
+        .await
+        .expect("the sandbox itself works");
+    (report, dirs)
+}
+
+async fn probe(args: &[&str]) -> RunReport {
+    run_with(SANDBOX_PROBE, args, limits()).await.0
+}
+
+fn stdout(report: &RunReport) -> String {
+    String::from_utf8_lossy(&report.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn primes_unit_counts_and_uses_fuel() {
+    let (report, _dirs) = run_with(PRIMES, &["0", "10000"], limits()).await;
+    assert_eq!(report.outcome, Ok(()));
+    assert_eq!(stdout(&report), "primes in [0, 10000): 1229\n");
+    assert!(report.fuel_used > 0);
+}
+
+#[tokio::test]
+async fn infinite_loop_runs_out_of_fuel() {
+    let mut limits = limits();
+    limits.fuel = 50_000_000;
+    let (report, _) = run_with(SANDBOX_PROBE, &["loop"], limits).await;
+    assert_eq!(report.outcome, Err(UnitFailure::FuelExhausted(50_000_000)));
+    assert_eq!(report.fuel_used, 50_000_000);
+}
+
+#[tokio::test]
+async fn infinite_loop_hits_the_wall_clock_limit() {
+    let mut limits = limits();
+    limits.fuel = u64::MAX;
+    limits.wall_time = Duration::from_millis(300);
+    let (report, _) = run_with(SANDBOX_PROBE, &["loop"], limits).await;
+    assert_eq!(
+        report.outcome,
+        Err(UnitFailure::WallTime(Duration::from_millis(300)))
+    );
+}
+
+#[tokio::test]
+async fn four_gib_allocation_is_refused() {
+    let report = probe(&["alloc", "4096"]).await;
+    assert_eq!(report.outcome, Err(UnitFailure::MemoryExceeded(64)));
+    // Within the cap the same code works.
+    let report = probe(&["alloc", "16"]).await;
+    assert_eq!(report.outcome, Ok(()));
+    assert_eq!(stdout(&report), "allocated 16 MiB\n");
+}
+
+#[tokio::test]
+async fn host_files_are_out_of_reach() {
+    for path in [
+        "/etc/passwd",
+        "/input/../../etc/passwd",
+        "../etc/passwd",
+        "/input/../output/../../../etc/passwd",
+        "/proc/self/environ",
+    ] {
+        let report = probe(&["read", path]).await;
+        assert_eq!(report.outcome, Ok(()));
+        let seen = stdout(&report);
+        assert!(seen.starts_with("denied:"), "{path} was readable: {seen}");
+    }
+    let report = probe(&["list", "/"]).await;
+    assert!(
+        stdout(&report).starts_with("denied:"),
+        "{}",
+        stdout(&report)
+    );
+}
+
+#[tokio::test]
+async fn inputs_are_read_only_and_outputs_are_captured() {
+    let report = probe(&["read", "/input/data.txt"]).await;
+    assert_eq!(stdout(&report), "read 5 bytes\n");
+    let report = probe(&["write", "/input/new.txt", "x"]).await;
+    assert!(
+        stdout(&report).starts_with("denied:"),
+        "{}",
+        stdout(&report)
+    );
+    let (report, dirs) = run_with(
+        SANDBOX_PROBE,
+        &["write", "/output/result.txt", "42"],
+        limits(),
+    )
+    .await;
+    assert_eq!(report.outcome, Ok(()));
+    assert_eq!(report.files.len(), 1);
+    assert_eq!(report.files[0].name, "result.txt");
+    assert_eq!(
+        std::fs::read(dirs.output.join("result.txt")).expect("output file"),
+        b"42"
+    );
+}
+
+#[tokio::test]
+async fn a_symlink_left_in_output_is_refused() {
+    let report = probe(&["symlink"]).await;
+    assert!(
+        matches!(report.outcome, Err(UnitFailure::BadOutput(_))),
+        "{:?} {}",
+        report.outcome,
+        stdout(&report)
+    );
+}
+
+#[tokio::test]
+async fn stdout_is_capped() {
+    let report = probe(&["spam", "2000000"]).await;
+    assert_eq!(report.outcome, Err(UnitFailure::OutputTooLarge(1 << 20)));
+    // Exactly at the cap is still within it.
+    let report = probe(&["spam", "1048576"]).await;
+    assert_eq!(report.outcome, Ok(()));
+    assert_eq!(report.stdout.len(), 1 << 20);
+}
+
+#[tokio::test]
+async fn the_host_is_invisible_and_replicas_see_the_same_world() {
+    let first = probe(&["observe", "x"]).await;
+    let second = probe(&["observe", "x"]).await;
+    let seen = stdout(&first);
+    assert!(
+        seen.starts_with("env=0 now=946684800 random=true:"),
+        "{seen}"
+    );
+    assert_eq!(first.stdout, second.stdout, "same seed, same observations");
+    assert_eq!(first.fuel_used, second.fuel_used, "fuel is deterministic");
+}
+
+#[tokio::test]
+async fn exit_status_and_panics_are_failures() {
+    assert_eq!(probe(&["exit", "0"]).await.outcome, Ok(()));
+    assert_eq!(
+        probe(&["exit", "3"]).await.outcome,
+        Err(UnitFailure::Exit(3))
+    );
+    let report = probe(&["panic"]).await;
+    assert!(
+        matches!(report.outcome, Err(UnitFailure::Trap(_))),
+        "{:?}",
+        report.outcome
+    );
+    assert!(String::from_utf8_lossy(&report.stderr).contains("probe asked to panic"));
+}
+
+#[test]
+fn non_wasm_bytes_are_refused() {
+    let sandbox = Sandbox::new(None).expect("sandbox");
+    for bytes in [&b"#!/bin/sh\necho hi\n"[..], b"", b"\0asm\x01\0\0\0garbage"] {
+        let error = sandbox.prepare_bytes(bytes).err();
+        assert!(
+            matches!(error, Some(Error::InvalidModule(_))),
+            "{bytes:?} gave {error:?}"
+        );
+    }
+}
+
+#[test]
+fn a_module_without_start_is_refused() {
+    let sandbox = Sandbox::new(None).expect("sandbox");
+    // The smallest valid module: a header and nothing else, so no `_start`.
+    let empty_module = b"\0asm\x01\0\0\0";
+    assert!(matches!(
+        sandbox.prepare_bytes(empty_module),
+        Err(Error::NotACommand)
+    ));
+}
+
+#[tokio::test]
+async fn compiled_modules_are_cached_on_disk() {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let wasm = Path::new(PRIMES);
+    let hash = cobble_core::BlobHash::of(&std::fs::read(wasm).expect("guest"));
+    {
+        let sandbox = Sandbox::new(Some(cache.path().to_path_buf())).expect("sandbox");
+        sandbox.prepare(&hash, wasm).expect("compile");
+    }
+    let cached = cache.path().join(format!("{hash}.cwasm"));
+    assert!(cached.is_file());
+    // A fresh sandbox loads it without the .wasm at all.
+    let sandbox = Sandbox::new(Some(cache.path().to_path_buf())).expect("sandbox");
+    sandbox
+        .prepare(&hash, Path::new("/nonexistent.wasm"))
+        .expect("served from the disk cache");
+    drop(sandbox);
+    // A torn cache entry is discarded and recompiled, never trusted.
+    std::fs::write(&cached, b"torn").expect("write");
+    let sandbox = Sandbox::new(Some(cache.path().to_path_buf())).expect("sandbox");
+    sandbox.prepare(&hash, wasm).expect("recompiled");
+}

@@ -1,0 +1,147 @@
+//! Test work unit: probes the sandbox's walls and misbehaves on request.
+//!
+//! `sandbox-probe COMMAND [ARGS]`; each command prints what it observed, so
+//! tests assert on the unit's own view of the sandbox.
+
+use std::io::Write;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    match arg(0) {
+        // Runaway work: never returns.
+        "loop" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        // Asks for MIB mebibytes, 16 MiB at a time (wasm32's usize cannot
+        // even express 4 GiB in one piece), touching every page.
+        "alloc" => {
+            let mib: u64 = arg(1).parse().unwrap_or(4096);
+            let mut blocks: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..mib.div_ceil(16) {
+                let mut block = vec![0u8; 16 << 20];
+                for i in (0..block.len()).step_by(4096) {
+                    block[i] = 1;
+                }
+                blocks.push(block);
+            }
+            println!("allocated {} MiB", blocks.len() * 16);
+        }
+        // Tries to read a path and reports what happened.
+        "read" => match std::fs::read(arg(1)) {
+            Ok(bytes) => println!("read {} bytes", bytes.len()),
+            Err(error) => println!("denied: {error}"),
+        },
+        // Lists a directory.
+        "list" => match std::fs::read_dir(arg(1)) {
+            Ok(entries) => {
+                let mut names: Vec<String> = entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                println!("{}", names.join(","));
+            }
+            Err(error) => println!("denied: {error}"),
+        },
+        // Tries to create a file at a path.
+        "write" => match std::fs::write(arg(1), arg(2)) {
+            Ok(()) => println!("wrote"),
+            Err(error) => println!("denied: {error}"),
+        },
+        // Writes N bytes to stdout.
+        "spam" => {
+            let n: usize = arg(1).parse().unwrap_or(0);
+            let chunk = [b'x'; 4096];
+            let mut out = std::io::stdout().lock();
+            let mut left = n;
+            while left > 0 {
+                let take = left.min(chunk.len());
+                if out.write_all(&chunk[..take]).is_err() {
+                    std::process::exit(3);
+                }
+                left -= take;
+            }
+        }
+        // Leaves a link to a host file in /output.
+        "symlink" => println!(
+            "symlink errno: {}",
+            symlink_in_output("../../../../etc/passwd", "link")
+        ),
+        // What a unit can learn of its host: environment, time, randomness.
+        "observe" => {
+            let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let mut random = [0u8; 8];
+            let random_ok = getrandom_p1(&mut random);
+            println!(
+                "env={} now={now} random={random_ok}:{random:?} args={args:?}",
+                env.len()
+            );
+        }
+        "exit" => std::process::exit(arg(1).parse().unwrap_or(1)),
+        "panic" => panic!("probe asked to panic"),
+        other => {
+            eprintln!("unknown probe command {other:?}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Calls WASI's `random_get` import directly, to see what the host gives.
+#[cfg(target_os = "wasi")]
+#[allow(unsafe_code)]
+fn getrandom_p1(buf: &mut [u8]) -> bool {
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    unsafe extern "C" {
+        fn random_get(buf: *mut u8, len: usize) -> u16;
+    }
+    // SAFETY: the pointer and length describe a live, writable buffer.
+    let errno = unsafe { random_get(buf.as_mut_ptr(), buf.len()) };
+    errno == 0
+}
+
+/// Natively there is no sandbox to probe.
+#[cfg(not(target_os = "wasi"))]
+fn getrandom_p1(_buf: &mut [u8]) -> bool {
+    false
+}
+
+/// Creates a symlink inside `/output` through WASI's `path_symlink`; the
+/// worker maps `/input` first and `/output` second, so `/output` is fd 4.
+#[cfg(target_os = "wasi")]
+#[allow(unsafe_code)]
+fn symlink_in_output(target: &str, name: &str) -> u16 {
+    const OUTPUT_FD: u32 = 4;
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    unsafe extern "C" {
+        fn path_symlink(
+            old: *const u8,
+            old_len: usize,
+            fd: u32,
+            new: *const u8,
+            new_len: usize,
+        ) -> u16;
+    }
+    // SAFETY: both pointers and lengths describe live string slices.
+    unsafe {
+        path_symlink(
+            target.as_ptr(),
+            target.len(),
+            OUTPUT_FD,
+            name.as_ptr(),
+            name.len(),
+        )
+    }
+}
+
+#[cfg(not(target_os = "wasi"))]
+fn symlink_in_output(_target: &str, _name: &str) -> u16 {
+    0
+}

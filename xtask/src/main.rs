@@ -1,0 +1,234 @@
+//! Project automation, used by the README and `.ci/run` alike:
+//!
+//! - `cargo xtask demo`: set up, then run a coordinator on embedded SQLite,
+//!   three workers and the example primes job; print results and leaderboard.
+//! - `cargo xtask test`: set up, then run every test of the workspace.
+//! - `cargo xtask units`: build the example work units for wasm32-wasip1.
+
+use anyhow::{Context, bail};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WASM_TARGET: &str = "wasm32-wasip1";
+/// Example units built by `units`, by package name.
+const UNIT_PACKAGES: &[&str] = &["primes"];
+
+fn main() -> anyhow::Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match task.as_str() {
+        "test" => {
+            ensure_wasm_target()?;
+            run(Command::new(cargo()).args(["test", "--workspace", "--locked"]))
+        }
+        "units" => {
+            ensure_wasm_target()?;
+            build_units()
+        }
+        "demo" => {
+            ensure_wasm_target()?;
+            build_units()?;
+            demo(&root)
+        }
+        _ => bail!("usage: cargo xtask <demo|test|units>"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Installs the wasm target through rustup when it is missing.
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET)
+        })
+        .unwrap_or(false);
+    if !installed {
+        eprintln!("installing the {WASM_TARGET} target with rustup");
+        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    Ok(())
+}
+
+fn build_units() -> anyhow::Result<()> {
+    let mut command = Command::new(cargo());
+    command.args(["build", "--quiet", "--release", "--target", WASM_TARGET]);
+    for package in UNIT_PACKAGES {
+        command.args(["--package", package]);
+    }
+    run(&mut command)
+}
+
+/// Kills the demo's processes however the demo ends.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+fn demo(root: &Path) -> anyhow::Result<()> {
+    run(Command::new(cargo()).args([
+        "build",
+        "--quiet",
+        "--bins",
+        "-p",
+        "cobble-coordinator",
+        "-p",
+        "cobble-worker",
+        "-p",
+        "cobble-cli",
+    ]))?;
+    let bin = |name: &str| root.join("target/debug").join(name);
+    let data = root.join("target/demo");
+    if data.exists() {
+        std::fs::remove_dir_all(&data)?;
+    }
+    std::fs::create_dir_all(&data)?;
+    let mut processes = Processes(Vec::new());
+
+    println!(
+        "== starting a coordinator on embedded SQLite in {}",
+        data.display()
+    );
+    let mut coordinator = Command::new(bin("cobble-coordinator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.join("coordinator"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(data.join("coordinator.log"))?)
+        .spawn()?;
+    let stdout = coordinator.stdout.take().context("coordinator stdout")?;
+    processes.0.push(coordinator);
+    let mut url = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("   {line}");
+        if let Some(address) = line.strip_prefix("cobble-coordinator listening on ") {
+            url = Some(format!("http://{address}"));
+        }
+        if line.starts_with("project signing key") {
+            break;
+        }
+    }
+    let url = url.context("the coordinator did not start; see target/demo/coordinator.log")?;
+
+    println!("== starting three workers (ada, grace, linus)");
+    for user in ["ada", "grace", "linus"] {
+        let dir = data.join(format!("worker-{user}"));
+        let team = if user == "linus" {
+            "kernel"
+        } else {
+            "pioneers"
+        };
+        let child = Command::new(bin("cobble-worker"))
+            .args([
+                "run",
+                "--coordinator",
+                &url,
+                "--user",
+                user,
+                "--team",
+                team,
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.with_extension("log"))?)
+            .spawn()?;
+        processes.0.push(child);
+    }
+
+    let cobble = |args: &[&str]| -> anyhow::Result<String> {
+        let output = Command::new(bin("cobble"))
+            .arg("--coordinator")
+            .arg(&url)
+            .args(args)
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "cobble {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    println!("== cobble submit workunits/primes/job.toml");
+    let job = cobble(&["submit", "workunits/primes/job.toml"])?
+        .trim()
+        .to_string();
+    println!("   job {job}");
+    let started = Instant::now();
+    loop {
+        let status = cobble(&["status", &job])?;
+        if status.lines().next().is_some_and(|l| l.ends_with(": done")) {
+            print!("{status}");
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the demo job did not finish in 10 minutes:\n{status}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!(
+        "== done in {:.1} s; validated results:",
+        started.elapsed().as_secs_f64()
+    );
+    let out = data.join("results");
+    print!(
+        "{}",
+        cobble(&["results", &job, "--out", &out.to_string_lossy()])?
+    );
+    let mut total = 0u64;
+    let mut index = 0;
+    while let Ok(text) = std::fs::read_to_string(out.join(index.to_string()).join("stdout")) {
+        if index < 3 {
+            print!("   unit {index}: {text}");
+        }
+        total += text
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        index += 1;
+    }
+    println!(
+        "   ... {index} units; primes below {}: {total}",
+        index * 100_000
+    );
+    println!("== cobble leaderboard");
+    print!("{}", cobble(&["leaderboard"])?);
+    println!("== cobble leaderboard --teams");
+    print!("{}", cobble(&["leaderboard", "--teams"])?);
+    Ok(())
+}
