@@ -63,19 +63,26 @@ fn job_completes_with_a_cheater_and_a_crash() {
     let coordinator = Coordinator::start(dir);
     let spec = write_job(dir, 8);
 
-    let alice_dir = dir.join("alice");
-    let mut alice = start_worker("cobble-worker", &coordinator, &alice_dir, "alice");
-    let _bob = start_worker("cobble-worker", &coordinator, &dir.join("bob"), "bob");
-    let _mallory = start_worker(
+    let job = coordinator.cli_ok(&["submit", spec.to_str().expect("utf-8 path")]);
+    let job = job.trim().to_string();
+    assert!(job.parse::<i64>().is_ok(), "submit printed {job:?}");
+
+    // The liar starts first and holds a unit before the honest workers
+    // arrive, so it is sure to take part.
+    let mallory = start_worker(
         "cobble-cheater",
         &coordinator,
         &dir.join("mallory"),
         "mallory",
     );
-
-    let job = coordinator.cli_ok(&["submit", spec.to_str().expect("utf-8 path")]);
-    let job = job.trim().to_string();
-    assert!(job.parse::<i64>().is_ok(), "submit printed {job:?}");
+    assert!(
+        mallory.wait_for_log("unit started", 1, Duration::from_secs(60)),
+        "the cheater never started a unit: {}",
+        mallory.log_text()
+    );
+    let alice_dir = dir.join("alice");
+    let mut alice = start_worker("cobble-worker", &coordinator, &alice_dir, "alice");
+    let _bob = start_worker("cobble-worker", &coordinator, &dir.join("bob"), "bob");
 
     // Kill alice with SIGKILL while she is computing a unit.
     assert!(
