@@ -181,6 +181,7 @@ impl Worker {
     }
 
     async fn process(&self, slot: u32, assignment: pb::Assignment) {
+        let received = std::time::Instant::now();
         let manifest = match cobble_core::manifest::verify(&assignment, &self.project_key) {
             Ok(manifest) => manifest,
             Err(error) => {
@@ -206,7 +207,7 @@ impl Worker {
             "unit started"
         );
         let unit_dir = self.work_dir.join(&manifest.lease_id);
-        let outcome = match self.compute(&manifest, &unit_dir).await {
+        let outcome = match self.compute(&manifest, &unit_dir, received).await {
             Ok(Some(outcome)) => Some(outcome),
             Ok(None) => None,
             Err(error) => {
@@ -226,7 +227,12 @@ impl Worker {
     }
 
     /// Runs a verified unit. `None` means the coordinator asked us to stop.
-    async fn compute(&self, manifest: &pb::Manifest, unit_dir: &Path) -> Result<Option<Outcome>> {
+    async fn compute(
+        &self,
+        manifest: &pb::Manifest,
+        unit_dir: &Path,
+        received: std::time::Instant,
+    ) -> Result<Option<Outcome>> {
         let module_ref = manifest
             .module
             .as_ref()
@@ -267,6 +273,7 @@ impl Worker {
             seed: unit_seed(manifest),
             limits,
         };
+        let handed_over = received.elapsed();
         let report = tokio::select! {
             report = self.sandbox.run(&prepared, invocation) => report?,
             () = self.watch_lease(&manifest.lease_id) => {
@@ -278,6 +285,9 @@ impl Worker {
             unit_id = manifest.unit_id,
             fuel = report.fuel_used,
             elapsed_ms = report.elapsed.as_millis() as u64,
+            // From receiving the assignment to the unit's first instruction:
+            // verification, blobs, module lookup, instantiation.
+            first_instruction_us = (handed_over + report.startup).as_micros() as u64,
             outcome = ?report.outcome,
             "unit finished"
         );

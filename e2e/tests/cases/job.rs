@@ -8,21 +8,32 @@ use std::time::Duration;
 
 const UNITS: u64 = 24;
 const PER_UNIT: u64 = 100_000;
+/// Numbers near 10^9 make each unit take a few hundred milliseconds, long
+/// enough to kill a worker in the middle of one.
+const RANGE_START: u64 = 1_000_000_000;
 
-/// Counts primes below `limit` with a sieve: an independent check of the
-/// unit's trial division.
-fn prime_flags(limit: usize) -> Vec<bool> {
-    let mut prime = vec![true; limit];
-    prime[0] = false;
-    prime[1] = false;
-    let mut i = 2;
-    while i * i < limit {
-        if prime[i] {
-            (i * i..limit).step_by(i).for_each(|j| prime[j] = false);
+/// Counts primes in `[start, end)` with a segmented sieve: an independent
+/// check of the unit's trial division.
+fn count_primes(start: u64, end: u64) -> usize {
+    let root = (end as f64).sqrt() as usize + 1;
+    let mut small = vec![true; root + 1];
+    let mut base = Vec::new();
+    for i in 2..=root {
+        if small[i] {
+            base.push(i as u64);
+            (i * i..=root).step_by(i).for_each(|j| small[j] = false);
         }
-        i += 1;
     }
-    prime
+    let mut segment = vec![true; (end - start) as usize];
+    for p in base {
+        let first = (start.div_ceil(p) * p).max(p * p);
+        (first..end)
+            .step_by(p as usize)
+            .for_each(|m| segment[(m - start) as usize] = false);
+    }
+    (start..end)
+        .filter(|&n| n >= 2 && segment[(n - start) as usize])
+        .count()
 }
 
 fn write_job(dir: &Path, deadline_s: u32) -> std::path::PathBuf {
@@ -35,7 +46,7 @@ name = "primes-e2e"
 module = "primes.wasm"
 args = ["{{start}}", "{{end}}"]
 [split]
-range = {{ start = 0, end = {end}, per_unit = {PER_UNIT} }}
+range = {{ start = {RANGE_START}, end = {end}, per_unit = {PER_UNIT} }}
 [replication]
 min_quorum = 2
 target_results = 2
@@ -45,11 +56,23 @@ fuel = 50000000000
 memory_mib = 64
 deadline_s = {deadline_s}
 "#,
-        end = UNITS * PER_UNIT
+        end = RANGE_START + UNITS * PER_UNIT
     );
     let path = job_dir.join("job.toml");
     std::fs::write(&path, spec).expect("write spec");
     path
+}
+
+/// Polls every 10 ms: the window to catch is a unit in flight.
+fn wait_until_fast(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 fn json(text: &str) -> Value {
@@ -84,16 +107,23 @@ fn job_completes_with_a_cheater_and_a_crash() {
     let mut alice = start_worker("cobble-worker", &coordinator, &alice_dir, "alice");
     let _bob = start_worker("cobble-worker", &coordinator, &dir.join("bob"), "bob");
 
-    // Kill alice with SIGKILL while she is computing a unit.
+    // Kill alice with SIGKILL while she is computing a unit: once she has
+    // finished one (warm caches), the moment she has started another.
     assert!(
-        alice.wait_for_log("unit started", 2, Duration::from_secs(60)),
-        "alice never started a unit: {}",
+        alice.wait_for_log("unit finished", 1, Duration::from_secs(60)),
+        "alice never finished a unit: {}",
         alice.log_text()
     );
-    let log = alice.log_text();
-    let in_flight = log.matches("unit started").count() > log.matches("reported").count();
+    let mid_unit = wait_until_fast(Duration::from_secs(60), || {
+        let log = alice.log_text();
+        log.matches("unit started").count() > log.matches("unit finished").count()
+    });
     alice.kill();
-    assert!(in_flight, "alice was between units when killed:\n{log}");
+    assert!(
+        mid_unit,
+        "alice never started another unit:\n{}",
+        alice.log_text()
+    );
     // The volunteer reboots: same data dir, same host, same account.
     let _alice = start_worker("cobble-worker", &coordinator, &alice_dir, "alice");
 
@@ -116,13 +146,10 @@ fn job_completes_with_a_cheater_and_a_crash() {
     // Every validated result equals the count computed here.
     let out = dir.join("results");
     coordinator.cli_ok(&["results", &job, "--out", out.to_str().expect("utf-8 path")]);
-    let flags = prime_flags((UNITS * PER_UNIT) as usize);
     for index in 0..UNITS {
-        let (start, end) = (index * PER_UNIT, (index + 1) * PER_UNIT);
-        let expected = flags[start as usize..end as usize]
-            .iter()
-            .filter(|p| **p)
-            .count();
+        let start = RANGE_START + index * PER_UNIT;
+        let end = start + PER_UNIT;
+        let expected = count_primes(start, end);
         let stdout = std::fs::read_to_string(out.join(index.to_string()).join("stdout"))
             .unwrap_or_else(|e| panic!("unit {index} has no stdout: {e}"));
         assert_eq!(stdout, format!("primes in [{start}, {end}): {expected}\n"));

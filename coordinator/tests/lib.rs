@@ -1,0 +1,6 @@
+//! The coordinator's integration tests: one binary, one module per area.
+
+mod cases {
+    mod grpc;
+    mod store;
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: real binaries over real sockets. One binary, one
+//! module per scenario.
+
+mod cases {
+    mod blobs;
+    mod exec;
+    mod job;
+    mod third_party;
+}
