@@ -26,3 +26,22 @@ pub struct Config {
     #[arg(long, default_value_t = 4 << 30)]
     pub max_blob_bytes: u64,
 }
+
+/// Parses only the coordinator's flags, to build a config in code.
+#[derive(clap::Parser)]
+struct Standalone {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Config {
+    /// The defaults every flag documents, with the given data dir and a
+    /// random loopback port: for embedding the coordinator and for tests.
+    pub fn defaults_in(data_dir: &std::path::Path) -> Config {
+        use clap::Parser;
+        let mut config = Standalone::parse_from(["cobble-coordinator"]).config;
+        config.data_dir = data_dir.to_path_buf();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+}

@@ -17,6 +17,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the project: embedded SQLite and local blobs unless told otherwise.
+    /// A flag given twice takes its last value, so wrappers can override defaults.
+    #[command(args_override_self = true)]
     Serve(cobble_coordinator::Config),
 }
 

@@ -107,14 +107,21 @@ impl Coordinator {
     }
 
     pub fn start_with(dir: &Path, extra: &[&str]) -> Coordinator {
-        let data_dir = dir.join("coordinator");
+        Self::start_at(dir, &dir.join("coordinator"), extra)
+    }
+
+    /// Starts on a given data dir; `extra` flags override the defaults
+    /// (a later `--listen` wins over the random port).
+    pub fn start_at(dir: &Path, data_dir: &Path, extra: &[&str]) -> Coordinator {
+        let data_dir = data_dir.to_path_buf();
         let mut command = Command::new(binary("cobble-coordinator"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
             .stdout(Stdio::piped());
-        let mut process = Process::spawn(command, dir.join("coordinator.log"));
+        let log = dir.join(format!("coordinator-{}.log", unique_suffix()));
+        let mut process = Process::spawn(command, log);
         let stdout = process.child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut url = None;
@@ -147,6 +154,24 @@ impl Coordinator {
             .args(args)
             .output()
             .expect("running cobble")
+    }
+
+    /// Submits a job spec and returns the new job's id.
+    pub fn submit(&self, spec: &Path) -> String {
+        let spec = spec.to_str().expect("spec path is UTF-8");
+        let job = self.cli_ok(&["submit", spec]).trim().to_string();
+        assert!(job.parse::<i64>().is_ok(), "submit printed {job:?}");
+        job
+    }
+
+    /// Writes and submits a one-unit primes job; returns its id.
+    pub fn submit_tiny_primes_job(&self, dir: &Path) -> String {
+        self.submit(&write_job(
+            dir,
+            cobble_unit_artifacts::PRIMES,
+            "primes.wasm",
+            TINY_PRIMES_JOB,
+        ))
     }
 
     /// Runs `cobble` and returns its stdout, failing the test on error.
@@ -182,3 +207,28 @@ pub fn start_worker(
     let log = data_dir.with_extension("log");
     Process::spawn(command, log)
 }
+
+/// A suffix that keeps log names of one test process apart.
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Writes `dir/job/job.toml` with `spec` beside a copy of `module` named
+/// `module_name`, and returns the spec's path.
+pub fn write_job(dir: &Path, module: &str, module_name: &str, spec: &str) -> PathBuf {
+    let job_dir = dir.join("job");
+    std::fs::create_dir_all(&job_dir).expect("creating the job dir");
+    std::fs::copy(module, job_dir.join(module_name)).expect("copying the module");
+    let path = job_dir.join("job.toml");
+    std::fs::write(&path, spec).expect("writing the job spec");
+    path
+}
+
+/// A one-unit primes job: the smallest real job.
+const TINY_PRIMES_JOB: &str = "name = \"p\"\nmodule = \"primes.wasm\"\nargs = [\"{start}\", \"{end}\"]\n[split]\nrange = { start = 0, end = 10, per_unit = 10 }\n";

@@ -5,5 +5,6 @@ mod cases {
     mod blobs;
     mod exec;
     mod job;
+    mod signing;
     mod third_party;
 }

@@ -16,12 +16,8 @@ use tonic_reflection::pb::v1::{
 async fn health_reflection_and_auth_over_grpc() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = Config {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        database_url: None,
-        signing_key: None,
         project_name: "grpc-test".into(),
-        max_blob_bytes: 1 << 20,
+        ..Config::defaults_in(dir.path())
     };
     let store = cobble_coordinator::start(&config).await.expect("start");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

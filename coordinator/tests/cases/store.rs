@@ -418,14 +418,7 @@ async fn bad_credentials_and_specs_are_refused() {
 async fn a_restarted_coordinator_keeps_everything() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path: &Path = dir.path();
-    let config = Config {
-        data_dir: path.to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        database_url: None,
-        signing_key: None,
-        project_name: "test".into(),
-        max_blob_bytes: 1 << 30,
-    };
+    let config = Config::defaults_in(path);
     let store = cobble_coordinator::start(&config).await.expect("start");
     let key = store.signing_key().verifying_key();
     let job = submit(&store, 3, (1, 1, 2), 600).await;

@@ -11,19 +11,8 @@ fn a_corrupt_module_is_refused_and_reported() {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path();
     let coordinator = Coordinator::start(dir);
-    let job_dir = dir.join("job");
-    std::fs::create_dir_all(&job_dir).expect("mkdir");
+    let job = coordinator.submit_tiny_primes_job(dir);
     let module = std::fs::read(cobble_unit_artifacts::PRIMES).expect("primes.wasm");
-    std::fs::write(job_dir.join("primes.wasm"), &module).expect("write");
-    std::fs::write(
-        job_dir.join("job.toml"),
-        "name = \"p\"\nmodule = \"primes.wasm\"\nargs = [\"{start}\", \"{end}\"]\n[split]\nrange = { start = 0, end = 10, per_unit = 10 }\n",
-    )
-    .expect("write spec");
-    let job = coordinator
-        .cli_ok(&["submit", job_dir.join("job.toml").to_str().expect("utf-8")])
-        .trim()
-        .to_string();
 
     // Flip one byte of the stored module: same name, different content.
     let hex = cobble_core::BlobHash::of(&module).to_hex();

@@ -1,9 +1,8 @@
 //! End to end: a real coordinator on embedded SQLite, three real worker
 //! processes (one of them a liar), a real job, over real sockets.
 
-use cobble_e2e::{Coordinator, start_worker, wait_until};
+use cobble_e2e::{Coordinator, start_worker, wait_until, write_job};
 use serde_json::Value;
-use std::path::Path;
 use std::time::Duration;
 
 const UNITS: u64 = 24;
@@ -36,11 +35,8 @@ fn count_primes(start: u64, end: u64) -> usize {
         .count()
 }
 
-fn write_job(dir: &Path, deadline_s: u32) -> std::path::PathBuf {
-    let job_dir = dir.join("job");
-    std::fs::create_dir_all(&job_dir).expect("mkdir");
-    std::fs::copy(cobble_unit_artifacts::PRIMES, job_dir.join("primes.wasm")).expect("copy module");
-    let spec = format!(
+fn primes_spec(deadline_s: u32) -> String {
+    format!(
         r#"
 name = "primes-e2e"
 module = "primes.wasm"
@@ -57,10 +53,7 @@ memory_mib = 64
 deadline_s = {deadline_s}
 "#,
         end = RANGE_START + UNITS * PER_UNIT
-    );
-    let path = job_dir.join("job.toml");
-    std::fs::write(&path, spec).expect("write spec");
-    path
+    )
 }
 
 /// Polls every 10 ms: the window to catch is a unit in flight.
@@ -84,11 +77,14 @@ fn job_completes_with_a_cheater_and_a_crash() {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path();
     let coordinator = Coordinator::start(dir);
-    let spec = write_job(dir, 8);
+    let spec = write_job(
+        dir,
+        cobble_unit_artifacts::PRIMES,
+        "primes.wasm",
+        &primes_spec(8),
+    );
 
-    let job = coordinator.cli_ok(&["submit", spec.to_str().expect("utf-8 path")]);
-    let job = job.trim().to_string();
-    assert!(job.parse::<i64>().is_ok(), "submit printed {job:?}");
+    let job = coordinator.submit(&spec);
 
     // The liar starts first and holds a unit before the honest workers
     // arrive, so it is sure to take part.

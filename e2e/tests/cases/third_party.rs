@@ -53,10 +53,7 @@ deadline_s = 120
     let coordinator = Coordinator::start(dir);
     let _one = start_worker("cobble-worker", &coordinator, &dir.join("one"), "one");
     let _two = start_worker("cobble-worker", &coordinator, &dir.join("two"), "two");
-    let job = coordinator
-        .cli_ok(&["submit", spec.to_str().expect("utf-8")])
-        .trim()
-        .to_string();
+    let job = coordinator.submit(&spec);
     let done = wait_until(Duration::from_secs(180), || {
         coordinator
             .cli_ok(&["status", &job])
