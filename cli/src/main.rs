@@ -5,13 +5,13 @@ mod output;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use cobble_client::{Connection, Credentials};
 use cobble_core::spec::LocalJob;
 use cobble_proto::v1::{
     self as pb, job_service_client::JobServiceClient, stats_service_client::StatsServiceClient,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,10 @@ struct Cli {
         default_value = "http://127.0.0.1:7710"
     )]
     coordinator: String,
+    /// The project's researcher token, needed to submit, cancel and collect
+    /// jobs (the coordinator keeps it in <data-dir>/researcher.token).
+    #[arg(long, global = true, env = "COBBLE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,14 +74,18 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let channel = || cobble_client::connect(&cli.coordinator);
+    let credentials = cli
+        .token
+        .clone()
+        .map_or(Credentials::Anonymous, Credentials::Researcher);
+    let connect = || Connection::open(&cli.coordinator, credentials.clone());
     match cli.command {
         Command::Submit { spec } => {
             let job = LocalJob::load(&spec)?;
-            let channel = channel().await?;
-            let spec = upload_job(&channel, &job).await?;
-            let response = JobServiceClient::new(channel)
-                .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+            let connection = connect().await?;
+            let spec = upload_job(&connection, &job).await?;
+            let response = JobServiceClient::new(connection.channel())
+                .submit_job(connection.request(pb::SubmitJobRequest { spec: Some(spec) }))
                 .await
                 .context("the coordinator refused the job")?
                 .into_inner();
@@ -85,24 +93,26 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", response.job_id);
         }
         Command::Status { job, json } => {
-            let status = JobServiceClient::new(channel().await?)
-                .get_job_status(pb::JobRequest { job_id: job })
+            let connection = connect().await?;
+            let status = JobServiceClient::new(connection.channel())
+                .get_job_status(connection.request(pb::JobRequest { job_id: job }))
                 .await?
                 .into_inner();
             output::print_status(&status, json)?;
         }
         Command::Results { job, out, json } => {
-            let channel = channel().await?;
-            let results = JobServiceClient::new(channel.clone())
-                .get_job_results(pb::JobRequest { job_id: job })
+            let connection = connect().await?;
+            let results = JobServiceClient::new(connection.channel())
+                .get_job_results(connection.request(pb::JobRequest { job_id: job }))
                 .await?
                 .into_inner();
-            write_results(&channel, &results, &out).await?;
+            write_results(&connection, &results, &out).await?;
             output::print_results(&results, &out, json)?;
         }
         Command::Cancel { job } => {
-            let response = JobServiceClient::new(channel().await?)
-                .cancel_job(pb::JobRequest { job_id: job })
+            let connection = connect().await?;
+            let response = JobServiceClient::new(connection.channel())
+                .cancel_job(connection.request(pb::JobRequest { job_id: job }))
                 .await?
                 .into_inner();
             if let Some(status) = response.status {
@@ -122,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 "users"
             };
-            let board = StatsServiceClient::new(channel().await?)
+            let board = StatsServiceClient::new(connect().await?.channel())
                 .get_leaderboard(pb::LeaderboardRequest {
                     kind: kind.into(),
                     limit,
@@ -136,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Uploads every file the job names (each once) and builds the spec.
-async fn upload_job(channel: &Channel, job: &LocalJob) -> anyhow::Result<pb::JobSpec> {
+async fn upload_job(connection: &Connection, job: &LocalJob) -> anyhow::Result<pb::JobSpec> {
     let mut paths: Vec<&Path> = vec![job.module.as_path()];
     paths.extend(job.inputs.iter().map(|(_, p)| p.as_path()));
     if let cobble_core::spec::LocalSplit::Files(files) = &job.split {
@@ -145,7 +155,8 @@ async fn upload_job(channel: &Channel, job: &LocalJob) -> anyhow::Result<pb::Job
     let mut uploaded: HashMap<PathBuf, pb::BlobRef> = HashMap::new();
     for path in paths {
         if !uploaded.contains_key(path) {
-            let blob = cobble_client::upload_file(channel, path)
+            let blob = connection
+                .upload_file(path)
                 .await
                 .with_context(|| format!("uploading {}", path.display()))?;
             uploaded.insert(path.to_path_buf(), blob);
@@ -161,7 +172,7 @@ async fn upload_job(channel: &Channel, job: &LocalJob) -> anyhow::Result<pb::Job
 
 /// Downloads each done unit's stdout and files into `out/<index>/`.
 async fn write_results(
-    channel: &Channel,
+    connection: &Connection,
     results: &pb::JobResults,
     out: &Path,
 ) -> anyhow::Result<()> {
@@ -169,7 +180,7 @@ async fn write_results(
         let dir = out.join(unit.index.to_string());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         if let Some(stdout) = &unit.stdout {
-            fetch(channel, stdout, &dir.join("stdout")).await?;
+            fetch(connection, stdout, &dir.join("stdout")).await?;
         }
         for file in &unit.files {
             let target = safe_join(&dir, &file.name)?;
@@ -177,16 +188,17 @@ async fn write_results(
                 std::fs::create_dir_all(parent)?;
             }
             if let Some(blob) = &file.blob {
-                fetch(channel, blob, &target).await?;
+                fetch(connection, blob, &target).await?;
             }
         }
     }
     Ok(())
 }
 
-async fn fetch(channel: &Channel, blob: &pb::BlobRef, target: &Path) -> anyhow::Result<()> {
+async fn fetch(connection: &Connection, blob: &pb::BlobRef, target: &Path) -> anyhow::Result<()> {
     let hash = cobble_core::BlobHash::from_slice(&blob.hash)?;
-    cobble_client::download_verified(channel, &hash, target)
+    connection
+        .download_verified(&hash, target)
         .await
         .with_context(|| format!("downloading {}", target.display()))?;
     Ok(())

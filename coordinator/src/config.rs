@@ -19,6 +19,11 @@ pub struct Config {
     /// created on first start.
     #[arg(long, env = "COBBLE_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// Researcher token file; default `<data-dir>/researcher.token`,
+    /// created on first start. Submitting, cancelling and collecting jobs
+    /// and uploading blobs need the token it holds.
+    #[arg(long, env = "COBBLE_RESEARCHER_TOKEN_FILE")]
+    pub researcher_token: Option<PathBuf>,
     /// Name shown to volunteers when they attach.
     #[arg(long, default_value = "cobble")]
     pub project_name: String,
@@ -35,6 +40,12 @@ struct Standalone {
 }
 
 impl Config {
+    pub fn researcher_token_path(&self) -> PathBuf {
+        self.researcher_token
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("researcher.token"))
+    }
+
     /// The defaults every flag documents, with the given data dir and a
     /// random loopback port: for embedding the coordinator and for tests.
     pub fn defaults_in(data_dir: &std::path::Path) -> Config {

@@ -26,8 +26,8 @@ pub enum Error {
     AlreadyExists(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("project signing key {path}: {message}")]
-    SigningKey { path: String, message: String },
+    #[error("secret file {path}: {message}")]
+    Secret { path: String, message: String },
 }
 
 impl Error {

@@ -10,8 +10,8 @@ pub mod config;
 pub mod credit;
 pub mod db;
 pub mod error;
+pub mod secrets;
 pub mod service;
-pub mod signing_key;
 pub mod store;
 pub mod validate;
 
@@ -45,8 +45,9 @@ pub async fn start(config: &Config) -> Result<Store> {
         Some(path) => (path.clone(), false),
         None => (config.data_dir.join("project.key"), true),
     };
-    let key = signing_key::load_or_create(&key_path, create)?;
-    Ok(Store::new(db, blobs, key))
+    let key = secrets::signing_key(&key_path, create)?;
+    let token = secrets::ResearcherToken::load_or_create(&config.researcher_token_path())?;
+    Ok(Store::new(db, blobs, key, token))
 }
 
 /// Serves every service on `listener` until `shutdown` resolves.
@@ -88,7 +89,7 @@ pub async fn serve(
             store: store.clone(),
         }))
         .add_service(BlobServiceServer::new(service::BlobApi {
-            blobs: store.blobs.clone(),
+            store: store.clone(),
             max_blob_bytes: config.max_blob_bytes,
         }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -38,11 +38,19 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     let key = hex::encode(store.signing_key().verifying_key().as_bytes());
-    // Scripts and tests read these two lines; keep their form stable.
+    // Scripts and tests read these lines, up to the signing key, which comes
+    // last; keep their form stable. A closed stdout must not stop a server.
+    let banner = format!(
+        "cobble-coordinator listening on {address}\nresearcher token in {}\nproject signing key {key}\n",
+        config.researcher_token_path().display()
+    );
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "cobble-coordinator listening on {address}")?;
-    writeln!(stdout, "project signing key {key}")?;
-    stdout.flush()?;
+    if let Err(error) = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        tracing::warn!(%error, "cannot print the start-up banner");
+    }
     drop(stdout);
     cobble_coordinator::serve(store, &config, listener, shutdown_signal()).await?;
     Ok(())

@@ -14,11 +14,35 @@ pub use worker::WorkerApi;
 
 use crate::error::Error;
 use crate::store::{HostIdentity, Store};
+use cobble_core::auth::{BEARER_PREFIX, HOST_ID_HEADER, HOST_KEY_HEADER, RESEARCHER_HEADER};
 use tonic::metadata::MetadataMap;
 
-/// Metadata keys carrying a host's credentials on every worker call.
-pub const HOST_ID_HEADER: &str = "x-cobble-host";
-pub const HOST_KEY_HEADER: &str = "x-cobble-host-key";
+/// Checks the researcher token (`authorization: Bearer <token>`).
+fn require_researcher(store: &Store, metadata: &MetadataMap) -> Result<(), Error> {
+    let presented = metadata
+        .get(RESEARCHER_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix(BEARER_PREFIX));
+    match presented {
+        Some(token) if store.researcher_token().matches(token) => Ok(()),
+        Some(_) => Err(Error::Unauthenticated(
+            "wrong researcher token".into(),
+        )),
+        None => Err(Error::Unauthenticated(
+            "this call needs the project's researcher token: pass --token or set COBBLE_TOKEN (the coordinator keeps it in <data-dir>/researcher.token)".into(),
+        )),
+    }
+}
+
+/// Blobs move for researchers (modules, inputs, results) and for hosts
+/// (inputs, outputs); nobody else may store or read them.
+async fn require_researcher_or_host(store: &Store, metadata: &MetadataMap) -> Result<(), Error> {
+    if metadata.contains_key(HOST_ID_HEADER) {
+        authenticate(store, metadata).await.map(|_| ())
+    } else {
+        require_researcher(store, metadata)
+    }
+}
 
 async fn authenticate(store: &Store, metadata: &MetadataMap) -> Result<HostIdentity, Error> {
     let text = |key: &str| {

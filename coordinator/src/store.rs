@@ -14,6 +14,7 @@ pub use reports::ReportStatus;
 
 use crate::blob_store::BlobStore;
 use crate::db::Db;
+use crate::secrets::ResearcherToken;
 use ed25519_dalek::SigningKey;
 use std::sync::Arc;
 
@@ -23,15 +24,26 @@ pub struct Store {
     pub db: Db,
     pub blobs: BlobStore,
     signing_key: Arc<SigningKey>,
+    researcher_token: ResearcherToken,
 }
 
 impl Store {
-    pub fn new(db: Db, blobs: BlobStore, signing_key: SigningKey) -> Self {
+    pub fn new(
+        db: Db,
+        blobs: BlobStore,
+        signing_key: SigningKey,
+        researcher_token: ResearcherToken,
+    ) -> Self {
         Store {
             db,
             blobs,
             signing_key: Arc::new(signing_key),
+            researcher_token,
         }
+    }
+
+    pub fn researcher_token(&self) -> &ResearcherToken {
+        &self.researcher_token
     }
 
     pub fn signing_key(&self) -> &SigningKey {

@@ -149,11 +149,19 @@ impl Coordinator {
     /// Runs `cobble` against this coordinator.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(binary("cobble"))
+            .env("COBBLE_TOKEN", self.researcher_token())
             .arg("--coordinator")
             .arg(&self.url)
             .args(args)
             .output()
             .expect("running cobble")
+    }
+
+    /// The token the coordinator created on first start.
+    pub fn researcher_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("researcher.token"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default()
     }
 
     /// Submits a job spec and returns the new job's id.

@@ -8,6 +8,7 @@
 use crate::attach::{self, Attachment, Volunteer};
 use crate::error::{Error, Result};
 use crate::sandbox::{Invocation, RunReport, Sandbox, UnitLimits};
+use cobble_client::{Connection, Credentials};
 use cobble_core::BlobHash;
 use cobble_proto::v1::{
     self as pb, report_request::Outcome, worker_service_client::WorkerServiceClient,
@@ -17,7 +18,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
@@ -47,7 +47,8 @@ pub struct Hooks {
 
 /// Everything one slot needs, shared by all slots.
 struct Worker {
-    channel: Channel,
+    /// Carries this host's credentials on every call.
+    connection: Connection,
     attachment: Attachment,
     project_key: VerifyingKey,
     sandbox: Sandbox,
@@ -83,8 +84,15 @@ pub async fn run(
     .await?;
     let project_key = cobble_core::manifest::project_key_from_hex(&attachment.project_key)?;
     let sandbox = Sandbox::new(Some(config.data_dir.join("modules")))?;
-    let worker = Arc::new(Worker {
+    let connection = Connection::from_channel(
         channel,
+        Credentials::Host {
+            id: attachment.host_id,
+            key: attachment.host_key.clone(),
+        },
+    );
+    let worker = Arc::new(Worker {
+        connection,
         attachment,
         project_key,
         sandbox,
@@ -134,19 +142,11 @@ fn backoff(attempt: u32) -> Duration {
 
 impl Worker {
     fn authorized<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        let metadata = request.metadata_mut();
-        if let Ok(id) = MetadataValue::try_from(self.attachment.host_id.to_string()) {
-            metadata.insert("x-cobble-host", id);
-        }
-        if let Ok(key) = MetadataValue::try_from(self.attachment.host_key.as_str()) {
-            metadata.insert("x-cobble-host-key", key);
-        }
-        request
+        self.connection.request(message)
     }
 
     fn client(&self) -> WorkerServiceClient<Channel> {
-        WorkerServiceClient::new(self.channel.clone())
+        WorkerServiceClient::new(self.connection.channel())
     }
 
     async fn slot_loop(&self, slot: u32) {
@@ -307,12 +307,16 @@ impl Worker {
         if let Some(filter) = &self.hooks.stdout_filter {
             filter(&mut stdout);
         }
-        let stdout = cobble_client::upload_bytes(&self.channel, &stdout)
+        let stdout = self
+            .connection
+            .upload_bytes(&stdout)
             .await
             .map_err(upload_error)?;
         let mut files = Vec::with_capacity(report.files.len());
         for file in &report.files {
-            let blob = cobble_client::upload_file(&self.channel, &file.path)
+            let blob = self
+                .connection
+                .upload_file(&file.path)
                 .await
                 .map_err(upload_error)?;
             files.push(pb::OutputFile {
@@ -355,7 +359,7 @@ impl Worker {
         if path.is_file() {
             return Ok(path);
         }
-        match cobble_client::download_verified(&self.channel, &hash, &path).await {
+        match self.connection.download_verified(&hash, &path).await {
             Ok(size) if size == blob.size => Ok(path),
             Ok(size) => {
                 std::fs::remove_file(&path).ok();

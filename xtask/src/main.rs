@@ -202,6 +202,9 @@ fn demo(root: &Path) -> anyhow::Result<()> {
         }
     }
     let url = url.context("the coordinator did not start; see target/demo/coordinator.log")?;
+    let token = std::fs::read_to_string(data.join("coordinator/researcher.token"))?
+        .trim()
+        .to_string();
 
     println!("== starting three workers (ada, grace, linus)");
     for user in ["ada", "grace", "linus"] {
@@ -231,6 +234,7 @@ fn demo(root: &Path) -> anyhow::Result<()> {
 
     let cobble = |args: &[&str]| -> anyhow::Result<String> {
         let output = Command::new(bin("cobble"))
+            .env("COBBLE_TOKEN", &token)
             .arg("--coordinator")
             .arg(&url)
             .args(args)

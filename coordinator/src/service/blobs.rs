@@ -1,7 +1,8 @@
 //! BlobService: chunked upload and download of content-addressed blobs.
 
-use crate::blob_store::BlobStore;
+use super::require_researcher_or_host;
 use crate::error::Error;
+use crate::store::Store;
 use cobble_core::BlobHash;
 use cobble_proto::v1::{self as pb, blob_service_server::BlobService};
 use std::pin::Pin;
@@ -14,7 +15,7 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct BlobApi {
-    pub blobs: BlobStore,
+    pub store: Store,
     /// Largest blob accepted, so one upload cannot fill the disk.
     pub max_blob_bytes: u64,
 }
@@ -25,6 +26,8 @@ impl BlobService for BlobApi {
         &self,
         request: Request<Streaming<pb::BlobChunk>>,
     ) -> Result<Response<pb::UploadBlobResponse>, Status> {
+        require_researcher_or_host(&self.store, request.metadata()).await?;
+        let blobs = &self.store.blobs;
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -40,14 +43,14 @@ impl BlobService for BlobApi {
                 expected.size, self.max_blob_bytes
             )));
         }
-        if self.blobs.size_of(&hash).await == Some(expected.size) {
+        if blobs.size_of(&hash).await == Some(expected.size) {
             while stream.message().await?.is_some() {}
             return Ok(Response::new(pb::UploadBlobResponse {
                 blob: Some(expected),
                 already_present: true,
             }));
         }
-        let mut writer = self.blobs.writer().await?;
+        let mut writer = blobs.writer().await?;
         let mut chunk = Some(first);
         while let Some(message) = chunk {
             if writer.written() + message.data.len() as u64 > expected.size {
@@ -69,7 +72,7 @@ impl BlobService for BlobApi {
                 }
             };
         }
-        writer.finish(&self.blobs, &hash, expected.size).await?;
+        writer.finish(blobs, &hash, expected.size).await?;
         Ok(Response::new(pb::UploadBlobResponse {
             blob: Some(expected),
             already_present: false,
@@ -82,8 +85,9 @@ impl BlobService for BlobApi {
         &self,
         request: Request<pb::GetBlobRequest>,
     ) -> Result<Response<Self::GetBlobStream>, Status> {
+        require_researcher_or_host(&self.store, request.metadata()).await?;
         let hash = BlobHash::from_slice(&request.get_ref().hash).map_err(Error::from)?;
-        let path = self.blobs.path_of(&hash);
+        let path = self.store.blobs.path_of(&hash);
         let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|_| Status::not_found(format!("blob {hash} is not stored here")))?;
@@ -128,10 +132,11 @@ impl BlobService for BlobApi {
         &self,
         request: Request<pb::HasBlobsRequest>,
     ) -> Result<Response<pb::HasBlobsResponse>, Status> {
+        require_researcher_or_host(&self.store, request.metadata()).await?;
         let mut missing = Vec::new();
         for raw in request.get_ref().hashes.iter().take(10_000) {
             let hash = BlobHash::from_slice(raw).map_err(Error::from)?;
-            if !self.blobs.contains(&hash).await {
+            if !self.store.blobs.contains(&hash).await {
                 missing.push(raw.clone());
             }
         }

@@ -1,5 +1,6 @@
 //! JobService: what researchers call.
 
+use super::require_researcher;
 use crate::store::Store;
 use cobble_proto::v1::{self as pb, job_service_server::JobService};
 use tonic::{Request, Response, Status};
@@ -15,6 +16,7 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        require_researcher(&self.store, request.metadata())?;
         let spec = request
             .get_ref()
             .spec
@@ -37,6 +39,7 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::JobRequest>,
     ) -> Result<Response<pb::JobResults>, Status> {
+        require_researcher(&self.store, request.metadata())?;
         Ok(Response::new(
             self.store.job_results(request.get_ref().job_id).await?,
         ))
@@ -46,6 +49,7 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::JobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        require_researcher(&self.store, request.metadata())?;
         let status = self.store.cancel_job(request.get_ref().job_id).await?;
         Ok(Response::new(pb::CancelJobResponse {
             status: Some(status),

@@ -2,8 +2,11 @@
 //! reflection services answer, so ordinary gRPC tools can talk to it, and
 //! bogus credentials are refused with a clear status.
 
+use cobble_client::{Connection, Credentials};
 use cobble_coordinator::Config;
-use cobble_proto::v1::{self as pb, worker_service_client::WorkerServiceClient};
+use cobble_proto::v1::{
+    self as pb, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -105,6 +108,41 @@ async fn health_reflection_and_auth_over_grpc() {
         refused.message()
     );
 
+    // Researcher calls need the token; anonymous or wrong ones are refused.
+    let token = std::fs::read_to_string(dir.path().join("researcher.token")).expect("token file");
+    let researcher = Connection::from_channel(
+        channel.clone(),
+        Credentials::Researcher(token.trim().into()),
+    );
+    let impostor =
+        Connection::from_channel(channel.clone(), Credentials::Researcher("0".repeat(32)));
+    let anonymous = Connection::from_channel(channel.clone(), Credentials::Anonymous);
+    for connection in [&anonymous, &impostor] {
+        let refused = JobServiceClient::new(channel.clone())
+            .submit_job(connection.request(pb::SubmitJobRequest::default()))
+            .await
+            .expect_err("submit without the token");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let refused = JobServiceClient::new(channel.clone())
+            .cancel_job(connection.request(pb::JobRequest { job_id: 1 }))
+            .await
+            .expect_err("cancel without the token");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let refused = connection
+            .upload_bytes(b"spam")
+            .await
+            .expect_err("upload without the token");
+        assert!(
+            refused.to_string().contains("researcher token"),
+            "{refused}"
+        );
+    }
+    let stored = researcher
+        .upload_bytes(b"data")
+        .await
+        .expect("the researcher may upload");
+    assert_eq!(stored.size, 4);
+
     // An upload that does not match its declared hash is refused and stored nowhere.
     let forged = pb::BlobChunk {
         expected: Some(pb::BlobRef {
@@ -114,7 +152,7 @@ async fn health_reflection_and_auth_over_grpc() {
         data: b"forged".to_vec(),
     };
     let refused = pb::blob_service_client::BlobServiceClient::new(channel.clone())
-        .upload_blob(tokio_stream::iter([forged]))
+        .upload_blob(researcher.request(tokio_stream::iter([forged])))
         .await
         .expect_err("mismatched upload");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);

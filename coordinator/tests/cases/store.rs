@@ -35,12 +35,8 @@ impl Backend {
 
 async fn open(database_url: Option<String>, dir: &Path) -> Store {
     let config = Config {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
         database_url,
-        signing_key: None,
-        project_name: "test".into(),
-        max_blob_bytes: 1 << 30,
+        ..Config::defaults_in(dir)
     };
     cobble_coordinator::start(&config)
         .await
