@@ -24,10 +24,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Core(#[from] cobble_core::Error),
-    #[error("coordinator at {url}: {message}")]
-    Connect { url: String, message: String },
     #[error("coordinator refused the request: {0}")]
     Rpc(#[from] tonic::Status),
+    #[error("transfer: {0}")]
+    Transfer(#[from] cobble_client::Error),
     #[error(
         "the coordinator's project key {actual} differs from the key pinned in {pinned_in} ({expected}): refusing to attach; if the project really changed its key, delete that file"
     )]

@@ -5,7 +5,7 @@
 //! signature and every blob hash verify; a unit that fails either is
 //! reported as a client error and never run.
 
-use crate::attach::{self, Attachment, Volunteer};
+use crate::attach::{self, Volunteer};
 use crate::error::{Error, Result};
 use crate::sandbox::{Invocation, RunReport, Sandbox, UnitLimits};
 use cobble_client::{Connection, Credentials};
@@ -49,7 +49,6 @@ pub struct Hooks {
 struct Worker {
     /// Carries this host's credentials on every call.
     connection: Connection,
-    attachment: Attachment,
     project_key: VerifyingKey,
     sandbox: Sandbox,
     blob_dir: PathBuf,
@@ -93,7 +92,6 @@ pub async fn run(
     );
     let worker = Arc::new(Worker {
         connection,
-        attachment,
         project_key,
         sandbox,
         blob_dir,
@@ -210,6 +208,12 @@ impl Worker {
         let outcome = match self.compute(&manifest, &unit_dir, received).await {
             Ok(Some(outcome)) => Some(outcome),
             Ok(None) => None,
+            Err(Error::Transfer(error)) if is_transient_transfer(&error) => {
+                // The lease ran out while the coordinator was unreachable:
+                // nothing to report; the coordinator reissues the unit.
+                tracing::warn!(unit_id = manifest.unit_id, %error, "abandoning unit: coordinator unreachable until its deadline");
+                None
+            }
             Err(error) => {
                 tracing::error!(unit_id = manifest.unit_id, %error, "unit could not run");
                 let kind = match error {
@@ -237,7 +241,7 @@ impl Worker {
             .module
             .as_ref()
             .ok_or_else(|| Error::InvalidModule("manifest names no module".into()))?;
-        let module_path = self.ensure_blob(module_ref).await?;
+        let module_path = self.ensure_blob(module_ref, manifest.deadline_ms).await?;
         let module_hash = BlobHash::from_slice(&module_ref.hash)?;
         let input_dir = unit_dir.join("input");
         let output_dir = unit_dir.join("output");
@@ -249,7 +253,7 @@ impl Worker {
             let blob = input.blob.as_ref().ok_or_else(|| {
                 Error::InvalidModule(format!("input {:?} has no blob", input.name))
             })?;
-            let cached = self.ensure_blob(blob).await?;
+            let cached = self.ensure_blob(blob, manifest.deadline_ms).await?;
             link_input(&cached, &input_dir.join(&input.name))?;
         }
         let prepared = self.sandbox.prepare(&module_hash, &module_path)?;
@@ -291,10 +295,12 @@ impl Worker {
             outcome = ?report.outcome,
             "unit finished"
         );
-        self.outcome_of(report).await.map(Some)
+        self.outcome_of(report, manifest.deadline_ms)
+            .await
+            .map(Some)
     }
 
-    async fn outcome_of(&self, report: RunReport) -> Result<Outcome> {
+    async fn outcome_of(&self, report: RunReport, deadline_ms: i64) -> Result<Outcome> {
         if let Err(failure) = &report.outcome {
             let stderr = String::from_utf8_lossy(&report.stderr);
             let tail = &stderr[stderr.len().saturating_sub(STDERR_TAIL)..];
@@ -307,18 +313,16 @@ impl Worker {
         if let Some(filter) = &self.hooks.stdout_filter {
             filter(&mut stdout);
         }
-        let stdout = self
-            .connection
-            .upload_bytes(&stdout)
-            .await
-            .map_err(upload_error)?;
+        let stdout = with_retry(deadline_ms, "uploading stdout", || {
+            self.connection.upload_bytes(&stdout)
+        })
+        .await?;
         let mut files = Vec::with_capacity(report.files.len());
         for file in &report.files {
-            let blob = self
-                .connection
-                .upload_file(&file.path)
-                .await
-                .map_err(upload_error)?;
+            let blob = with_retry(deadline_ms, "uploading an output file", || {
+                self.connection.upload_file(&file.path)
+            })
+            .await?;
             files.push(pb::OutputFile {
                 name: file.name.clone(),
                 blob: Some(blob),
@@ -353,13 +357,17 @@ impl Worker {
 
     /// Returns the cached path of a blob, downloading and verifying it first
     /// if needed. Only verified bytes ever reach the cache.
-    async fn ensure_blob(&self, blob: &pb::BlobRef) -> Result<PathBuf> {
+    async fn ensure_blob(&self, blob: &pb::BlobRef, deadline_ms: i64) -> Result<PathBuf> {
         let hash = BlobHash::from_slice(&blob.hash)?;
         let path = self.blob_dir.join(hash.to_hex());
         if path.is_file() {
             return Ok(path);
         }
-        match self.connection.download_verified(&hash, &path).await {
+        let downloaded = with_retry(deadline_ms, "downloading a blob", || {
+            self.connection.download_verified(&hash, &path)
+        })
+        .await;
+        match downloaded {
             Ok(size) if size == blob.size => Ok(path),
             Ok(size) => {
                 std::fs::remove_file(&path).ok();
@@ -376,10 +384,7 @@ impl Worker {
                     actual: actual.to_hex(),
                 })
             }
-            Err(error) => Err(Error::Connect {
-                url: self.attachment.coordinator.clone(),
-                message: error.to_string(),
-            }),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -421,10 +426,36 @@ fn is_transient(status: &tonic::Status) -> bool {
     )
 }
 
-fn upload_error(error: cobble_client::Error) -> Error {
-    Error::Connect {
-        url: "coordinator".into(),
-        message: format!("uploading outputs: {error}"),
+/// Retries a transfer through coordinator outages, with backoff, until the
+/// lease's deadline: a network failure is never the unit's failure.
+async fn with_retry<T, F, Fut>(
+    deadline_ms: i64,
+    what: &str,
+    mut transfer: F,
+) -> Result<T, cobble_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, cobble_client::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match transfer().await {
+            Err(error) if is_transient_transfer(&error) && cobble_core::now_ms() < deadline_ms => {
+                let wait = backoff(attempt);
+                attempt += 1;
+                tracing::warn!(%error, "{what} failed; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn is_transient_transfer(error: &cobble_client::Error) -> bool {
+    match error {
+        cobble_client::Error::Unreachable { .. } => true,
+        cobble_client::Error::Rpc(status) => is_transient(status),
+        _ => false,
     }
 }
 

@@ -139,17 +139,7 @@ fn job_completes_with_a_cheater_and_a_crash() {
         "the killed lease never timed out: {status}"
     );
 
-    // Every validated result equals the count computed here.
-    let out = dir.join("results");
-    coordinator.cli_ok(&["results", &job, "--out", out.to_str().expect("utf-8 path")]);
-    for index in 0..UNITS {
-        let start = RANGE_START + index * PER_UNIT;
-        let end = start + PER_UNIT;
-        let expected = count_primes(start, end);
-        let stdout = std::fs::read_to_string(out.join(index.to_string()).join("stdout"))
-            .unwrap_or_else(|e| panic!("unit {index} has no stdout: {e}"));
-        assert_eq!(stdout, format!("primes in [{start}, {end}): {expected}\n"));
-    }
+    assert_results_correct(&coordinator, &job, dir);
 
     // Credit: honest volunteers earn, the cheater earns nothing.
     let board = json(&coordinator.cli_ok(&["leaderboard", "--json"]));
@@ -188,4 +178,71 @@ fn job_completes_with_a_cheater_and_a_crash() {
         Some(UNITS * 2),
         "exactly a quorum of two per unit is valid: {status}"
     );
+}
+
+/// Every validated result equals the count computed here.
+fn assert_results_correct(coordinator: &Coordinator, job: &str, dir: &std::path::Path) {
+    let out = dir.join("results");
+    coordinator.cli_ok(&["results", job, "--out", out.to_str().expect("utf-8 path")]);
+    for index in 0..UNITS {
+        let start = RANGE_START + index * PER_UNIT;
+        let end = start + PER_UNIT;
+        let expected = count_primes(start, end);
+        let stdout = std::fs::read_to_string(out.join(index.to_string()).join("stdout"))
+            .unwrap_or_else(|e| panic!("unit {index} has no stdout: {e}"));
+        assert_eq!(stdout, format!("primes in [{start}, {end}): {expected}\n"));
+    }
+}
+
+fn status_of(coordinator: &Coordinator, job: &str) -> Value {
+    json(&coordinator.cli_ok(&["status", job, "--json"]))
+}
+
+/// Invariant 7: SIGKILL the coordinator mid-job; once restarted on the same
+/// data dir, everything it acknowledged is still there and the job ends
+/// correct, with workers having waited out the outage on their own.
+#[test]
+fn coordinator_killed_mid_job_loses_nothing() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let mut coordinator = Coordinator::start(dir);
+    let spec = write_job(
+        dir,
+        cobble_unit_artifacts::PRIMES,
+        "primes.wasm",
+        &primes_spec(60),
+    );
+    let job = coordinator.submit(&spec);
+    let _ada = start_worker("cobble-worker", &coordinator, &dir.join("ada"), "ada");
+    let _bob = start_worker("cobble-worker", &coordinator, &dir.join("bob"), "bob");
+
+    let mut before = 0;
+    assert!(wait_until_fast(Duration::from_secs(120), || {
+        before = status_of(&coordinator, &job)["units"]["done"]
+            .as_u64()
+            .unwrap_or(0);
+        before >= 4
+    }));
+    coordinator.process.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let address = coordinator.url.trim_start_matches("http://").to_string();
+    let data_dir = coordinator.data_dir.clone();
+    drop(coordinator);
+    let coordinator = Coordinator::start_at(dir, &data_dir, &["--listen", &address]);
+    let after = status_of(&coordinator, &job);
+    assert!(
+        after["units"]["done"].as_u64() >= Some(before),
+        "units acknowledged as done were lost: {before} before, {after} after"
+    );
+    let done = wait_until(Duration::from_secs(240), || {
+        status_of(&coordinator, &job)["state"] == "done"
+    });
+    let status = status_of(&coordinator, &job);
+    assert!(done, "job did not finish after the restart: {status}");
+    assert_eq!(
+        status["results"]["valid"].as_u64(),
+        Some(UNITS * 2),
+        "{status}"
+    );
+    assert_results_correct(&coordinator, &job, dir);
 }
