@@ -16,6 +16,9 @@ pub struct ExecRequest {
     pub limits: UnitLimits,
     /// Where `/output` is kept; a temporary directory when None.
     pub output_dir: Option<PathBuf>,
+    /// Where `/checkpoint` is kept; none offered when None. Running `exec`
+    /// twice with the same directory resumes from the unit's checkpoint.
+    pub checkpoint_dir: Option<PathBuf>,
     pub seed: [u8; 32],
 }
 
@@ -60,6 +63,7 @@ pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
                     args: &request.args,
                     input_dir: &input_dir,
                     output_dir: &output_dir,
+                    checkpoint_dir: request.checkpoint_dir.as_deref(),
                     stdin: Vec::new(),
                     seed: request.seed,
                     limits: request.limits,

@@ -70,6 +70,10 @@ struct ExecArgs {
     /// Keep /output here instead of a temporary directory.
     #[arg(long)]
     output_dir: Option<PathBuf>,
+    /// Offer /checkpoint from this directory; a second run with the same
+    /// directory resumes from the unit's checkpoint.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
     /// Arguments for the module, after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -110,6 +114,7 @@ async fn run_exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
             max_output_bytes: cobble_core::spec::DEFAULT_MAX_OUTPUT_BYTES,
         },
         output_dir: args.output_dir,
+        checkpoint_dir: args.checkpoint_dir,
         seed: [0; 32],
     })
     .await

@@ -245,7 +245,8 @@ impl Worker {
         let module_hash = BlobHash::from_slice(&module_ref.hash)?;
         let input_dir = unit_dir.join("input");
         let output_dir = unit_dir.join("output");
-        for dir in [&input_dir, &output_dir] {
+        let checkpoint_dir = unit_dir.join("checkpoint");
+        for dir in [&input_dir, &output_dir, &checkpoint_dir] {
             std::fs::create_dir_all(dir)
                 .map_err(Error::io(format!("creating {}", dir.display())))?;
         }
@@ -273,6 +274,7 @@ impl Worker {
             args: &manifest.args,
             input_dir: &input_dir,
             output_dir: &output_dir,
+            checkpoint_dir: Some(&checkpoint_dir),
             stdin: Vec::new(),
             seed: unit_seed(manifest),
             limits,

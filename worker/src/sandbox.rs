@@ -61,6 +61,9 @@ pub struct Invocation<'a> {
     pub input_dir: &'a Path,
     /// Empty host directory shown as `/output`.
     pub output_dir: &'a Path,
+    /// Host directory shown as `/checkpoint`, kept across interruptions of
+    /// this unit: the checkpoint and progress protocol (workunits/README.md).
+    pub checkpoint_dir: Option<&'a Path>,
     pub stdin: Vec<u8>,
     /// Seeds the unit's random source and so must be the same on every replica.
     pub seed: [u8; 32],
@@ -202,10 +205,33 @@ impl Drop for EpochTicker {
     }
 }
 
+/// How the engine compiles and meters units. `Default` is what every
+/// worker runs; the benchmark varies one setting at a time to price it.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSettings {
+    /// Fuel metering: the deterministic work measure behind credit and the
+    /// runaway-unit limit. Off only to measure its cost.
+    pub fuel: bool,
+    /// Canonical NaNs, so floating-point results agree bit for bit across hosts.
+    pub nan_canonicalization: bool,
+    pub opt_level: OptLevel,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            fuel: true,
+            nan_canonicalization: true,
+            opt_level: OptLevel::Speed,
+        }
+    }
+}
+
 /// The engine, its WASI linker and the compiled-module cache, shared by
 /// every unit a worker runs.
 pub struct Sandbox {
     engine: Engine,
+    settings: EngineSettings,
     linker: Linker<UnitState>,
     modules: ModuleCache,
     _ticker: EpochTicker,
@@ -217,7 +243,12 @@ pub type PreparedModule = InstancePre<UnitState>;
 impl Sandbox {
     /// Builds the engine. `cache_dir` keeps compiled modules across restarts.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self> {
-        let engine = Engine::new(&engine_config()).map_err(|e| Error::Engine(e.to_string()))?;
+        Self::with_settings(cache_dir, EngineSettings::default())
+    }
+
+    pub fn with_settings(cache_dir: Option<PathBuf>, settings: EngineSettings) -> Result<Self> {
+        let engine =
+            Engine::new(&engine_config(&settings)).map_err(|e| Error::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut UnitState| {
             &mut state.wasi
@@ -227,6 +258,7 @@ impl Sandbox {
         let ticker = EpochTicker::start(&engine);
         Ok(Sandbox {
             engine,
+            settings,
             linker,
             modules,
             _ticker: ticker,
@@ -272,11 +304,14 @@ impl Sandbox {
             },
         );
         store.limiter(|state| &mut state.memory);
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|e| Error::Engine(e.to_string()))?;
+        if self.settings.fuel {
+            store
+                .set_fuel(limits.fuel)
+                .map_err(|e| Error::Engine(e.to_string()))?;
+        }
         let deadline = started + limits.wall_time;
         let output_dir = invocation.output_dir.to_path_buf();
+        let checkpoint_dir = invocation.checkpoint_dir.map(Path::to_path_buf);
         let mut ticks = 0u32;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -284,8 +319,10 @@ impl Sandbox {
                 return Err(wasmtime::Error::new(WallTimeExceeded));
             }
             ticks += 1;
+            // Checkpoints get the same cap as outputs: neither may fill the disk.
             if ticks.is_multiple_of(OUTPUT_CHECK_EVERY_TICKS)
-                && dir_size(&output_dir) > limits.max_output_bytes
+                && (dir_size(&output_dir) > limits.max_output_bytes
+                    || checkpoint_dir.as_deref().map_or(0, dir_size) > limits.max_output_bytes)
             {
                 return Err(wasmtime::Error::new(OutputLimitExceeded));
             }
@@ -302,8 +339,10 @@ impl Sandbox {
         }
         .await;
 
-        let fuel_left = store.get_fuel().unwrap_or(0);
-        let fuel_used = limits.fuel.saturating_sub(fuel_left);
+        let fuel_used = match store.get_fuel() {
+            Ok(left) => limits.fuel.saturating_sub(left),
+            Err(_) => 0,
+        };
         let memory_exceeded = store.data().memory.exceeded;
         drop(store);
         let stdout = stdout.contents().to_vec();
@@ -337,13 +376,13 @@ impl Sandbox {
 
 /// Engine settings shared by every unit. Determinism comes first: replicas
 /// on different hosts must agree bit for bit.
-fn engine_config() -> Config {
+fn engine_config(settings: &EngineSettings) -> Config {
     let mut config = Config::new();
-    config.consume_fuel(true);
+    config.consume_fuel(settings.fuel);
     config.epoch_interruption(true);
-    config.cranelift_nan_canonicalization(true);
+    config.cranelift_nan_canonicalization(settings.nan_canonicalization);
     config.relaxed_simd_deterministic(true);
-    config.cranelift_opt_level(OptLevel::Speed);
+    config.cranelift_opt_level(settings.opt_level);
     config
 }
 
@@ -365,6 +404,11 @@ fn build_wasi(
     builder
         .preopened_dir(invocation.output_dir, "/output", FsPerms::ReadWrite)
         .map_err(|e| Error::Engine(format!("cannot map /output: {e}")))?;
+    if let Some(checkpoint_dir) = invocation.checkpoint_dir {
+        builder
+            .preopened_dir(checkpoint_dir, "/checkpoint", FsPerms::ReadWrite)
+            .map_err(|e| Error::Engine(format!("cannot map /checkpoint: {e}")))?;
+    }
     let seed = invocation.seed;
     builder.wall_clock(VirtualWallClock::default());
     builder.monotonic_clock(VirtualMonotonicClock::default());
@@ -447,6 +491,14 @@ fn collect_outputs(dir: &Path) -> Result<Vec<OutputFile>, UnitFailure> {
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(files)
+}
+
+/// The fraction done that a unit last reported in its checkpoint
+/// directory, if it reported any.
+pub fn read_progress(checkpoint_dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(checkpoint_dir.join("progress")).ok()?;
+    let fraction: f64 = text.trim().parse().ok()?;
+    fraction.is_finite().then(|| fraction.clamp(0.0, 1.0))
 }
 
 /// Bytes under a directory, not following links.

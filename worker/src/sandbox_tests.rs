@@ -7,19 +7,23 @@ struct Dirs {
     _root: tempfile::TempDir,
     input: PathBuf,
     output: PathBuf,
+    checkpoint: PathBuf,
 }
 
 fn dirs() -> Dirs {
     let root = tempfile::tempdir().expect("temp dir");
     let input = root.path().join("input");
     let output = root.path().join("output");
-    std::fs::create_dir_all(&input).expect("mkdir");
-    std::fs::create_dir_all(&output).expect("mkdir");
+    let checkpoint = root.path().join("checkpoint");
+    for dir in [&input, &output, &checkpoint] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
     std::fs::write(input.join("data.txt"), b"hello").expect("write");
     Dirs {
         _root: root,
         input,
         output,
+        checkpoint,
     }
 }
 
@@ -45,6 +49,7 @@ async fn run_with(wasm: &str, args: &[&str], limits: UnitLimits) -> (RunReport, 
                 args: &args,
                 input_dir: &dirs.input,
                 output_dir: &dirs.output,
+                checkpoint_dir: Some(&dirs.checkpoint),
                 stdin: Vec::new(),
                 seed: [7; 32],
                 limits,
@@ -243,4 +248,68 @@ async fn compiled_modules_are_cached_on_disk() {
     std::fs::write(&cached, b"torn").expect("write");
     let sandbox = Sandbox::new(Some(cache.path().to_path_buf())).expect("sandbox");
     sandbox.prepare(&hash, wasm).expect("recompiled");
+}
+
+/// The checkpoint protocol from a C unit that knows nothing of Cobble but
+/// files: starved of fuel it stops at 30 % with a checkpoint; run again on
+/// the same directory it resumes there and prints exactly what a straight
+/// run prints.
+#[tokio::test]
+async fn a_c_unit_resumes_from_its_checkpoint() {
+    let sandbox = Sandbox::new(None).expect("sandbox");
+    let bytes = std::fs::read(cobble_unit_artifacts::COLLATZ_C).expect("C unit built by artifacts");
+    let module = sandbox.prepare_bytes(&bytes).expect("module");
+    let dirs = dirs();
+    let args: Vec<String> = ["1", "1000000"].map(String::from).to_vec();
+    let run = |fuel: u64, checkpoint: Option<PathBuf>| {
+        let mut limits = limits();
+        limits.fuel = fuel;
+        let (args, dirs, sandbox, module) = (&args, &dirs, &sandbox, &module);
+        async move {
+            std::fs::remove_dir_all(&dirs.output).ok();
+            std::fs::create_dir_all(&dirs.output).expect("mkdir");
+            sandbox
+                .run(
+                    module,
+                    Invocation {
+                        args,
+                        input_dir: &dirs.input,
+                        output_dir: &dirs.output,
+                        checkpoint_dir: checkpoint.as_deref(),
+                        stdin: Vec::new(),
+                        seed: [0; 32],
+                        limits,
+                    },
+                )
+                .await
+                .expect("sandbox works")
+        }
+    };
+    let straight = run(10_000_000_000, None).await;
+    assert_eq!(straight.outcome, Ok(()));
+    assert!(
+        stdout(&straight).contains("837799 takes 524 steps"),
+        "{}",
+        stdout(&straight)
+    );
+
+    let interrupted = run(1_000_000_000, Some(dirs.checkpoint.clone())).await;
+    assert_eq!(
+        interrupted.outcome,
+        Err(UnitFailure::FuelExhausted(1_000_000_000))
+    );
+    assert_eq!(read_progress(&dirs.checkpoint), Some(0.3));
+
+    let resumed = run(10_000_000_000, Some(dirs.checkpoint.clone())).await;
+    assert_eq!(resumed.outcome, Ok(()));
+    assert_eq!(
+        resumed.stdout, straight.stdout,
+        "a resumed unit gives the same result"
+    );
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resumes: 1"));
+    assert!(
+        resumed.fuel_used < straight.fuel_used,
+        "it did not start over"
+    );
+    assert_eq!(read_progress(&dirs.checkpoint), Some(1.0));
 }

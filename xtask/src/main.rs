@@ -26,11 +26,13 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "test" => {
             ensure_wasm_target()?;
+            ensure_c_toolchain()?;
             fetch_third_party(&root);
             run(Command::new(cargo()).args(["test", "--workspace", "--locked"]))
         }
         "units" => {
             ensure_wasm_target()?;
+            ensure_c_toolchain()?;
             build_units()
         }
         "demo" => {
@@ -79,6 +81,53 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
     }
     Ok(())
+}
+
+/// Installs clang, lld and wasi-libc from Debian's packages when missing:
+/// the C example unit is built with them.
+fn ensure_c_toolchain() -> anyhow::Result<()> {
+    let has_clang = ["clang", "clang-16", "clang-15", "clang-14"]
+        .iter()
+        .any(|name| Command::new(name).arg("--version").output().is_ok());
+    let has_libc = Path::new("/usr/lib/wasm32-wasi/libc.a").is_file();
+    let has_builtins = Command::new("sh")
+        .args([
+            "-c",
+            "ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_clang && has_libc && has_builtins {
+        return Ok(());
+    }
+    eprintln!("installing clang, lld and wasi-libc from Debian's packages for the C work unit");
+    let sudo = if Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"))
+    {
+        vec![]
+    } else {
+        vec!["sudo"]
+    };
+    let apt = |args: &[&str]| {
+        let mut command = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+        if !sudo.is_empty() {
+            command.arg("apt-get");
+        }
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut command)
+    };
+    apt(&["update", "-qq"])?;
+    apt(&[
+        "install",
+        "-y",
+        "-qq",
+        "clang",
+        "lld",
+        "wasi-libc",
+        "libclang-rt-dev-wasm32",
+    ])
 }
 
 /// Fetches the unmodified third-party WASI program into

@@ -1,0 +1,192 @@
+//! Wasm against native, side by side in one run: each example unit runs
+//! natively and through the worker's real sandbox (production engine
+//! settings, fuel metering on) on the same input, interleaved round by
+//! round so machine noise hits both alike. Prints the median wasm/native
+//! ratio per example, what each engine setting costs, first-compile and
+//! disk-cache load times, and the time from handing a cached module to the
+//! sandbox to its first instruction.
+//!
+//! `cargo bench -p cobble-worker --bench units` (COBBLE_BENCH_ROUNDS=N for more rounds).
+
+use cobble_worker::sandbox::{EngineSettings, Invocation, PreparedModule, Sandbox, UnitLimits};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use wasmtime::OptLevel;
+
+struct Example {
+    name: &'static str,
+    wasm: &'static str,
+    native: &'static str,
+    args: &'static [&'static str],
+}
+
+const EXAMPLES: &[Example] = &[Example {
+    name: "primes",
+    wasm: cobble_unit_artifacts::PRIMES,
+    native: cobble_unit_artifacts::PRIMES_NATIVE,
+    args: &["1000000000", "1000300000"],
+}];
+
+fn variants() -> Vec<(&'static str, EngineSettings)> {
+    let production = EngineSettings::default();
+    vec![
+        ("production", production),
+        (
+            "without fuel",
+            EngineSettings {
+                fuel: false,
+                ..production
+            },
+        ),
+        (
+            "without NaN canonicalization",
+            EngineSettings {
+                nan_canonicalization: false,
+                ..production
+            },
+        ),
+        (
+            "opt level speed_and_size",
+            EngineSettings {
+                opt_level: OptLevel::SpeedAndSize,
+                ..production
+            },
+        ),
+    ]
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn limits() -> UnitLimits {
+    UnitLimits {
+        fuel: u64::MAX / 2,
+        memory_bytes: 1 << 30,
+        wall_time: Duration::from_secs(600),
+        max_output_bytes: 64 << 20,
+    }
+}
+
+fn run_native(example: &Example) -> (Duration, Vec<u8>) {
+    let started = Instant::now();
+    let output = Command::new(example.native)
+        .args(example.args)
+        .output()
+        .expect("native build of the unit runs");
+    (started.elapsed(), output.stdout)
+}
+
+async fn run_wasm(
+    sandbox: &Sandbox,
+    module: &PreparedModule,
+    example: &Example,
+) -> (Duration, Duration, Vec<u8>) {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let (input, output) = (scratch.path().join("in"), scratch.path().join("out"));
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::create_dir_all(&output).expect("mkdir");
+    let args: Vec<String> = example.args.iter().map(|a| a.to_string()).collect();
+    let report = sandbox
+        .run(
+            module,
+            Invocation {
+                args: &args,
+                input_dir: &input,
+                output_dir: &output,
+                checkpoint_dir: None,
+                stdin: Vec::new(),
+                seed: [0; 32],
+                limits: limits(),
+            },
+        )
+        .await
+        .expect("sandbox runs");
+    assert_eq!(
+        report.outcome,
+        Ok(()),
+        "{}: {:?}",
+        example.name,
+        report.outcome
+    );
+    (report.elapsed, report.startup, report.stdout)
+}
+
+fn main() {
+    let rounds: usize = std::env::var("COBBLE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let variants = variants();
+    let sandboxes: Vec<Sandbox> = variants
+        .iter()
+        .map(|(_, settings)| Sandbox::with_settings(None, *settings).expect("engine"))
+        .collect();
+    println!("wasm vs native, {rounds} interleaved rounds, medians\n");
+    for example in EXAMPLES {
+        let bytes = std::fs::read(example.wasm).expect("wasm unit");
+        let mut modules = Vec::new();
+        let mut compile = Duration::ZERO;
+        for (index, sandbox) in sandboxes.iter().enumerate() {
+            let started = Instant::now();
+            modules.push(sandbox.prepare_bytes(&bytes).expect("compiles"));
+            if index == 0 {
+                compile = started.elapsed();
+            }
+        }
+        let mut native = Vec::new();
+        let mut wasm: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+        let mut startups = Vec::new();
+        for _ in 0..rounds {
+            let (elapsed, native_out) = run_native(example);
+            native.push(elapsed);
+            for (index, sandbox) in sandboxes.iter().enumerate() {
+                let (elapsed, startup, wasm_out) =
+                    runtime.block_on(run_wasm(sandbox, &modules[index], example));
+                assert_eq!(
+                    wasm_out, native_out,
+                    "{}: wasm and native disagree",
+                    example.name
+                );
+                wasm[index].push(elapsed);
+                if index == 0 {
+                    startups.push(startup);
+                }
+            }
+        }
+        let native = median(native);
+        println!("{}: native {:.3} s", example.name, native.as_secs_f64());
+        for ((name, _), samples) in variants.iter().zip(wasm) {
+            let wasm = median(samples);
+            println!(
+                "  wasm {name:<30} {:.3} s  ratio {:.2}x",
+                wasm.as_secs_f64(),
+                wasm.as_secs_f64() / native.as_secs_f64()
+            );
+        }
+        let cache = tempfile::tempdir().expect("temp dir");
+        let hash = cobble_core::BlobHash::of(&bytes);
+        Sandbox::new(Some(cache.path().to_path_buf()))
+            .expect("engine")
+            .prepare(&hash, Path::new(example.wasm))
+            .expect("compile into the disk cache");
+        let fresh = Sandbox::new(Some(cache.path().to_path_buf())).expect("engine");
+        let started = Instant::now();
+        fresh
+            .prepare(&hash, Path::new(example.wasm))
+            .expect("load from the disk cache");
+        let disk_load = started.elapsed();
+        println!(
+            "  first compile {:.1} ms, load from disk cache {:.1} ms, cached module to first instruction {} us (median)\n",
+            compile.as_secs_f64() * 1e3,
+            disk_load.as_secs_f64() * 1e3,
+            median(startups).as_micros()
+        );
+    }
+}
