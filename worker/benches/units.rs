@@ -21,12 +21,20 @@ struct Example {
     args: &'static [&'static str],
 }
 
-const EXAMPLES: &[Example] = &[Example {
-    name: "primes",
-    wasm: cobble_unit_artifacts::PRIMES,
-    native: cobble_unit_artifacts::PRIMES_NATIVE,
-    args: &["1000000000", "1000300000"],
-}];
+const EXAMPLES: &[Example] = &[
+    Example {
+        name: "primes (Rust)",
+        wasm: cobble_unit_artifacts::PRIMES,
+        native: cobble_unit_artifacts::PRIMES_NATIVE,
+        args: &["1000000000", "1000300000"],
+    },
+    Example {
+        name: "collatz (C)",
+        wasm: cobble_unit_artifacts::COLLATZ_C,
+        native: cobble_unit_artifacts::COLLATZ_C_NATIVE,
+        args: &["1", "3000000"],
+    },
+];
 
 fn variants() -> Vec<(&'static str, EngineSettings)> {
     let production = EngineSettings::default();
