@@ -9,7 +9,13 @@ pub fn print_status(status: &pb::JobStatus, as_json: bool) -> anyhow::Result<()>
         println!("{}", serde_json::to_string_pretty(&status_json(status))?);
         return Ok(());
     }
-    println!("job {} ({}): {}", status.job_id, status.name, status.state);
+    println!(
+        "job {} ({}): {}, {:.1}% done",
+        status.job_id,
+        status.name,
+        status.state,
+        status.progress * 100.0
+    );
     println!(
         "  units:   {} total, {} done, {} pending, {} errored",
         status.units_total, status.units_done, status.units_pending, status.units_errored
@@ -45,6 +51,7 @@ fn status_json(status: &pb::JobStatus) -> serde_json::Value {
             "client_error": status.results_client_error,
         },
         "credit_granted": status.credit_granted,
+        "progress": status.progress,
         "created_ms": status.created_ms,
         "finished_ms": status.finished_ms,
     })

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Keep at most this much of stderr in an error report.
 const STDERR_TAIL: usize = 2048;
@@ -282,7 +282,7 @@ impl Worker {
         let handed_over = received.elapsed();
         let report = tokio::select! {
             report = self.sandbox.run(&prepared, invocation) => report?,
-            () = self.watch_lease(&manifest.lease_id) => {
+            () = self.watch_lease(manifest, &checkpoint_dir) => {
                 tracing::info!(unit_id = manifest.unit_id, "coordinator no longer needs this unit; aborted");
                 return Ok(None);
             }
@@ -338,12 +338,29 @@ impl Worker {
         }))
     }
 
-    /// Resolves when the coordinator says the lease should stop.
-    async fn watch_lease(&self, lease_id: &str) {
+    /// Reports the unit's progress every heartbeat; resolves when the
+    /// coordinator says the lease should stop.
+    async fn watch_lease(&self, manifest: &pb::Manifest, checkpoint_dir: &Path) {
+        let lease_id = &manifest.lease_id;
         loop {
             tokio::time::sleep(HEARTBEAT_EVERY).await;
+            let fraction = crate::sandbox::read_progress(checkpoint_dir);
+            if let Some(fraction) = fraction {
+                tracing::info!(
+                    unit_id = manifest.unit_id,
+                    "unit {:.0}% done",
+                    fraction * 100.0
+                );
+            }
             let request = self.authorized(pb::HeartbeatRequest {
-                running_leases: vec![lease_id.to_string()],
+                running_leases: vec![lease_id.clone()],
+                progress: fraction
+                    .map(|fraction| pb::LeaseProgress {
+                        lease_id: lease_id.clone(),
+                        fraction,
+                    })
+                    .into_iter()
+                    .collect(),
             });
             if let Ok(response) = self.client().heartbeat(request).await
                 && response

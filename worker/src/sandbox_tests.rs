@@ -313,3 +313,66 @@ async fn a_c_unit_resumes_from_its_checkpoint() {
     );
     assert_eq!(read_progress(&dirs.checkpoint), Some(1.0));
 }
+
+/// The Rust SDK's checkpoints: the folding unit, starved of fuel part-way,
+/// resumes at the seed it had reached and finds the same best fold.
+#[tokio::test]
+async fn the_folding_unit_resumes_through_the_sdk() {
+    let sandbox = Sandbox::new(None).expect("sandbox");
+    let bytes = std::fs::read(cobble_unit_artifacts::FOLDING).expect("folding unit");
+    let module = sandbox.prepare_bytes(&bytes).expect("module");
+    let dirs = dirs();
+    let args: Vec<String> = ["HPHPPHHPHPPHPHHPPHPH", "0", "4", "20000"]
+        .map(String::from)
+        .to_vec();
+    let run = |fuel: u64, checkpoint: Option<PathBuf>| {
+        let mut limits = limits();
+        limits.fuel = fuel;
+        let (args, dirs, sandbox, module) = (&args, &dirs, &sandbox, &module);
+        async move {
+            sandbox
+                .run(
+                    module,
+                    Invocation {
+                        args,
+                        input_dir: &dirs.input,
+                        output_dir: &dirs.output,
+                        checkpoint_dir: checkpoint.as_deref(),
+                        stdin: Vec::new(),
+                        seed: [0; 32],
+                        limits,
+                    },
+                )
+                .await
+                .expect("sandbox works")
+        }
+    };
+    let straight = run(50_000_000_000, None).await;
+    assert_eq!(
+        straight.outcome,
+        Ok(()),
+        "{}",
+        String::from_utf8_lossy(&straight.stderr)
+    );
+    assert!(
+        stdout(&straight).starts_with("best energy -"),
+        "{}",
+        stdout(&straight)
+    );
+    // Half the fuel a straight run needs stops it after two seeds or so.
+    let interrupted = run(straight.fuel_used / 2, Some(dirs.checkpoint.clone())).await;
+    assert!(matches!(
+        interrupted.outcome,
+        Err(UnitFailure::FuelExhausted(_))
+    ));
+    let progress = read_progress(&dirs.checkpoint).expect("progress reported");
+    assert!(progress > 0.0 && progress < 1.0, "{progress}");
+    let resumed = run(50_000_000_000, Some(dirs.checkpoint.clone())).await;
+    assert_eq!(resumed.outcome, Ok(()));
+    assert_eq!(
+        resumed.stdout, straight.stdout,
+        "same best fold after resuming"
+    );
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resumed at seed"));
+    assert!(resumed.fuel_used < straight.fuel_used);
+}

@@ -10,7 +10,11 @@ use std::process::Command;
 
 /// (package, binary) of every guest; the constant is the binary's name in
 /// upper snake case.
-const UNITS: &[(&str, &str)] = &[("primes", "primes"), ("sandbox-probe", "sandbox-probe")];
+const UNITS: &[(&str, &str)] = &[
+    ("primes", "primes"),
+    ("folding", "folding"),
+    ("sandbox-probe", "sandbox-probe"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));

