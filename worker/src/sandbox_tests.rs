@@ -42,22 +42,85 @@ async fn run_with(wasm: &str, args: &[&str], limits: UnitLimits) -> (RunReport, 
     let module = sandbox.prepare_bytes(&bytes).expect("module");
     let dirs = dirs();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let report = sandbox
+    let report = run_in(
+        &sandbox,
+        &module,
+        &dirs,
+        &args,
+        limits,
+        Some(&dirs.checkpoint),
+    )
+    .await;
+    (report, dirs)
+}
+
+/// Runs a prepared module in `dirs`, with a checkpoint directory or none.
+async fn run_in(
+    sandbox: &Sandbox,
+    module: &PreparedModule,
+    dirs: &Dirs,
+    args: &[String],
+    limits: UnitLimits,
+    checkpoint: Option<&Path>,
+) -> RunReport {
+    sandbox
         .run(
-            &module,
+            module,
             Invocation {
-                args: &args,
+                args,
                 input_dir: &dirs.input,
                 output_dir: &dirs.output,
-                checkpoint_dir: Some(&dirs.checkpoint),
+                checkpoint_dir: checkpoint,
                 stdin: Vec::new(),
                 seed: [7; 32],
                 limits,
             },
         )
         .await
-        .expect("the sandbox itself works");
-    (report, dirs)
+        .expect("the sandbox itself works")
+}
+
+/// Runs a unit three ways: straight through; starved of fuel (a fraction of
+/// what the straight run used) with a checkpoint directory; and again on that
+/// directory. Returns the three reports and the progress after the second.
+async fn interrupt_and_resume(
+    wasm: &str,
+    args: &[&str],
+    starve_to: fn(u64) -> u64,
+) -> [RunReport; 3] {
+    let sandbox = Sandbox::new(None).expect("sandbox");
+    let bytes = std::fs::read(wasm).expect("unit built by cobble-unit-artifacts");
+    let module = sandbox.prepare_bytes(&bytes).expect("module");
+    let dirs = dirs();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let mut generous = limits();
+    generous.fuel = 50_000_000_000;
+    let straight = run_in(&sandbox, &module, &dirs, &args, generous, None).await;
+    let mut starved = generous;
+    starved.fuel = starve_to(straight.fuel_used);
+    let interrupted = run_in(
+        &sandbox,
+        &module,
+        &dirs,
+        &args,
+        starved,
+        Some(&dirs.checkpoint),
+    )
+    .await;
+    assert!(read_progress(&dirs.checkpoint).is_some_and(|p| p > 0.0 && p < 1.0));
+    std::fs::remove_dir_all(&dirs.output).ok();
+    std::fs::create_dir_all(&dirs.output).expect("mkdir");
+    let resumed = run_in(
+        &sandbox,
+        &module,
+        &dirs,
+        &args,
+        generous,
+        Some(&dirs.checkpoint),
+    )
+    .await;
+    assert_eq!(read_progress(&dirs.checkpoint), Some(1.0));
+    [straight, interrupted, resumed]
 }
 
 async fn probe(args: &[&str]) -> RunReport {
@@ -251,56 +314,26 @@ async fn compiled_modules_are_cached_on_disk() {
 }
 
 /// The checkpoint protocol from a C unit that knows nothing of Cobble but
-/// files: starved of fuel it stops at 30 % with a checkpoint; run again on
-/// the same directory it resumes there and prints exactly what a straight
-/// run prints.
+/// files: starved of fuel it stops with a checkpoint; run again on the same
+/// directory it resumes there and prints exactly what a straight run prints.
 #[tokio::test]
 async fn a_c_unit_resumes_from_its_checkpoint() {
-    let sandbox = Sandbox::new(None).expect("sandbox");
-    let bytes = std::fs::read(cobble_unit_artifacts::COLLATZ_C).expect("C unit built by artifacts");
-    let module = sandbox.prepare_bytes(&bytes).expect("module");
-    let dirs = dirs();
-    let args: Vec<String> = ["1", "1000000"].map(String::from).to_vec();
-    let run = |fuel: u64, checkpoint: Option<PathBuf>| {
-        let mut limits = limits();
-        limits.fuel = fuel;
-        let (args, dirs, sandbox, module) = (&args, &dirs, &sandbox, &module);
-        async move {
-            std::fs::remove_dir_all(&dirs.output).ok();
-            std::fs::create_dir_all(&dirs.output).expect("mkdir");
-            sandbox
-                .run(
-                    module,
-                    Invocation {
-                        args,
-                        input_dir: &dirs.input,
-                        output_dir: &dirs.output,
-                        checkpoint_dir: checkpoint.as_deref(),
-                        stdin: Vec::new(),
-                        seed: [0; 32],
-                        limits,
-                    },
-                )
-                .await
-                .expect("sandbox works")
-        }
-    };
-    let straight = run(10_000_000_000, None).await;
+    let [straight, interrupted, resumed] = interrupt_and_resume(
+        cobble_unit_artifacts::COLLATZ_C,
+        &["1", "1000000"],
+        |fuel| fuel / 2,
+    )
+    .await;
     assert_eq!(straight.outcome, Ok(()));
     assert!(
         stdout(&straight).contains("837799 takes 524 steps"),
         "{}",
         stdout(&straight)
     );
-
-    let interrupted = run(1_000_000_000, Some(dirs.checkpoint.clone())).await;
-    assert_eq!(
+    assert!(matches!(
         interrupted.outcome,
-        Err(UnitFailure::FuelExhausted(1_000_000_000))
-    );
-    assert_eq!(read_progress(&dirs.checkpoint), Some(0.3));
-
-    let resumed = run(10_000_000_000, Some(dirs.checkpoint.clone())).await;
+        Err(UnitFailure::FuelExhausted(_))
+    ));
     assert_eq!(resumed.outcome, Ok(()));
     assert_eq!(
         resumed.stdout, straight.stdout,
@@ -311,43 +344,15 @@ async fn a_c_unit_resumes_from_its_checkpoint() {
         resumed.fuel_used < straight.fuel_used,
         "it did not start over"
     );
-    assert_eq!(read_progress(&dirs.checkpoint), Some(1.0));
 }
 
 /// The Rust SDK's checkpoints: the folding unit, starved of fuel part-way,
 /// resumes at the seed it had reached and finds the same best fold.
 #[tokio::test]
 async fn the_folding_unit_resumes_through_the_sdk() {
-    let sandbox = Sandbox::new(None).expect("sandbox");
-    let bytes = std::fs::read(cobble_unit_artifacts::FOLDING).expect("folding unit");
-    let module = sandbox.prepare_bytes(&bytes).expect("module");
-    let dirs = dirs();
-    let args: Vec<String> = ["HPHPPHHPHPPHPHHPPHPH", "0", "4", "20000"]
-        .map(String::from)
-        .to_vec();
-    let run = |fuel: u64, checkpoint: Option<PathBuf>| {
-        let mut limits = limits();
-        limits.fuel = fuel;
-        let (args, dirs, sandbox, module) = (&args, &dirs, &sandbox, &module);
-        async move {
-            sandbox
-                .run(
-                    module,
-                    Invocation {
-                        args,
-                        input_dir: &dirs.input,
-                        output_dir: &dirs.output,
-                        checkpoint_dir: checkpoint.as_deref(),
-                        stdin: Vec::new(),
-                        seed: [0; 32],
-                        limits,
-                    },
-                )
-                .await
-                .expect("sandbox works")
-        }
-    };
-    let straight = run(50_000_000_000, None).await;
+    let args = ["HPHPPHHPHPPHPHHPPHPH", "0", "4", "20000"];
+    let [straight, interrupted, resumed] =
+        interrupt_and_resume(cobble_unit_artifacts::FOLDING, &args, |fuel| fuel / 2).await;
     assert_eq!(
         straight.outcome,
         Ok(()),
@@ -359,15 +364,10 @@ async fn the_folding_unit_resumes_through_the_sdk() {
         "{}",
         stdout(&straight)
     );
-    // Half the fuel a straight run needs stops it after two seeds or so.
-    let interrupted = run(straight.fuel_used / 2, Some(dirs.checkpoint.clone())).await;
     assert!(matches!(
         interrupted.outcome,
         Err(UnitFailure::FuelExhausted(_))
     ));
-    let progress = read_progress(&dirs.checkpoint).expect("progress reported");
-    assert!(progress > 0.0 && progress < 1.0, "{progress}");
-    let resumed = run(50_000_000_000, Some(dirs.checkpoint.clone())).await;
     assert_eq!(resumed.outcome, Ok(()));
     assert_eq!(
         resumed.stdout, straight.stdout,
