@@ -5,6 +5,7 @@ pub mod attach;
 mod durable;
 pub mod error;
 pub mod exec;
+pub mod journal;
 pub mod runner;
 pub mod sandbox;
 

@@ -7,6 +7,7 @@
 
 use crate::attach::{self, Volunteer};
 use crate::error::{Error, Result};
+use crate::journal::{Journal, Recovered};
 use crate::sandbox::{Invocation, RunReport, Sandbox, UnitLimits};
 use cobble_client::{Connection, Credentials};
 use cobble_core::BlobHash;
@@ -52,7 +53,7 @@ struct Worker {
     project_key: VerifyingKey,
     sandbox: Sandbox,
     blob_dir: PathBuf,
-    work_dir: PathBuf,
+    journal: Journal,
     hooks: Hooks,
 }
 
@@ -66,12 +67,6 @@ pub async fn run(
     let work_dir = config.data_dir.join("work");
     for dir in [&config.data_dir, &blob_dir, &work_dir] {
         std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-    }
-    // Scratch directories of units interrupted by a crash are worthless now.
-    if let Ok(entries) = std::fs::read_dir(&work_dir) {
-        for entry in entries.flatten() {
-            std::fs::remove_dir_all(entry.path()).ok();
-        }
     }
     let channel = connect_with_retry(&config.coordinator).await;
     let attachment = attach::attach(
@@ -90,14 +85,22 @@ pub async fn run(
             key: attachment.host_key.clone(),
         },
     );
+    let journal = Journal::new(work_dir);
+    let recovered = journal.recover(&project_key, cobble_core::now_ms());
     let worker = Arc::new(Worker {
         connection,
         project_key,
         sandbox,
         blob_dir,
-        work_dir,
+        journal,
         hooks,
     });
+    // Units a previous run of this worker left unfinished come first.
+    let mut recovery = tokio::task::JoinSet::new();
+    for item in recovered {
+        let worker = worker.clone();
+        recovery.spawn(async move { worker.recover(item).await });
+    }
     let mut slots = tokio::task::JoinSet::new();
     for slot in 0..config.slots.max(1) {
         let worker = worker.clone();
@@ -110,6 +113,7 @@ pub async fn run(
     // Dropping the set aborts the slots: a unit in flight is abandoned and
     // its lease expires at the coordinator, which reissues it.
     slots.shutdown().await;
+    recovery.shutdown().await;
     Ok(())
 }
 
@@ -189,11 +193,11 @@ impl Worker {
                 if let Ok(unverified) =
                     <pb::Manifest as prost::Message>::decode(assignment.manifest.as_slice())
                 {
-                    self.report(
-                        &unverified,
-                        client_error("bad_signature", &error.to_string()),
-                    )
-                    .await;
+                    let request = pb::ReportRequest {
+                        lease_id: unverified.lease_id.clone(),
+                        outcome: Some(client_error("bad_signature", &error.to_string())),
+                    };
+                    self.report(&unverified, request).await;
                 }
                 return;
             }
@@ -204,7 +208,14 @@ impl Worker {
             slot,
             "unit started"
         );
-        let unit_dir = self.work_dir.join(&manifest.lease_id);
+        if let Err(error) = self
+            .journal
+            .record_assignment(&manifest.lease_id, &assignment)
+        {
+            // Without a journal entry a crash would lose the unit; run it anyway.
+            tracing::warn!(%error, "cannot journal the assignment");
+        }
+        let unit_dir = self.journal.unit_dir(&manifest.lease_id);
         let outcome = match self.compute(&manifest, &unit_dir, received).await {
             Ok(Some(outcome)) => Some(outcome),
             Ok(None) => None,
@@ -225,9 +236,34 @@ impl Worker {
             }
         };
         if let Some(outcome) = outcome {
-            self.report(&manifest, outcome).await;
+            let request = pb::ReportRequest {
+                lease_id: manifest.lease_id.clone(),
+                outcome: Some(outcome),
+            };
+            if let Err(error) = self.journal.record_report(&manifest.lease_id, &request) {
+                tracing::warn!(%error, "cannot journal the report");
+            }
+            self.report(&manifest, request).await;
         }
-        std::fs::remove_dir_all(&unit_dir).ok();
+        self.journal.finish(&manifest.lease_id);
+    }
+
+    /// Finishes what a previous run of this worker left in its journal.
+    async fn recover(&self, item: Recovered) {
+        match item {
+            Recovered::Resume(assignment) => {
+                tracing::info!("resuming a unit interrupted by a restart");
+                self.process(u32::MAX, assignment).await;
+            }
+            Recovered::Report(manifest, request) => {
+                tracing::info!(
+                    unit_id = manifest.unit_id,
+                    "re-sending a report interrupted by a restart"
+                );
+                self.report(&manifest, request).await;
+                self.journal.finish(&manifest.lease_id);
+            }
+        }
     }
 
     /// Runs a verified unit. `None` means the coordinator asked us to stop.
@@ -246,6 +282,16 @@ impl Worker {
         let input_dir = unit_dir.join("input");
         let output_dir = unit_dir.join("output");
         let checkpoint_dir = unit_dir.join("checkpoint");
+        // Inputs and outputs of an interrupted run are stale; its checkpoint is not.
+        for dir in [&input_dir, &output_dir] {
+            std::fs::remove_dir_all(dir).ok();
+        }
+        if checkpoint_dir.join("state").is_file() {
+            tracing::info!(
+                unit_id = manifest.unit_id,
+                "resuming from the unit's checkpoint"
+            );
+        }
         for dir in [&input_dir, &output_dir, &checkpoint_dir] {
             std::fs::create_dir_all(dir)
                 .map_err(Error::io(format!("creating {}", dir.display())))?;
@@ -408,13 +454,10 @@ impl Worker {
     }
 
     /// Reports, retrying through coordinator outages until the lease is over.
-    async fn report(&self, manifest: &pb::Manifest, outcome: Outcome) {
+    async fn report(&self, manifest: &pb::Manifest, report: pb::ReportRequest) {
         let mut attempt = 0;
         loop {
-            let request = self.authorized(pb::ReportRequest {
-                lease_id: manifest.lease_id.clone(),
-                outcome: Some(outcome.clone()),
-            });
+            let request = self.authorized(report.clone());
             match self.client().report_result(request).await {
                 Ok(response) => {
                     tracing::info!(unit_id = manifest.unit_id, status = %response.into_inner().status, "reported");

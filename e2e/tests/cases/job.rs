@@ -120,8 +120,10 @@ fn job_completes_with_a_cheater_and_a_crash() {
         "alice never started another unit:\n{}",
         alice.log_text()
     );
-    // The volunteer reboots: same data dir, same host, same account.
-    let _alice = start_worker("cobble-worker", &coordinator, &alice_dir, "alice");
+    // Alice's machine never comes back (resuming after a restart is
+    // resume.rs's test): her lease must time out and be reissued. Carol
+    // joins, so two honest hosts remain to form quorums.
+    let _carol = start_worker("cobble-worker", &coordinator, &dir.join("carol"), "carol");
 
     let done = wait_until(Duration::from_secs(240), || {
         json(&coordinator.cli_ok(&["status", &job, "--json"]))["state"] == "done"
@@ -165,7 +167,7 @@ fn job_completes_with_a_cheater_and_a_crash() {
     assert_eq!(teams["entries"][0]["total_credit"], 0.0);
     // Total credit equals what the job says it granted, counted once each.
     let granted = status["credit_granted"].as_f64().unwrap_or(0.0);
-    let total: f64 = ["alice", "bob", "mallory"]
+    let total: f64 = ["alice", "bob", "carol", "mallory"]
         .iter()
         .map(|n| credit_of(n).0)
         .sum();

@@ -1,0 +1,80 @@
+//! Invariant 7 on the worker's side: a worker killed with SIGKILL in the
+//! middle of a unit resumes it from the unit's checkpoint when it restarts,
+//! instead of the coordinator having to reissue it, and the result is the
+//! one an uninterrupted run gives.
+
+use cobble_e2e::{Coordinator, binary, start_worker, wait_until, write_job};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const ARGS: [&str; 4] = ["HPHPPHHPHPPHPHHPPHPH", "0", "6", "300000"];
+
+fn has_checkpoint(work: &Path) -> bool {
+    std::fs::read_dir(work)
+        .map(|leases| {
+            leases
+                .flatten()
+                .any(|lease| lease.path().join("checkpoint/state").is_file())
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_killed_worker_resumes_its_unit_from_the_checkpoint() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let coordinator = Coordinator::start(dir);
+    let spec = format!(
+        "name = \"fold\"\nmodule = \"folding.wasm\"\nargs = [\"{}\", \"{{start}}\", \"{{end}}\", \"{}\"]\n\
+         [split]\nrange = {{ start = {}, end = {}, per_unit = 6 }}\n\
+         [replication]\nmin_quorum = 1\ntarget_results = 1\n[limits]\ndeadline_s = 300\n",
+        ARGS[0], ARGS[3], ARGS[1], ARGS[2]
+    );
+    let job = coordinator.submit(&write_job(
+        dir,
+        cobble_unit_artifacts::FOLDING,
+        "folding.wasm",
+        &spec,
+    ));
+
+    let worker_dir = dir.join("solo");
+    let mut worker = start_worker("cobble-worker", &coordinator, &worker_dir, "solo");
+    assert!(
+        wait_until(Duration::from_secs(60), || has_checkpoint(
+            &worker_dir.join("work")
+        )),
+        "the unit never checkpointed: {}",
+        worker.log_text()
+    );
+    worker.kill();
+    assert!(
+        !worker.log_text().contains("reported"),
+        "the unit finished before the kill"
+    );
+
+    let restarted = start_worker("cobble-worker", &coordinator, &worker_dir, "solo");
+    let done = wait_until(Duration::from_secs(120), || {
+        coordinator.cli_ok(&["status", &job]).contains("): done,")
+    });
+    let status = coordinator.cli_ok(&["status", &job]);
+    assert!(done, "{status}\n{}", restarted.log_text());
+    assert!(
+        status.contains("1 valid") && status.contains("0 timed out"),
+        "{status}"
+    );
+    let log = restarted.log_text();
+    assert!(log.contains("resuming from the unit's checkpoint"), "{log}");
+
+    let out = dir.join("out");
+    coordinator.cli_ok(&["results", &job, "--out", out.to_str().expect("utf-8")]);
+    let resumed = std::fs::read(out.join("0/stdout")).expect("result");
+    let straight = Command::new(binary("cobble-worker"))
+        .arg("exec")
+        .arg(cobble_unit_artifacts::FOLDING)
+        .arg("--")
+        .args(ARGS)
+        .output()
+        .expect("exec");
+    assert_eq!(resumed, straight.stdout, "resuming changed the answer");
+}
