@@ -5,6 +5,7 @@ mod cases {
     mod blobs;
     mod exec;
     mod job;
+    mod mandelbrot;
     mod resume;
     mod signing;
     mod third_party;

@@ -13,6 +13,7 @@ use std::process::Command;
 const UNITS: &[(&str, &str)] = &[
     ("primes", "primes"),
     ("folding", "folding"),
+    ("mandelbrot", "mandelbrot"),
     ("sandbox-probe", "sandbox-probe"),
 ];
 
