@@ -4,6 +4,7 @@
 //! applies the [`Decision`] in one transaction.
 
 use crate::credit;
+use cobble_core::agreement::{Agreement, stdout_close};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResultState {
@@ -21,8 +22,11 @@ pub enum ResultState {
 pub struct ResultView {
     pub id: i64,
     pub state: ResultState,
-    /// Output digest of a successful result.
+    /// Output digest of a successful result: of stdout and files under a
+    /// bitwise validator, of the files alone under a numeric one.
     pub digest: Option<Vec<u8>>,
+    /// Stdout of a successful result, loaded only for a numeric validator.
+    pub stdout: Option<Vec<u8>>,
     /// Fuel the reporting host measured for a successful result.
     pub fuel_used: u64,
 }
@@ -49,18 +53,41 @@ pub enum Decision {
     Errored { reason: String },
 }
 
+/// Whether two successful results agree under the job's validator.
+fn agree(agreement: Agreement, a: &ResultView, b: &ResultView) -> bool {
+    let same_digest = a.digest.is_some() && a.digest == b.digest;
+    match agreement {
+        Agreement::Bitwise => same_digest,
+        Agreement::Numeric {
+            rel_tolerance,
+            abs_tolerance,
+        } => {
+            same_digest
+                && match (&a.stdout, &b.stdout) {
+                    (Some(x), Some(y)) => stdout_close(x, y, rel_tolerance, abs_tolerance),
+                    _ => false,
+                }
+        }
+    }
+}
+
 /// Decides the fate of a pending unit. `results` lists every result of the
 /// unit, in the order they were created.
-pub fn decide(replication: Replication, results: &[ResultView]) -> Decision {
-    // Group successful results by digest, keeping report order within groups.
-    let mut groups: Vec<(&[u8], Vec<&ResultView>)> = Vec::new();
+pub fn decide(replication: Replication, agreement: Agreement, results: &[ResultView]) -> Decision {
+    // Group successful results: each joins the first group whose first
+    // member it agrees with (tolerance is not transitive, so members are
+    // compared with that representative only), keeping report order.
+    let mut groups: Vec<(&ResultView, Vec<&ResultView>)> = Vec::new();
     for result in results.iter().filter(|r| r.state == ResultState::Success) {
-        let Some(digest) = result.digest.as_deref() else {
+        if result.digest.is_none() {
             continue;
-        };
-        match groups.iter_mut().find(|(d, _)| *d == digest) {
+        }
+        match groups
+            .iter_mut()
+            .find(|(first, _)| agree(agreement, first, result))
+        {
             Some((_, members)) => members.push(result),
-            None => groups.push((digest, vec![result])),
+            None => groups.push((result, vec![result])),
         }
     }
     // The largest group wins; the earliest group breaks ties.
@@ -71,13 +98,13 @@ pub fn decide(replication: Replication, results: &[ResultView]) -> Decision {
         .map(|(_, group)| group);
     let best_size = best.map_or(0, |(_, members)| members.len()) as u32;
 
-    if let Some((digest, members)) = best
+    if let Some((_, members)) = best
         && best_size >= replication.min_quorum
     {
         let valid: Vec<i64> = members.iter().map(|r| r.id).collect();
         let invalid = results
             .iter()
-            .filter(|r| r.state == ResultState::Success && r.digest.as_deref() != Some(*digest))
+            .filter(|r| r.state == ResultState::Success && !valid.contains(&r.id))
             .map(|r| r.id)
             .collect();
         // Fuel is deterministic, so honest replicas agree on it; taking the
@@ -148,6 +175,7 @@ mod tests {
                     id: i as i64 + 1,
                     state,
                     digest,
+                    stdout: None,
                     fuel_used: 1_000_000_000 + i as u64,
                 }
             })
@@ -155,7 +183,11 @@ mod tests {
     }
 
     fn check(spec: &[&str], expected: Decision) {
-        assert_eq!(decide(QUORUM_2_OF_5, &results(spec)), expected, "{spec:?}");
+        assert_eq!(
+            decide(QUORUM_2_OF_5, Agreement::Bitwise, &results(spec)),
+            expected,
+            "{spec:?}"
+        );
     }
 
     fn wait(new_results: u32) -> Decision {
@@ -195,13 +227,60 @@ mod tests {
 
     #[test]
     fn gives_up_when_no_quorum_can_form() {
-        let decision = decide(QUORUM_2_OF_5, &results(&["a", "b", "c", "d", "e"]));
+        let decision = decide(
+            QUORUM_2_OF_5,
+            Agreement::Bitwise,
+            &results(&["a", "b", "c", "d", "e"]),
+        );
         assert!(matches!(decision, Decision::Errored { .. }), "{decision:?}");
-        let decision = decide(QUORUM_2_OF_5, &results(&["e", "e", "e", "e", "a"]));
+        let decision = decide(
+            QUORUM_2_OF_5,
+            Agreement::Bitwise,
+            &results(&["e", "e", "e", "e", "a"]),
+        );
         assert!(matches!(decision, Decision::Errored { .. }), "{decision:?}");
         // Four used, one left, but two more would be needed.
-        let decision = decide(QUORUM_2_OF_5, &results(&["e", "e", "e", "t"]));
+        let decision = decide(
+            QUORUM_2_OF_5,
+            Agreement::Bitwise,
+            &results(&["e", "e", "e", "t"]),
+        );
         assert!(matches!(decision, Decision::Errored { .. }), "{decision:?}");
+    }
+
+    #[test]
+    fn numeric_validation_groups_close_stdouts_with_equal_files() {
+        let numeric = Agreement::Numeric {
+            rel_tolerance: 1e-9,
+            abs_tolerance: 0.0,
+        };
+        let result = |id: i64, stdout: &str, files: &str| ResultView {
+            id,
+            state: Success,
+            digest: Some(files.as_bytes().to_vec()),
+            stdout: Some(stdout.as_bytes().to_vec()),
+            fuel_used: 1_000_000_000,
+        };
+        let close = [
+            result(1, "mean 0.5000000000001", "f"),
+            result(2, "mean 0.5", "f"),
+        ];
+        assert!(matches!(
+            decide(QUORUM_2_OF_5, numeric, &close),
+            Decision::Done { .. }
+        ));
+        assert_eq!(
+            decide(
+                QUORUM_2_OF_5,
+                Agreement::Bitwise,
+                &[result(1, "a", "f"), result(2, "a", "g")]
+            ),
+            wait(1)
+        );
+        let far = [result(1, "mean 0.50001", "f"), result(2, "mean 0.5", "f")];
+        assert_eq!(decide(QUORUM_2_OF_5, numeric, &far), wait(1));
+        let other_files = [result(1, "mean 0.5", "f"), result(2, "mean 0.5", "g")];
+        assert_eq!(decide(QUORUM_2_OF_5, numeric, &other_files), wait(1));
     }
 
     #[test]
@@ -210,7 +289,7 @@ mod tests {
             min_quorum: 1,
             max_total_results: 3,
         };
-        let decision = decide(replication, &results(&["a"]));
+        let decision = decide(replication, Agreement::Bitwise, &results(&["a"]));
         assert!(matches!(decision, Decision::Done { canonical: 1, .. }));
     }
 }

@@ -2,6 +2,7 @@
 //! and job specs. Everything here is plain functions over plain data, used by
 //! the coordinator, the worker and the `cobble` CLI alike.
 
+pub mod agreement;
 pub mod auth;
 pub mod blob;
 pub mod error;

@@ -41,6 +41,15 @@ struct SpecToml {
     split: SplitToml,
     replication: Option<ReplicationToml>,
     limits: Option<LimitsToml>,
+    validator: Option<ValidatorToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidatorToml {
+    kind: String,
+    rel_tolerance: Option<f64>,
+    abs_tolerance: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +104,7 @@ pub struct LocalJob {
     pub split: LocalSplit,
     pub replication: pb::Replication,
     pub limits: pb::Limits,
+    pub validator: pb::Validator,
 }
 
 impl LocalJob {
@@ -175,6 +185,11 @@ impl LocalJob {
             deadline_s: l.deadline_s.unwrap_or(DEFAULT_DEADLINE_S),
             max_output_bytes: l.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
         });
+        let validator = raw.validator.map_or_else(bitwise, |v| pb::Validator {
+            kind: v.kind,
+            rel_tolerance: v.rel_tolerance.unwrap_or(0.0),
+            abs_tolerance: v.abs_tolerance.unwrap_or(0.0),
+        });
         let job = LocalJob {
             name: raw.name,
             module,
@@ -183,6 +198,7 @@ impl LocalJob {
             split,
             replication,
             limits,
+            validator,
         };
         job.check()?;
         Ok(job)
@@ -209,7 +225,8 @@ impl LocalJob {
             &split,
             &self.replication,
             &self.limits,
-        )
+        )?;
+        check_validator(&self.validator)
     }
 
     /// Builds the protocol spec once the blobs are known by hash.
@@ -243,7 +260,47 @@ impl LocalJob {
             split: Some(pb::SplitRule { rule: Some(rule) }),
             replication: Some(self.replication),
             limits: Some(self.limits),
+            validator: Some(self.validator.clone()),
         })
+    }
+}
+
+fn bitwise() -> pb::Validator {
+    pb::Validator {
+        kind: "bitwise".into(),
+        rel_tolerance: 0.0,
+        abs_tolerance: 0.0,
+    }
+}
+
+fn check_validator(v: &pb::Validator) -> Result<(), Error> {
+    match v.kind.as_str() {
+        "" | "bitwise" => Ok(()),
+        "numeric" => {
+            if !v.rel_tolerance.is_finite() || !(0.0..=1.0).contains(&v.rel_tolerance) {
+                return Err(Error::field(
+                    "validator.rel_tolerance",
+                    "must be between 0 and 1",
+                ));
+            }
+            if !v.abs_tolerance.is_finite() || v.abs_tolerance < 0.0 {
+                return Err(Error::field(
+                    "validator.abs_tolerance",
+                    "must be a non-negative number",
+                ));
+            }
+            if v.rel_tolerance == 0.0 && v.abs_tolerance == 0.0 {
+                return Err(Error::field(
+                    "validator",
+                    "a numeric validator needs rel_tolerance or abs_tolerance; without one use kind = \"bitwise\"",
+                ));
+            }
+            Ok(())
+        }
+        other => Err(Error::field(
+            "validator.kind",
+            format!("unknown validator {other:?}; use \"bitwise\" or \"numeric\""),
+        )),
     }
 }
 
@@ -501,7 +558,8 @@ pub fn check_spec(spec: &pb::JobSpec) -> Result<(), Error> {
     let limits = spec
         .limits
         .ok_or_else(|| Error::field("limits", "missing"))?;
-    check_common(&spec.args, &input_names, rule, &replication, &limits)
+    check_common(&spec.args, &input_names, rule, &replication, &limits)?;
+    spec.validator.as_ref().map_or(Ok(()), check_validator)
 }
 
 /// One work unit as the split rule defines it.

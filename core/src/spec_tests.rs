@@ -181,6 +181,22 @@ fn invalid_fields_are_named() {
     check("fuel = 1000", "fuel = \"lots\"", &["fuel", "expected u64"]);
     check("fuel = 1000", "fuels = 1000", &["unknown field", "fuels"]);
     check(r#"name = "primes""#, "", &["missing field", "name"]);
+    let with_validator = |validator: &str| format!("deadline_s = 60\n[validator]\n{validator}");
+    check(
+        "deadline_s = 60",
+        &with_validator("kind = \"fuzzy\""),
+        &["validator.kind", "fuzzy"],
+    );
+    check(
+        "deadline_s = 60",
+        &with_validator("kind = \"numeric\""),
+        &["validator", "rel_tolerance"],
+    );
+    check(
+        "deadline_s = 60",
+        &with_validator("kind = \"numeric\"\nrel_tolerance = 2.0"),
+        &["validator.rel_tolerance", "between 0 and 1"],
+    );
 }
 
 #[test]

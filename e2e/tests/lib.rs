@@ -4,8 +4,8 @@
 mod cases {
     mod blobs;
     mod exec;
+    mod floating_point;
     mod job;
-    mod mandelbrot;
     mod resume;
     mod signing;
     mod third_party;

@@ -14,6 +14,7 @@ const UNITS: &[(&str, &str)] = &[
     ("primes", "primes"),
     ("folding", "folding"),
     ("mandelbrot", "mandelbrot"),
+    ("montecarlo", "montecarlo"),
     ("sandbox-probe", "sandbox-probe"),
 ];
 

@@ -13,6 +13,7 @@ use crate::db::Tx;
 use crate::error::{Error, Result};
 use crate::validate::{self, Decision, ResultState, ResultView};
 use cobble_core::BlobHash;
+use cobble_core::agreement::Agreement;
 use cobble_proto::v1::{self as pb, report_request::Outcome};
 use prost::Message;
 use sqlx::Row;
@@ -205,7 +206,7 @@ impl Store {
     /// Re-decides a pending unit from all its results and applies the decision.
     async fn transition_in(&self, tx: &mut Tx, unit_id: i64, now: i64) -> Result<()> {
         let unit = sqlx::query(&format!(
-            "SELECT u.state, u.job_id, j.min_quorum, j.max_total_results
+            "SELECT u.state, u.job_id, j.min_quorum, j.max_total_results, j.spec
              FROM units u JOIN jobs j ON j.id = u.job_id WHERE u.id = $1{}",
             self.db.for_update()
         ))
@@ -221,11 +222,15 @@ impl Store {
             max_total_results: unit.try_get::<i64, _>("max_total_results")? as u32,
         };
         let rows = sqlx::query(
-            "SELECT id, state, outcome, digest, fuel_used FROM results WHERE unit_id = $1 ORDER BY id",
+            "SELECT id, state, outcome, digest, output, fuel_used FROM results WHERE unit_id = $1 ORDER BY id",
         )
         .bind(unit_id)
         .fetch_all(&mut **tx)
         .await?;
+        let spec: Vec<u8> = unit.try_get("spec")?;
+        let spec = pb::JobSpec::decode(spec.as_slice())
+            .map_err(|e| Error::Corrupt(format!("job spec: {e}")))?;
+        let agreement = Agreement::of(spec.validator.as_ref());
         let mut results = Vec::with_capacity(rows.len());
         for row in rows {
             let state = match (
@@ -239,10 +244,15 @@ impl Store {
                 ("timed_out", _) => ResultState::TimedOut,
                 _ => ResultState::Aborted,
             };
+            let (digest, stdout) = match agreement {
+                Agreement::Bitwise => (row.try_get("digest")?, None),
+                Agreement::Numeric { .. } => self.numeric_view(row.try_get("output")?).await?,
+            };
             results.push(ResultView {
                 id: row.try_get("id")?,
                 state,
-                digest: row.try_get("digest")?,
+                digest,
+                stdout,
                 fuel_used: row
                     .try_get::<Option<i64>, _>("fuel_used")?
                     .unwrap_or(0)
@@ -250,7 +260,7 @@ impl Store {
             });
         }
 
-        match validate::decide(replication, &results) {
+        match validate::decide(replication, agreement, &results) {
             Decision::Wait { new_results } => {
                 for _ in 0..new_results {
                     insert_unsent(tx, unit_id, now).await?;
@@ -301,6 +311,33 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// For a numeric validator: the digest of a success's files alone, and
+    /// its stdout, read from the blob store (capped: a huge stdout is not a
+    /// table of numbers, and then compares by its hash only).
+    async fn numeric_view(
+        &self,
+        output: Option<Vec<u8>>,
+    ) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+        const MAX_NUMERIC_STDOUT: u64 = 16 << 20;
+        let Some(output) = output else {
+            return Ok((None, None));
+        };
+        let output = pb::Success::decode(output.as_slice())
+            .map_err(|e| Error::Corrupt(format!("result output: {e}")))?;
+        let Some(stdout) = output.stdout else {
+            return Ok((None, None));
+        };
+        let files_digest = cobble_core::output::digest(&pb::BlobRef::default(), &output.files);
+        let text = if stdout.size <= MAX_NUMERIC_STDOUT {
+            self.blobs
+                .read(&BlobHash::from_slice(&stdout.hash)?)
+                .await?
+        } else {
+            stdout.hash
+        };
+        Ok((Some(files_digest.to_vec()), Some(text)))
     }
 
     /// After a unit ends: drop its unsent replicas, end the job if it was the last.

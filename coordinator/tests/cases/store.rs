@@ -97,6 +97,16 @@ async fn attach(store: &Store, account: &str) -> HostIdentity {
 }
 
 async fn submit(store: &Store, units: i64, replication: (u32, u32, u32), deadline_s: u32) -> i64 {
+    submit_with(store, units, replication, deadline_s, None).await
+}
+
+async fn submit_with(
+    store: &Store,
+    units: i64,
+    replication: (u32, u32, u32),
+    deadline_s: u32,
+    validator: Option<pb::Validator>,
+) -> i64 {
     let bytes = b"\0asm\x01\0\0\0 pretend module";
     let module = store.blobs.put(bytes).await.expect("blob");
     let spec = pb::JobSpec {
@@ -125,6 +135,7 @@ async fn submit(store: &Store, units: i64, replication: (u32, u32, u32), deadlin
             deadline_s,
             max_output_bytes: 1_000,
         }),
+        validator,
     };
     store.submit_job(&spec).await.expect("submit").0
 }
@@ -459,6 +470,39 @@ async fn progress_reported_by_hosts_shows_in_job_status() {
         assert_eq!(store.job_status(job).await.expect("status").progress, 0.25);
         report(worker, 7.0).await;
         assert_eq!(store.job_status(job).await.expect("status").progress, 0.5);
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_numeric_validator_accepts_results_within_tolerance() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let numeric = pb::Validator {
+            kind: "numeric".into(),
+            rel_tolerance: 1e-9,
+            abs_tolerance: 0.0,
+        };
+        let job = submit_with(store, 1, (2, 2, 4), 600, Some(numeric)).await;
+        let (a, b) = (attach(store, "a").await, attach(store, "b").await);
+        let (for_a, for_b) = (
+            take_one(store, a).await.expect("replica"),
+            take_one(store, b).await.expect("replica"),
+        );
+        let close_a = success(store, b"mean 0.33333333333333331 n 1000\n", 1_000_000_000).await;
+        let close_b = success(store, b"mean 0.33333333333333337 n 1000\n", 1_000_000_000).await;
+        report(store, a, &for_a.lease_id, close_a)
+            .await
+            .expect("report");
+        report(store, b, &for_b.lease_id, close_b)
+            .await
+            .expect("report");
+        let status = store.job_status(job).await.expect("status");
+        assert_eq!(
+            (status.state.as_str(), status.results_valid),
+            ("done", 2),
+            "{status:?}"
+        );
         backend.cleanup().await;
     }
 }

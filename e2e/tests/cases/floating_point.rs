@@ -1,6 +1,6 @@
-//! Floating-point work through the whole platform: Mandelbrot tiles
-//! rendered by two hosts must agree bit for bit, and the validated tiles
-//! assemble into the same picture a native one-piece render gives.
+//! Floating-point work through the whole platform: replicas on two hosts
+//! agree bit for bit (wasmtime's deterministic settings), for Mandelbrot
+//! tiles (assembled into a PNG) and for Monte Carlo sums using libm's exp.
 
 use cobble_e2e::{Coordinator, start_worker, wait_until, write_job};
 use std::process::Command;
@@ -56,5 +56,31 @@ fn mandelbrot_tiles_agree_across_hosts_and_assemble_into_a_png() {
         &bytes[16..24],
         &[0, 0, 0, 240, 0, 0, 0, 160],
         "240x160 pixels"
+    );
+}
+
+#[test]
+fn monte_carlo_replicas_agree_bit_for_bit() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let coordinator = Coordinator::start(dir);
+    let spec = "name = \"mc\"\nmodule = \"montecarlo.wasm\"\nargs = [\"{index}\", \"300000\"]\n\
+        [split]\nrange = { start = 0, end = 4, per_unit = 1 }\n\
+        [replication]\nmin_quorum = 2\ntarget_results = 2\n";
+    let job = coordinator.submit(&write_job(
+        dir,
+        cobble_unit_artifacts::MONTECARLO,
+        "montecarlo.wasm",
+        spec,
+    ));
+    let _one = start_worker("cobble-worker", &coordinator, &dir.join("one"), "one");
+    let _two = start_worker("cobble-worker", &coordinator, &dir.join("two"), "two");
+    let done = wait_until(Duration::from_secs(120), || {
+        coordinator.cli_ok(&["status", &job]).contains("): done,")
+    });
+    let status = coordinator.cli_ok(&["status", &job]);
+    assert!(
+        done && status.contains("8 valid") && status.contains("0 invalid"),
+        "{status}"
     );
 }
