@@ -42,6 +42,13 @@ struct SpecToml {
     replication: Option<ReplicationToml>,
     limits: Option<LimitsToml>,
     validator: Option<ValidatorToml>,
+    engine: Option<EngineToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineToml {
+    nan_canonicalization: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +112,8 @@ pub struct LocalJob {
     pub replication: pb::Replication,
     pub limits: pb::Limits,
     pub validator: pb::Validator,
+    /// `[engine] nan_canonicalization`; true unless the spec turns it off.
+    pub nan_canonicalization: bool,
 }
 
 impl LocalJob {
@@ -199,6 +208,10 @@ impl LocalJob {
             replication,
             limits,
             validator,
+            nan_canonicalization: raw
+                .engine
+                .and_then(|e| e.nan_canonicalization)
+                .unwrap_or(true),
         };
         job.check()?;
         Ok(job)
@@ -261,6 +274,7 @@ impl LocalJob {
             replication: Some(self.replication),
             limits: Some(self.limits),
             validator: Some(self.validator.clone()),
+            nan_canonicalization_off: !self.nan_canonicalization,
         })
     }
 }

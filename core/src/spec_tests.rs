@@ -81,6 +81,18 @@ fn valid_spec_parses_and_splits() {
 }
 
 #[test]
+fn nan_canonicalization_is_on_unless_turned_off() {
+    let dir = fixture();
+    let job = LocalJob::parse(VALID, dir.path()).expect("valid spec");
+    assert!(job.nan_canonicalization);
+    let text = format!("{VALID}[engine]\nnan_canonicalization = false\n");
+    let job = LocalJob::parse(&text, dir.path()).expect("valid spec");
+    assert!(!job.nan_canonicalization);
+    let text = format!("{VALID}[engine]\nnan = false\n");
+    assert!(LocalJob::parse(&text, dir.path()).is_err());
+}
+
+#[test]
 fn files_split_gives_one_unit_per_file() {
     let dir = fixture();
     let text = VALID

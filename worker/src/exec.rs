@@ -3,7 +3,7 @@
 //! submit it, and benchmarks can time the real execution path.
 
 use crate::error::{Error, Result};
-use crate::sandbox::{Invocation, RunReport, Sandbox, UnitLimits};
+use crate::sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitLimits};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,8 @@ pub struct ExecRequest {
     /// twice with the same directory resumes from the unit's checkpoint.
     pub checkpoint_dir: Option<PathBuf>,
     pub seed: [u8; 32],
+    /// As a job's `[engine] nan_canonicalization`.
+    pub nan_canonicalization: bool,
 }
 
 /// What `exec` measured besides the unit's own report.
@@ -31,7 +33,13 @@ pub struct ExecReport {
 }
 
 pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
-    let sandbox = Sandbox::new(None)?;
+    let sandbox = Sandbox::with_settings(
+        None,
+        EngineSettings {
+            nan_canonicalization: request.nan_canonicalization,
+            ..EngineSettings::default()
+        },
+    )?;
     let bytes = std::fs::read(&request.module)
         .map_err(Error::io(format!("reading {}", request.module.display())))?;
     let compile_started = Instant::now();

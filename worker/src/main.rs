@@ -74,6 +74,9 @@ struct ExecArgs {
     /// directory resumes from the unit's checkpoint.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
+    /// Run as a job with `[engine] nan_canonicalization = false` would.
+    #[arg(long)]
+    no_nan_canonicalization: bool,
     /// Arguments for the module, after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -116,6 +119,7 @@ async fn run_exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         output_dir: args.output_dir,
         checkpoint_dir: args.checkpoint_dir,
         seed: [0; 32],
+        nan_canonicalization: !args.no_nan_canonicalization,
     })
     .await
     .with_context(|| format!("cannot run {}", args.module.display()))?;

@@ -8,7 +8,7 @@
 use crate::attach::{self, Volunteer};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Recovered};
-use crate::sandbox::{Invocation, RunReport, Sandbox, UnitLimits};
+use crate::sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitLimits};
 use cobble_client::{Connection, Credentials};
 use cobble_core::BlobHash;
 use cobble_proto::v1::{
@@ -52,6 +52,9 @@ struct Worker {
     connection: Connection,
     project_key: VerifyingKey,
     sandbox: Sandbox,
+    /// For jobs that turned NaN canonicalization off (compiled code differs,
+    /// so it has its own engine and module cache).
+    sandbox_fast_nans: Sandbox,
     blob_dir: PathBuf,
     journal: Journal,
     hooks: Hooks,
@@ -78,6 +81,13 @@ pub async fn run(
     .await?;
     let project_key = cobble_core::manifest::project_key_from_hex(&attachment.project_key)?;
     let sandbox = Sandbox::new(Some(config.data_dir.join("modules")))?;
+    let sandbox_fast_nans = Sandbox::with_settings(
+        Some(config.data_dir.join("modules-fast-nans")),
+        EngineSettings {
+            nan_canonicalization: false,
+            ..EngineSettings::default()
+        },
+    )?;
     let connection = Connection::from_channel(
         channel,
         Credentials::Host {
@@ -91,6 +101,7 @@ pub async fn run(
         connection,
         project_key,
         sandbox,
+        sandbox_fast_nans,
         blob_dir,
         journal,
         hooks,
@@ -303,7 +314,12 @@ impl Worker {
             let cached = self.ensure_blob(blob, manifest.deadline_ms).await?;
             link_input(&cached, &input_dir.join(&input.name))?;
         }
-        let prepared = self.sandbox.prepare(&module_hash, &module_path)?;
+        let sandbox = if manifest.nan_canonicalization_off {
+            &self.sandbox_fast_nans
+        } else {
+            &self.sandbox
+        };
+        let prepared = sandbox.prepare(&module_hash, &module_path)?;
         let remaining = manifest.deadline_ms - cobble_core::now_ms();
         if remaining <= 0 {
             tracing::warn!(
@@ -327,7 +343,7 @@ impl Worker {
         };
         let handed_over = received.elapsed();
         let report = tokio::select! {
-            report = self.sandbox.run(&prepared, invocation) => report?,
+            report = sandbox.run(&prepared, invocation) => report?,
             () = self.watch_lease(manifest, &checkpoint_dir) => {
                 tracing::info!(unit_id = manifest.unit_id, "coordinator no longer needs this unit; aborted");
                 return Ok(None);

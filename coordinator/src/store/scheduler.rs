@@ -108,5 +108,6 @@ fn build_manifest(
         limits: spec.limits,
         deadline_ms,
         issued_ms: now,
+        nan_canonicalization_off: spec.nan_canonicalization_off,
     })
 }

@@ -136,6 +136,7 @@ async fn submit_with(
             max_output_bytes: 1_000,
         }),
         validator,
+        nan_canonicalization_off: false,
     };
     store.submit_job(&spec).await.expect("submit").0
 }

@@ -1,6 +1,7 @@
 //! Floating-point work through the whole platform: replicas on two hosts
 //! agree bit for bit (wasmtime's deterministic settings), for Mandelbrot
-//! tiles (assembled into a PNG) and for Monte Carlo sums using libm's exp.
+//! tiles (assembled into a PNG) and for Monte Carlo sums using libm's exp,
+//! the latter with NaN canonicalization turned off as its job allows.
 
 use cobble_e2e::{Coordinator, start_worker, wait_until, write_job};
 use std::process::Command;
@@ -66,7 +67,7 @@ fn monte_carlo_replicas_agree_bit_for_bit() {
     let coordinator = Coordinator::start(dir);
     let spec = "name = \"mc\"\nmodule = \"montecarlo.wasm\"\nargs = [\"{index}\", \"300000\"]\n\
         [split]\nrange = { start = 0, end = 4, per_unit = 1 }\n\
-        [replication]\nmin_quorum = 2\ntarget_results = 2\n";
+        [replication]\nmin_quorum = 2\ntarget_results = 2\n[engine]\nnan_canonicalization = false\n";
     let job = coordinator.submit(&write_job(
         dir,
         cobble_unit_artifacts::MONTECARLO,

@@ -1,6 +1,6 @@
 //! The HP lattice model and its Monte Carlo search: pure integer code.
 
-use std::collections::HashSet;
+use std::cell::RefCell;
 use std::fmt;
 
 /// Absolute step directions on the square lattice.
@@ -21,7 +21,35 @@ const ACCEPT_RISE: [u32; 8] = [
 
 /// A chain of residues: true for hydrophobic.
 #[derive(Debug, Clone)]
-pub struct Chain(Vec<bool>);
+pub struct Chain {
+    residues: Vec<bool>,
+    /// Scratch lattice for energy evaluation, reused across the millions of
+    /// moves a search makes: allocation would dominate the unit's time.
+    lattice: RefCell<Lattice>,
+}
+
+/// A square of cells wide enough for any fold of the chain, centred on the
+/// first residue. Each cell holds 1 + the residue index occupying it, or 0.
+#[derive(Debug, Clone)]
+struct Lattice {
+    side: i32,
+    cells: Vec<u16>,
+}
+
+impl Lattice {
+    fn new(residues: usize) -> Self {
+        let side = 2 * residues as i32 + 1;
+        Lattice {
+            side,
+            cells: vec![0; (side * side) as usize],
+        }
+    }
+
+    fn index(&self, (x, y): (i32, i32)) -> usize {
+        let half = self.side / 2;
+        ((y + half) * self.side + (x + half)) as usize
+    }
+}
 
 /// A conformation: the direction of each bond, n - 1 of them.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,17 +58,6 @@ pub struct Fold(Vec<u8>);
 impl Fold {
     pub fn straight(residues: usize) -> Fold {
         Fold(vec![0; residues.saturating_sub(1)])
-    }
-
-    fn positions(&self) -> Vec<(i32, i32)> {
-        let mut at = (0, 0);
-        let mut positions = vec![at];
-        for &direction in &self.0 {
-            let (dx, dy) = DIRECTIONS[direction as usize];
-            at = (at.0 + dx, at.1 + dy);
-            positions.push(at);
-        }
-        positions
     }
 }
 
@@ -79,38 +96,68 @@ impl Chain {
                 _ => None,
             })
             .collect();
-        residues.filter(|r| (3..=200).contains(&r.len())).map(Chain)
+        residues
+            .filter(|r| (3..=200).contains(&r.len()))
+            .map(|residues| Chain {
+                lattice: RefCell::new(Lattice::new(residues.len())),
+                residues,
+            })
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.residues.len()
     }
 
     /// The fold's energy, or None if it crosses itself.
     pub fn energy(&self, fold: &Fold) -> Option<i64> {
-        let positions = fold.positions();
-        let occupied: HashSet<(i32, i32)> = positions.iter().copied().collect();
-        if occupied.len() != positions.len() {
-            return None;
-        }
-        let index: std::collections::HashMap<(i32, i32), usize> =
-            positions.iter().enumerate().map(|(i, p)| (*p, i)).collect();
-        let mut contacts = 0;
-        for (i, &(x, y)) in positions.iter().enumerate() {
-            if !self.0[i] {
-                continue;
+        let mut lattice = self.lattice.borrow_mut();
+        let mut at = (0, 0);
+        let mut placed = 0;
+        let mut crossed = false;
+        for i in 0..self.residues.len() {
+            if i > 0 {
+                let (dx, dy) = DIRECTIONS[fold.0[i - 1] as usize];
+                at = (at.0 + dx, at.1 + dy);
             }
-            // Count each contact once: only neighbours to the right and above.
-            for (dx, dy) in [(1, 0), (0, 1)] {
-                if let Some(&j) = index.get(&(x + dx, y + dy))
-                    && self.0[j]
-                    && i.abs_diff(j) > 1
-                {
-                    contacts += 1;
+            let cell = lattice.index(at);
+            if lattice.cells[cell] != 0 {
+                crossed = true;
+                break;
+            }
+            lattice.cells[cell] = i as u16 + 1;
+            placed += 1;
+        }
+        let mut contacts = 0;
+        if !crossed {
+            let mut at = (0, 0);
+            for i in 0..self.residues.len() {
+                if i > 0 {
+                    let (dx, dy) = DIRECTIONS[fold.0[i - 1] as usize];
+                    at = (at.0 + dx, at.1 + dy);
+                }
+                if !self.residues[i] {
+                    continue;
+                }
+                // Count each contact once: only neighbours to the right and above.
+                for (dx, dy) in [(1, 0), (0, 1)] {
+                    let j = lattice.cells[lattice.index((at.0 + dx, at.1 + dy))];
+                    if j != 0 && self.residues[j as usize - 1] && i.abs_diff(j as usize - 1) > 1 {
+                        contacts += 1;
+                    }
                 }
             }
         }
-        Some(-contacts)
+        // Clear exactly the cells this fold used, for the next evaluation.
+        let mut at = (0, 0);
+        for i in 0..placed {
+            if i > 0 {
+                let (dx, dy) = DIRECTIONS[fold.0[i - 1] as usize];
+                at = (at.0 + dx, at.1 + dy);
+            }
+            let cell = lattice.index(at);
+            lattice.cells[cell] = 0;
+        }
+        (!crossed).then_some(-contacts)
     }
 
     /// Metropolis search from the straight chain: pivot moves (rotate the
@@ -122,8 +169,9 @@ impl Chain {
         let mut energy = self.energy(&fold).unwrap_or(0);
         let mut best = (energy, fold.clone());
         let bonds = fold.0.len() as u64;
+        let mut candidate = fold.clone();
         for _ in 0..steps {
-            let mut candidate = fold.clone();
+            candidate.0.copy_from_slice(&fold.0);
             let at = rng.below(bonds) as usize;
             if rng.below(2) == 0 {
                 let turn = 1 + rng.below(3) as u8;
@@ -139,7 +187,7 @@ impl Chain {
             let rise = (new_energy - energy).max(0) as usize;
             let threshold = ACCEPT_RISE.get(rise).copied().unwrap_or(0);
             if (rng.next() >> 32) as u32 <= threshold {
-                fold = candidate;
+                std::mem::swap(&mut fold, &mut candidate);
                 energy = new_energy;
                 if energy < best.0 {
                     best = (energy, fold.clone());
