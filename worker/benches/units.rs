@@ -90,6 +90,25 @@ fn variants() -> Vec<(&'static str, EngineSettings)> {
                 ..production
             },
         ),
+        // Not a setting a worker can use (units could overrun their
+        // deadlines); here to price the epoch checks on loop back-edges.
+        (
+            "without NaN canon., epoch checks",
+            EngineSettings {
+                nan_canonicalization: false,
+                epoch_interruption: false,
+                ..production
+            },
+        ),
+        (
+            "without NaN canon., epochs, fuel",
+            EngineSettings {
+                nan_canonicalization: false,
+                epoch_interruption: false,
+                fuel: false,
+                ..production
+            },
+        ),
     ]
 }
 

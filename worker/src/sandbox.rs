@@ -215,6 +215,10 @@ pub struct EngineSettings {
     /// Canonical NaNs, so floating-point results agree bit for bit across hosts.
     pub nan_canonicalization: bool,
     pub opt_level: OptLevel,
+    /// Epoch checks on loop back-edges: how wall-clock limits (and, later,
+    /// suspension) reach a running unit. Off only to measure their cost:
+    /// without them a unit could run past its deadline.
+    pub epoch_interruption: bool,
 }
 
 impl Default for EngineSettings {
@@ -223,6 +227,7 @@ impl Default for EngineSettings {
             fuel: true,
             nan_canonicalization: true,
             opt_level: OptLevel::Speed,
+            epoch_interruption: true,
         }
     }
 }
@@ -379,7 +384,7 @@ impl Sandbox {
 fn engine_config(settings: &EngineSettings) -> Config {
     let mut config = Config::new();
     config.consume_fuel(settings.fuel);
-    config.epoch_interruption(true);
+    config.epoch_interruption(settings.epoch_interruption);
     config.cranelift_nan_canonicalization(settings.nan_canonicalization);
     config.relaxed_simd_deterministic(true);
     config.cranelift_opt_level(settings.opt_level);
