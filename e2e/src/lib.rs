@@ -182,6 +182,14 @@ impl Coordinator {
         ))
     }
 
+    /// Waits until a job is done; returns whether it finished and its status.
+    pub fn wait_done(&self, job: &str, timeout: Duration) -> (bool, String) {
+        let done = wait_until(timeout, || {
+            self.cli_ok(&["status", job]).contains("): done,")
+        });
+        (done, self.cli_ok(&["status", job]))
+    }
+
     /// Runs `cobble` and returns its stdout, failing the test on error.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let output = self.cli(args);
@@ -240,3 +248,11 @@ pub fn write_job(dir: &Path, module: &str, module_name: &str, spec: &str) -> Pat
 
 /// A one-unit primes job: the smallest real job.
 const TINY_PRIMES_JOB: &str = "name = \"p\"\nmodule = \"primes.wasm\"\nargs = [\"{start}\", \"{end}\"]\n[split]\nrange = { start = 0, end = 10, per_unit = 10 }\n";
+
+/// Starts one honest worker per name, each with its own data dir.
+pub fn start_volunteers(coordinator: &Coordinator, dir: &Path, names: &[&str]) -> Vec<Process> {
+    names
+        .iter()
+        .map(|name| start_worker("cobble-worker", coordinator, &dir.join(name), name))
+        .collect()
+}

@@ -3,7 +3,7 @@
 //! tiles (assembled into a PNG) and for Monte Carlo sums using libm's exp,
 //! the latter with NaN canonicalization turned off as its job allows.
 
-use cobble_e2e::{Coordinator, start_worker, wait_until, write_job};
+use cobble_e2e::{Coordinator, start_volunteers, write_job};
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,12 +22,8 @@ fn mandelbrot_tiles_agree_across_hosts_and_assemble_into_a_png() {
         "mandelbrot.wasm",
         spec,
     ));
-    let _one = start_worker("cobble-worker", &coordinator, &dir.join("one"), "one");
-    let _two = start_worker("cobble-worker", &coordinator, &dir.join("two"), "two");
-    let done = wait_until(Duration::from_secs(120), || {
-        coordinator.cli_ok(&["status", &job]).contains("): done,")
-    });
-    let status = coordinator.cli_ok(&["status", &job]);
+    let _volunteers = start_volunteers(&coordinator, dir, &["one", "two"]);
+    let (done, status) = coordinator.wait_done(&job, Duration::from_secs(120));
     assert!(
         done && status.contains("8 valid") && status.contains("0 invalid"),
         "{status}"
@@ -74,12 +70,8 @@ fn monte_carlo_replicas_agree_bit_for_bit() {
         "montecarlo.wasm",
         spec,
     ));
-    let _one = start_worker("cobble-worker", &coordinator, &dir.join("one"), "one");
-    let _two = start_worker("cobble-worker", &coordinator, &dir.join("two"), "two");
-    let done = wait_until(Duration::from_secs(120), || {
-        coordinator.cli_ok(&["status", &job]).contains("): done,")
-    });
-    let status = coordinator.cli_ok(&["status", &job]);
+    let _volunteers = start_volunteers(&coordinator, dir, &["one", "two"]);
+    let (done, status) = coordinator.wait_done(&job, Duration::from_secs(120));
     assert!(
         done && status.contains("8 valid") && status.contains("0 invalid"),
         "{status}"

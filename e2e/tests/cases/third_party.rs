@@ -3,7 +3,7 @@
 //! checked against its pinned hash. Two hosts must agree bit for bit on
 //! the audio it renders.
 
-use cobble_e2e::{Coordinator, start_worker, wait_until};
+use cobble_e2e::{Coordinator, start_volunteers};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -51,17 +51,9 @@ deadline_s = 120
     .expect("write spec");
 
     let coordinator = Coordinator::start(dir);
-    let _one = start_worker("cobble-worker", &coordinator, &dir.join("one"), "one");
-    let _two = start_worker("cobble-worker", &coordinator, &dir.join("two"), "two");
+    let _volunteers = start_volunteers(&coordinator, dir, &["one", "two"]);
     let job = coordinator.submit(&spec);
-    let done = wait_until(Duration::from_secs(180), || {
-        coordinator
-            .cli_ok(&["status", &job])
-            .lines()
-            .next()
-            .is_some_and(|l| l.contains("): done,"))
-    });
-    let status = coordinator.cli_ok(&["status", &job]);
+    let (done, status) = coordinator.wait_done(&job, Duration::from_secs(180));
     assert!(done, "{status}");
     assert!(
         status.contains("2 done") && status.contains("4 valid"),
