@@ -76,10 +76,12 @@ impl Db {
 
     /// Row-lock suffix for a SELECT inside a write transaction. SQLite's
     /// `BEGIN IMMEDIATE` already serializes writers, PostgreSQL needs it.
-    pub fn for_update(&self) -> &'static str {
+    /// `tables` names the aliases to lock: locking a joined job row would
+    /// serialize every report of the job.
+    pub fn for_update_of(&self, tables: &str) -> String {
         match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => String::new(),
+            Backend::Postgres => format!(" FOR UPDATE OF {tables}"),
         }
     }
 

@@ -61,7 +61,7 @@ impl Store {
             "SELECT r.id, r.unit_id, r.state, r.host_id, r.deadline_ms, u.state AS unit_state, j.state AS job_state
              FROM results r JOIN units u ON u.id = r.unit_id JOIN jobs j ON j.id = u.job_id
              WHERE r.lease_id = $1{}",
-            self.db.for_update()
+            self.db.for_update_of("r, u")
         ))
         .bind(&request.lease_id)
         .fetch_optional(&mut *tx)
@@ -208,7 +208,7 @@ impl Store {
         let unit = sqlx::query(&format!(
             "SELECT u.state, u.job_id, j.min_quorum, j.max_total_results, j.spec
              FROM units u JOIN jobs j ON j.id = u.job_id WHERE u.id = $1{}",
-            self.db.for_update()
+            self.db.for_update_of("u")
         ))
         .bind(unit_id)
         .fetch_one(&mut **tx)
