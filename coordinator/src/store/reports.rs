@@ -278,9 +278,7 @@ impl Store {
                         .execute(&mut **tx)
                         .await?;
                 }
-                for result_id in &valid {
-                    self.grant_credit_in(tx, *result_id, credit, now).await?;
-                }
+                self.grant_credit_in(tx, &valid, credit, now).await?;
                 sqlx::query(
                     "UPDATE units SET state = 'done', canonical_result_id = $1, finished_ms = $2 WHERE id = $3",
                 )
@@ -346,6 +344,16 @@ impl Store {
             .bind(unit_id)
             .execute(&mut **tx)
             .await?;
+        // Two transactions closing a job's last two units must not each see
+        // the other's unit still pending (write skew under PostgreSQL's read
+        // committed): the job row lock makes the second wait for the first.
+        sqlx::query(&format!(
+            "SELECT id FROM jobs WHERE id = $1{}",
+            self.db.for_update_of("jobs")
+        ))
+        .bind(job_id)
+        .fetch_one(&mut **tx)
+        .await?;
         let pending: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM units WHERE job_id = $1 AND state = 'pending'",
         )
@@ -365,40 +373,46 @@ impl Store {
         Ok(())
     }
 
-    /// Marks one result valid and credits its host, account and team.
-    /// Guarded by `validate_state = 'pending'`, so it can happen only once.
+    /// Marks results valid and credits their hosts, accounts and teams.
+    /// Guarded by `validate_state = 'pending'`, so each happens only once.
+    /// Credited rows are updated in one global order (hosts, accounts,
+    /// teams, each by id) so concurrent grants on PostgreSQL cannot deadlock.
     async fn grant_credit_in(
         &self,
         tx: &mut Tx,
-        result_id: i64,
+        valid: &[i64],
         credit: f64,
         now: i64,
     ) -> Result<()> {
-        let granted = sqlx::query(
-            "UPDATE results SET validate_state = 'valid', granted_credit = $1
-             WHERE id = $2 AND validate_state = 'pending'",
-        )
-        .bind(credit)
-        .bind(result_id)
-        .execute(&mut **tx)
-        .await?;
-        if granted.rows_affected() != 1 {
-            return Ok(());
+        let mut owners: Vec<(usize, i64)> = Vec::new();
+        for result_id in valid {
+            let granted = sqlx::query(
+                "UPDATE results SET validate_state = 'valid', granted_credit = $1
+                 WHERE id = $2 AND validate_state = 'pending'",
+            )
+            .bind(credit)
+            .bind(result_id)
+            .execute(&mut **tx)
+            .await?;
+            if granted.rows_affected() != 1 {
+                continue;
+            }
+            let owner = sqlx::query(
+                "SELECT r.host_id, r.account_id, a.team_id FROM results r
+                 JOIN accounts a ON a.id = r.account_id WHERE r.id = $1",
+            )
+            .bind(result_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            for (rank, column) in ["host_id", "account_id", "team_id"].iter().enumerate() {
+                if let Some(id) = owner.try_get::<Option<i64>, _>(*column)? {
+                    owners.push((rank, id));
+                }
+            }
         }
-        let owner = sqlx::query(
-            "SELECT r.host_id, r.account_id, a.team_id FROM results r
-             JOIN accounts a ON a.id = r.account_id WHERE r.id = $1",
-        )
-        .bind(result_id)
-        .fetch_one(&mut **tx)
-        .await?;
-        let targets = [
-            ("hosts", owner.try_get::<Option<i64>, _>("host_id")?),
-            ("accounts", owner.try_get::<Option<i64>, _>("account_id")?),
-            ("teams", owner.try_get::<Option<i64>, _>("team_id")?),
-        ];
-        for (table, id) in targets {
-            let Some(id) = id else { continue };
+        owners.sort_unstable();
+        for (rank, id) in owners {
+            let table = ["hosts", "accounts", "teams"][rank];
             let row = sqlx::query(&format!(
                 "SELECT rac, rac_time_ms FROM {table} WHERE id = $1"
             ))
