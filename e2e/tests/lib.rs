@@ -6,6 +6,7 @@ mod cases {
     mod exec;
     mod floating_point;
     mod job;
+    mod prefs;
     mod resume;
     mod signing;
     mod third_party;

@@ -6,6 +6,7 @@ mod durable;
 pub mod error;
 pub mod exec;
 pub mod journal;
+pub mod prefs;
 pub mod runner;
 pub mod sandbox;
 

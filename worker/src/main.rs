@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use cobble_worker::attach::Volunteer;
 use cobble_worker::exec::{ExecRequest, exec};
+use cobble_worker::prefs::Prefs;
 use cobble_worker::sandbox::UnitLimits;
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +25,17 @@ enum Command {
     Run(RunArgs),
     /// Run one module locally in the sandbox a real unit gets.
     Exec(ExecArgs),
+    /// Show the computing preferences in effect (prefs.toml plus --pref).
+    Prefs(PrefsArgs),
+}
+
+#[derive(Args)]
+struct PrefsArgs {
+    #[arg(long, env = "COBBLE_WORKER_DIR", default_value = "cobble-worker-data")]
+    data_dir: PathBuf,
+    /// Override one preference, e.g. --pref suspend_cpu_usage=50.
+    #[arg(long = "pref", value_name = "KEY=VALUE")]
+    prefs: Vec<String>,
 }
 
 #[derive(Args)]
@@ -46,9 +58,13 @@ struct RunArgs {
     /// Expected project key (hex), instead of trusting it on first attach.
     #[arg(long)]
     project_key: Option<String>,
-    /// Units to compute at once.
-    #[arg(long, default_value_t = 1)]
-    slots: u32,
+    /// Units to compute at once; default from the max_ncpus_pct preference.
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Override one preference from <data-dir>/prefs.toml, e.g.
+    /// --pref suspend_cpu_usage=50; repeatable.
+    #[arg(long = "pref", value_name = "KEY=VALUE")]
+    prefs: Vec<String>,
 }
 
 #[derive(Args)]
@@ -86,7 +102,14 @@ struct ExecArgs {
 async fn main() -> anyhow::Result<ExitCode> {
     cobble_worker::init_logging();
     match Cli::parse().command {
+        Command::Prefs(args) => {
+            let prefs = Prefs::load(&args.data_dir, &args.prefs)?;
+            print!("{}", prefs.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(args) => {
+            let prefs = Prefs::load(&args.data_dir, &args.prefs)?;
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             let config = cobble_worker::RunConfig {
                 coordinator: args.coordinator,
                 data_dir: args.data_dir,
@@ -96,7 +119,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                     account_key: args.account_key,
                     project_key: args.project_key,
                 },
-                slots: args.slots,
+                slots: args.slots.unwrap_or_else(|| prefs.slots(cpus)),
             };
             cobble_worker::run(config, cobble_worker::Hooks::default(), shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)

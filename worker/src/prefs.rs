@@ -1,0 +1,258 @@
+//! Computing preferences: when the worker may compute and how much of the
+//! machine it may use. BOINC's names and units, which volunteers know, in
+//! `<data-dir>/prefs.toml`; each overridable by `--pref KEY=VALUE`. The
+//! defaults are ones a volunteer never has to touch.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The file name inside the data dir.
+pub const FILE_NAME: &str = "prefs.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prefs {
+    /// Minutes the machine must have been idle (non-Cobble CPU load below
+    /// `suspend_cpu_usage`) before computing starts; fractions allowed.
+    pub idle_time_to_run: f64,
+    /// Percent of all CPUs that other programs may use before the worker
+    /// suspends; 0 means never suspend because of load.
+    pub suspend_cpu_usage: f64,
+    /// Percent of CPU time the worker may use, by duty cycle.
+    pub cpu_usage_limit: f64,
+    /// Percent of the machine's CPUs to compute on (at least one).
+    pub max_ncpus_pct: f64,
+    /// Percent of RAM units may use while the machine is in use.
+    pub ram_max_used_busy_pct: f64,
+    /// Percent of RAM units may use while the machine is idle.
+    pub ram_max_used_idle_pct: f64,
+    /// Whether to compute on battery power.
+    pub run_on_batteries: bool,
+    /// Hour of the day (0-24, fractions allowed) computing may start; equal
+    /// to `end_hour` means any time. A window may wrap past midnight.
+    pub start_hour: f64,
+    pub end_hour: f64,
+    /// Gigabytes the worker's caches may take on disk.
+    pub disk_max_used_gb: f64,
+}
+
+impl Default for Prefs {
+    fn default() -> Self {
+        Prefs {
+            idle_time_to_run: 3.0,
+            suspend_cpu_usage: 25.0,
+            cpu_usage_limit: 100.0,
+            max_ncpus_pct: 100.0,
+            ram_max_used_busy_pct: 50.0,
+            ram_max_used_idle_pct: 90.0,
+            run_on_batteries: false,
+            start_hour: 0.0,
+            end_hour: 0.0,
+            disk_max_used_gb: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrefsError {
+    #[error("{source_name}: {message}")]
+    Invalid {
+        source_name: String,
+        message: String,
+    },
+    #[error("--pref {0:?}: expected KEY=VALUE, e.g. --pref suspend_cpu_usage=50")]
+    BadOverride(String),
+    #[error("cannot read {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+impl Prefs {
+    /// Reads `<data_dir>/prefs.toml` (defaults if absent), applies the
+    /// overrides and checks every value.
+    pub fn load(data_dir: &Path, overrides: &[String]) -> Result<Prefs, PrefsError> {
+        let path = data_dir.join(FILE_NAME);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => return Err(PrefsError::Read { path, error }),
+        };
+        Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses preferences text; `source_name` names it in error messages.
+    pub fn parse(text: &str, source_name: &str, overrides: &[String]) -> Result<Prefs, PrefsError> {
+        let invalid = |source_name: &str, message: String| PrefsError::Invalid {
+            source_name: source_name.to_string(),
+            message: message.trim_end().to_string(),
+        };
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| invalid(source_name, e.to_string()))?;
+        for entry in overrides {
+            let (key, value) = entry
+                .split_once('=')
+                .ok_or_else(|| PrefsError::BadOverride(entry.clone()))?;
+            // A value is TOML (50, 0.5, true); anything else is taken as text
+            // so the type error names the key.
+            let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            table.insert(key.trim().to_string(), value);
+        }
+        let source = if overrides.is_empty() {
+            source_name.to_string()
+        } else {
+            format!("{source_name} with --pref overrides")
+        };
+        let prefs: Prefs = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(&source, e.to_string()))?;
+        prefs.check().map_err(|message| invalid(&source, message))?;
+        Ok(prefs)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let percent = |name: &str, value: f64, min: f64| {
+            if value.is_finite() && (min..=100.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{name} = {value}: must be a percentage from {min} to 100"
+                ))
+            }
+        };
+        percent("suspend_cpu_usage", self.suspend_cpu_usage, 0.0)?;
+        percent("cpu_usage_limit", self.cpu_usage_limit, 1.0)?;
+        percent("max_ncpus_pct", self.max_ncpus_pct, 1.0)?;
+        percent("ram_max_used_busy_pct", self.ram_max_used_busy_pct, 1.0)?;
+        percent("ram_max_used_idle_pct", self.ram_max_used_idle_pct, 1.0)?;
+        if !self.idle_time_to_run.is_finite() || self.idle_time_to_run < 0.0 {
+            return Err(format!(
+                "idle_time_to_run = {}: must be a number of minutes, 0 or more",
+                self.idle_time_to_run
+            ));
+        }
+        for (name, hour) in [("start_hour", self.start_hour), ("end_hour", self.end_hour)] {
+            if !hour.is_finite() || !(0.0..=24.0).contains(&hour) {
+                return Err(format!("{name} = {hour}: must be an hour from 0 to 24"));
+            }
+        }
+        if !self.disk_max_used_gb.is_finite() || self.disk_max_used_gb < 0.05 {
+            return Err(format!(
+                "disk_max_used_gb = {}: must be at least 0.05 (50 MB)",
+                self.disk_max_used_gb
+            ));
+        }
+        Ok(())
+    }
+
+    /// Units to run at once on a machine with `cpus` CPUs.
+    pub fn slots(&self, cpus: usize) -> u32 {
+        ((cpus as f64 * self.max_ncpus_pct / 100.0).floor() as u32).max(1)
+    }
+
+    /// Whether `hour` (0-24, fractional) lies in the allowed window.
+    pub fn in_time_window(&self, hour: f64) -> bool {
+        let (start, end) = (self.start_hour % 24.0, self.end_hour % 24.0);
+        if start == end {
+            true
+        } else if start < end {
+            (start..end).contains(&hour)
+        } else {
+            hour >= start || hour < end
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, overrides: &[&str], expected: &[&str]) {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let error = match Prefs::parse(text, "prefs.toml", &overrides) {
+            Ok(prefs) => panic!("{text:?} {overrides:?} was accepted: {prefs:?}"),
+            Err(error) => error.to_string(),
+        };
+        for fragment in expected {
+            assert!(
+                error.contains(fragment),
+                "{error:?} should mention {fragment:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_need_no_file_and_overrides_apply() {
+        assert_eq!(
+            Prefs::parse("", "prefs.toml", &[]).ok(),
+            Some(Prefs::default())
+        );
+        let overrides = [
+            "suspend_cpu_usage=50".to_string(),
+            "run_on_batteries=true".to_string(),
+        ];
+        let prefs =
+            Prefs::parse("idle_time_to_run = 0.5\n", "prefs.toml", &overrides).expect("valid");
+        assert_eq!(
+            (prefs.idle_time_to_run, prefs.suspend_cpu_usage),
+            (0.5, 50.0)
+        );
+        assert!(prefs.run_on_batteries);
+        let round_trip = Prefs::parse(&prefs.to_toml(), "x", &[]).expect("round trip");
+        assert_eq!(round_trip, prefs);
+    }
+
+    #[test]
+    fn bad_values_get_clear_errors() {
+        check(
+            "suspend_cpu_usage = 150\n",
+            &[],
+            &["prefs.toml", "suspend_cpu_usage = 150", "percentage"],
+        );
+        check(
+            "",
+            &["cpu_usage_limit=0"],
+            &["--pref overrides", "cpu_usage_limit", "1 to 100"],
+        );
+        check(
+            "idle_time_to_run = -1\n",
+            &[],
+            &["idle_time_to_run", "minutes"],
+        );
+        check("start_hour = 25\n", &[], &["start_hour", "0 to 24"]);
+        check(
+            "disk_max_used_gb = 0\n",
+            &[],
+            &["disk_max_used_gb", "50 MB"],
+        );
+        check(
+            "run_on_batteries = \"maybe\"\n",
+            &[],
+            &["run_on_batteries", "bool"],
+        );
+        check("idle_time = 3\n", &[], &["unknown field", "idle_time"]);
+        check("", &["max_ncpus_pct=lots"], &["max_ncpus_pct"]);
+        check("", &["nonsense"], &["KEY=VALUE"]);
+        check("suspend_cpu_usage = \n", &[], &["prefs.toml"]);
+    }
+
+    #[test]
+    fn slots_and_time_windows() {
+        let mut prefs = Prefs::default();
+        assert_eq!(prefs.slots(8), 8);
+        prefs.max_ncpus_pct = 30.0;
+        assert_eq!((prefs.slots(8), prefs.slots(2)), (2, 1));
+        assert!(prefs.in_time_window(13.0), "equal hours mean any time");
+        (prefs.start_hour, prefs.end_hour) = (22.0, 6.0);
+        assert!(prefs.in_time_window(23.5) && prefs.in_time_window(2.0));
+        assert!(!prefs.in_time_window(12.0));
+    }
+}
