@@ -158,7 +158,9 @@ fn job_completes_with_a_cheater_and_a_crash() {
             .unwrap_or_else(|| panic!("{name} missing from {board}"))
     };
     assert_eq!(credit_of("mallory"), (0.0, 0), "{board}");
-    for honest in ["alice", "bob"] {
+    // Alice may have lost even her finished work: with a unit per CPU, one
+    // slot can be uploading a result when the machine dies for good.
+    for honest in ["bob", "carol"] {
         let (credit, valid) = credit_of(honest);
         assert!(credit > 0.0 && valid > 0, "{honest}: {board}");
     }
