@@ -7,6 +7,25 @@ use cobble_e2e::{Coordinator, start_volunteers, write_job};
 use std::process::Command;
 use std::time::Duration;
 
+/// Submits a four-unit job with a quorum of two, runs it on two volunteers
+/// and checks that every replica agreed bit for bit.
+fn run_four_units_on_two_hosts(
+    coordinator: &Coordinator,
+    dir: &std::path::Path,
+    module: &str,
+    module_name: &str,
+    spec: &str,
+) -> (String, Vec<cobble_e2e::Process>) {
+    let job = coordinator.submit(&write_job(dir, module, module_name, spec));
+    let volunteers = start_volunteers(coordinator, dir, &["one", "two"]);
+    let (done, status) = coordinator.wait_done(&job, Duration::from_secs(120));
+    assert!(
+        done && status.contains("8 valid") && status.contains("0 invalid"),
+        "{status}"
+    );
+    (job, volunteers)
+}
+
 #[test]
 fn mandelbrot_tiles_agree_across_hosts_and_assemble_into_a_png() {
     let temp = tempfile::tempdir().expect("temp dir");
@@ -16,17 +35,12 @@ fn mandelbrot_tiles_agree_across_hosts_and_assemble_into_a_png() {
         args = [\"render\", \"{index}\", \"2\", \"2\", \"240\", \"160\", \"-0.7436\", \"0.1318\", \"0.00002\", \"800\"]\n\
         [split]\nrange = { start = 0, end = 4, per_unit = 1 }\n\
         [replication]\nmin_quorum = 2\ntarget_results = 2\n";
-    let job = coordinator.submit(&write_job(
+    let (job, _volunteers) = run_four_units_on_two_hosts(
+        &coordinator,
         dir,
         cobble_unit_artifacts::MANDELBROT,
         "mandelbrot.wasm",
         spec,
-    ));
-    let _volunteers = start_volunteers(&coordinator, dir, &["one", "two"]);
-    let (done, status) = coordinator.wait_done(&job, Duration::from_secs(120));
-    assert!(
-        done && status.contains("8 valid") && status.contains("0 invalid"),
-        "{status}"
     );
 
     let out = dir.join("results");
@@ -64,16 +78,11 @@ fn monte_carlo_replicas_agree_bit_for_bit() {
     let spec = "name = \"mc\"\nmodule = \"montecarlo.wasm\"\nargs = [\"{index}\", \"300000\"]\n\
         [split]\nrange = { start = 0, end = 4, per_unit = 1 }\n\
         [replication]\nmin_quorum = 2\ntarget_results = 2\n[engine]\nnan_canonicalization = false\n";
-    let job = coordinator.submit(&write_job(
+    let (_job, _volunteers) = run_four_units_on_two_hosts(
+        &coordinator,
         dir,
         cobble_unit_artifacts::MONTECARLO,
         "montecarlo.wasm",
         spec,
-    ));
-    let _volunteers = start_volunteers(&coordinator, dir, &["one", "two"]);
-    let (done, status) = coordinator.wait_done(&job, Duration::from_secs(120));
-    assert!(
-        done && status.contains("8 valid") && status.contains("0 invalid"),
-        "{status}"
     );
 }
