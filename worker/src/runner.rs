@@ -471,26 +471,19 @@ impl Worker {
 
     /// Reports, retrying through coordinator outages until the lease is over.
     async fn report(&self, manifest: &pb::Manifest, report: pb::ReportRequest) {
-        let mut attempt = 0;
-        loop {
-            let request = self.authorized(report.clone());
-            match self.client().report_result(request).await {
-                Ok(response) => {
-                    tracing::info!(unit_id = manifest.unit_id, status = %response.into_inner().status, "reported");
-                    return;
-                }
-                Err(status)
-                    if is_transient(&status) && cobble_core::now_ms() < manifest.deadline_ms =>
-                {
-                    let wait = backoff(attempt);
-                    attempt += 1;
-                    tracing::warn!(%status, "report failed; retrying in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(status) => {
-                    tracing::warn!(unit_id = manifest.unit_id, %status, "report refused; dropping the result");
-                    return;
-                }
+        let sent = with_retry(manifest.deadline_ms, "reporting", || async {
+            self.client()
+                .report_result(self.authorized(report.clone()))
+                .await
+                .map_err(cobble_client::Error::Rpc)
+        })
+        .await;
+        match sent {
+            Ok(response) => {
+                tracing::info!(unit_id = manifest.unit_id, status = %response.into_inner().status, "reported");
+            }
+            Err(error) => {
+                tracing::warn!(unit_id = manifest.unit_id, %error, "report refused; dropping the result");
             }
         }
     }
