@@ -105,50 +105,7 @@ impl Connection {
     fn blobs(&self) -> BlobServiceClient<Channel> {
         BlobServiceClient::new(self.channel.clone())
     }
-}
 
-/// Opens a channel to a coordinator URL such as `http://127.0.0.1:7710`.
-pub async fn connect(url: &str) -> Result<Channel, Error> {
-    let with_scheme = if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    };
-    let endpoint = Endpoint::from_shared(with_scheme.clone())
-        .map_err(|e| Error::BadUrl {
-            url: url.to_string(),
-            message: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_keepalive(Some(Duration::from_secs(30)));
-    endpoint.connect().await.map_err(|e| Error::Unreachable {
-        url: with_scheme,
-        message: e.to_string(),
-    })
-}
-
-/// Hashes a file without holding it in memory.
-pub async fn hash_file(path: &Path) -> Result<pb::BlobRef, Error> {
-    let path = path.to_path_buf();
-    let context = format!("reading {}", path.display());
-    let (hash, size) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(std::fs::File::open(&path)?)?;
-        Ok((hasher.finalize(), hasher.count()))
-    })
-    .await
-    .map_err(|e| Error::Io {
-        context: context.clone(),
-        source: std::io::Error::other(e),
-    })?
-    .map_err(io(context))?;
-    Ok(pb::BlobRef {
-        hash: hash.as_bytes().to_vec(),
-        size,
-    })
-}
-
-impl Connection {
     /// Uploads a file unless the coordinator already holds it.
     pub async fn upload_file(&self, path: &Path) -> Result<pb::BlobRef, Error> {
         let blob = hash_file(path).await?;
@@ -278,6 +235,47 @@ impl Connection {
             .map_err(io(format!("syncing {}", path.display())))?;
         Ok(hasher.count())
     }
+}
+
+/// Opens a channel to a coordinator URL such as `http://127.0.0.1:7710`.
+pub async fn connect(url: &str) -> Result<Channel, Error> {
+    let with_scheme = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    let endpoint = Endpoint::from_shared(with_scheme.clone())
+        .map_err(|e| Error::BadUrl {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_keepalive(Some(Duration::from_secs(30)));
+    endpoint.connect().await.map_err(|e| Error::Unreachable {
+        url: with_scheme,
+        message: e.to_string(),
+    })
+}
+
+/// Hashes a file without holding it in memory.
+pub async fn hash_file(path: &Path) -> Result<pb::BlobRef, Error> {
+    let path = path.to_path_buf();
+    let context = format!("reading {}", path.display());
+    let (hash, size) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(std::fs::File::open(&path)?)?;
+        Ok((hasher.finalize(), hasher.count()))
+    })
+    .await
+    .map_err(|e| Error::Io {
+        context: context.clone(),
+        source: std::io::Error::other(e),
+    })?
+    .map_err(io(context))?;
+    Ok(pb::BlobRef {
+        hash: hash.as_bytes().to_vec(),
+        size,
+    })
 }
 
 fn partial_path(destination: &Path) -> PathBuf {
