@@ -8,7 +8,9 @@
 //!
 //! `cargo bench -p cobble-worker --bench units` (COBBLE_BENCH_ROUNDS=N for more rounds).
 
-use cobble_worker::sandbox::{EngineSettings, Invocation, PreparedModule, Sandbox, UnitLimits};
+use cobble_worker::sandbox::{
+    EngineSettings, Invocation, PreparedModule, Sandbox, UnitControl, UnitLimits,
+};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,6 +21,8 @@ struct Example {
     wasm: &'static str,
     native: &'static str,
     args: &'static [&'static str],
+    /// As in the example's job.toml (`[engine] nan_canonicalization`).
+    nan_canonicalization: bool,
 }
 
 const EXAMPLES: &[Example] = &[
@@ -27,12 +31,14 @@ const EXAMPLES: &[Example] = &[
         wasm: cobble_unit_artifacts::PRIMES,
         native: cobble_unit_artifacts::PRIMES_NATIVE,
         args: &["1000000000", "1000300000"],
+        nan_canonicalization: true,
     },
     Example {
         name: "folding (Rust, SDK)",
         wasm: cobble_unit_artifacts::FOLDING,
         native: cobble_unit_artifacts::FOLDING_NATIVE,
         args: &["HPHPPHHPHPPHPHHPPHPH", "0", "2", "400000"],
+        nan_canonicalization: true,
     },
     Example {
         name: "mandelbrot (Rust, f64)",
@@ -50,67 +56,53 @@ const EXAMPLES: &[Example] = &[
             "0.0000002",
             "3000",
         ],
+        nan_canonicalization: false,
     },
     Example {
         name: "montecarlo (Rust, f64 + exp)",
         wasm: cobble_unit_artifacts::MONTECARLO,
         native: cobble_unit_artifacts::MONTECARLO_NATIVE,
         args: &["1", "20000000"],
+        nan_canonicalization: false,
     },
     Example {
         name: "collatz (C)",
         wasm: cobble_unit_artifacts::COLLATZ_C,
         native: cobble_unit_artifacts::COLLATZ_C_NATIVE,
         args: &["1", "3000000"],
+        nan_canonicalization: true,
     },
 ];
 
-fn variants() -> Vec<(&'static str, EngineSettings)> {
-    let production = EngineSettings::default();
-    vec![
-        ("production", production),
-        (
-            "without fuel",
-            EngineSettings {
-                fuel: false,
-                ..production
-            },
-        ),
-        (
-            "without NaN canonicalization",
-            EngineSettings {
-                nan_canonicalization: false,
-                ..production
-            },
-        ),
-        (
-            "opt level speed_and_size",
-            EngineSettings {
-                opt_level: OptLevel::SpeedAndSize,
-                ..production
-            },
-        ),
-        // Not a setting a worker can use (units could overrun their
-        // deadlines); here to price the epoch checks on loop back-edges.
-        (
-            "without NaN canon., epoch checks",
-            EngineSettings {
-                nan_canonicalization: false,
-                epoch_interruption: false,
-                ..production
-            },
-        ),
-        (
-            "without NaN canon., epochs, fuel",
-            EngineSettings {
-                nan_canonicalization: false,
-                epoch_interruption: false,
-                fuel: false,
-                ..production
-            },
-        ),
-    ]
-}
+/// A variant of an example's production settings, to price one setting.
+type Variant = (&'static str, fn(EngineSettings) -> EngineSettings);
+
+/// The first row is what a worker runs for the example's job.
+const VARIANTS: &[Variant] = &[
+    ("production (as its job.toml)", |s| s),
+    ("NaN canonicalization on", |s| EngineSettings {
+        nan_canonicalization: true,
+        ..s
+    }),
+    ("NaN canonicalization off", |s| EngineSettings {
+        nan_canonicalization: false,
+        ..s
+    }),
+    ("opt level speed_and_size", |s| EngineSettings {
+        opt_level: OptLevel::SpeedAndSize,
+        ..s
+    }),
+    // The previous design: epoch checks on loop back-edges to make units
+    // yield, where fuel yields now do the same for free.
+    ("with epoch checks as well", |s| EngineSettings {
+        epoch_interruption: true,
+        ..s
+    }),
+    // Not a setting a worker can use: without fuel a unit never yields, so
+    // it could not be paused or stopped at its deadline. Here to price the
+    // fuel checks on loop back-edges.
+    ("without fuel", |s| EngineSettings { fuel: false, ..s }),
+];
 
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
@@ -156,6 +148,7 @@ async fn run_wasm(
                 stdin: Vec::new(),
                 seed: [0; 32],
                 limits: limits(),
+                control: UnitControl::unpaused(),
             },
         )
         .await
@@ -179,13 +172,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let variants = variants();
-    let sandboxes: Vec<Sandbox> = variants
-        .iter()
-        .map(|(_, settings)| Sandbox::with_settings(None, *settings).expect("engine"))
-        .collect();
     println!("wasm vs native, {rounds} interleaved rounds, medians\n");
     for example in EXAMPLES {
+        let production = EngineSettings {
+            nan_canonicalization: example.nan_canonicalization,
+            ..EngineSettings::default()
+        };
+        let sandboxes: Vec<Sandbox> = VARIANTS
+            .iter()
+            .map(|(_, variant)| Sandbox::with_settings(None, variant(production)).expect("engine"))
+            .collect();
         let bytes = std::fs::read(example.wasm).expect("wasm unit");
         let mut modules = Vec::new();
         let mut compile = Duration::ZERO;
@@ -197,7 +193,7 @@ fn main() {
             }
         }
         let mut native = Vec::new();
-        let mut wasm: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+        let mut wasm: Vec<Vec<Duration>> = vec![Vec::new(); VARIANTS.len()];
         let mut startups = Vec::new();
         let mut identical = true;
         for _ in 0..rounds {
@@ -224,7 +220,7 @@ fn main() {
                 "DIFFERS from"
             }
         );
-        for ((name, _), samples) in variants.iter().zip(wasm) {
+        for ((name, _), samples) in VARIANTS.iter().zip(wasm) {
             let wasm = median(samples);
             println!(
                 "  wasm {name:<30} {:.3} s  ratio {:.2}x",

@@ -3,7 +3,7 @@
 //! submit it, and benchmarks can time the real execution path.
 
 use crate::error::{Error, Result};
-use crate::sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitLimits};
+use crate::sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitControl, UnitLimits};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,7 @@ pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
                     stdin: Vec::new(),
                     seed: request.seed,
                     limits: request.limits,
+                    control: UnitControl::unpaused(),
                 },
             )
             .await

@@ -8,7 +8,7 @@
 use crate::attach::{self, Volunteer};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Recovered};
-use crate::sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitLimits};
+use crate::sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitControl, UnitLimits};
 use cobble_client::{Connection, Credentials};
 use cobble_core::BlobHash;
 use cobble_proto::v1::{
@@ -340,6 +340,7 @@ impl Worker {
             stdin: Vec::new(),
             seed: unit_seed(manifest),
             limits,
+            control: UnitControl::unpaused(),
         };
         let handed_over = received.elapsed();
         let report = tokio::select! {

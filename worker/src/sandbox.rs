@@ -4,11 +4,13 @@
 //! `/output`, its args and stdin, virtual clocks and a random source seeded
 //! from its unit id. No network (WASI preview 1 has no sockets), no host
 //! environment. Fuel bounds its deterministic work, a [`ResourceLimiter`]
-//! its memory, and epoch interruption its wall-clock time; every way a unit
-//! can fail becomes a [`UnitFailure`], never a crash of the worker.
+//! its memory, and a supervisor (see `supervise`) its wall-clock time and
+//! output, and pauses it on request; every way a unit can fail becomes a
+//! [`UnitFailure`], never a crash of the worker.
 
 mod clock;
 mod module_cache;
+mod supervise;
 
 use crate::error::{Error, Result};
 use clock::{VirtualMonotonicClock, VirtualWallClock};
@@ -16,8 +18,9 @@ pub use module_cache::ModuleCache;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+pub use supervise::UnitControl;
 use wasmtime::{
     Config, Engine, InstancePre, Linker, OptLevel, ResourceLimiter, Store, Trap, UpdateDeadline,
 };
@@ -25,11 +28,12 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-/// How often the engine's epoch advances: the granularity of wall-clock
-/// limits and of yielding to the async runtime.
+/// A running unit yields to the async runtime after this much fuel (about
+/// a millisecond of work): how soon a pause, a cancellation or the
+/// wall-clock limit reaches it.
+pub const YIELD_EVERY_FUEL: u64 = 1_000_000;
+/// How often the engine's epoch advances, when epoch interruption is on.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Output-size checks walk `/output`; doing it every ~0.5 s keeps that cheap.
-const OUTPUT_CHECK_EVERY_TICKS: u32 = 50;
 /// stderr is for diagnostics; more than this is a runaway unit.
 const STDERR_CAP: usize = 1 << 20;
 
@@ -68,6 +72,8 @@ pub struct Invocation<'a> {
     /// Seeds the unit's random source and so must be the same on every replica.
     pub seed: [u8; 32],
     pub limits: UnitLimits,
+    /// Pauses the unit and reads its memory use while it runs.
+    pub control: UnitControl,
 }
 
 /// One file a unit wrote under `/output`.
@@ -135,6 +141,9 @@ pub struct UnitState {
 
 struct MemoryCap {
     max_bytes: u64,
+    /// Shared with the worker, which frees memory under pressure by
+    /// dropping the largest paused units.
+    in_use: Arc<AtomicU64>,
     /// Set when a growth was refused, so the trap that follows (Rust's
     /// allocator aborts) is reported as a memory failure, not a generic trap.
     exceeded: bool,
@@ -148,7 +157,9 @@ impl ResourceLimiter for MemoryCap {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = desired as u64 <= self.max_bytes;
-        if !allowed {
+        if allowed {
+            self.in_use.store(desired as u64, Ordering::Relaxed);
+        } else {
             self.exceeded = true;
         }
         Ok(allowed)
@@ -164,14 +175,6 @@ impl ResourceLimiter for MemoryCap {
         Ok(desired <= 1_000_000)
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("wall-clock limit reached")]
-struct WallTimeExceeded;
-
-#[derive(Debug, thiserror::Error)]
-#[error("output limit reached")]
-struct OutputLimitExceeded;
 
 /// Advances the engine's epoch until dropped.
 struct EpochTicker {
@@ -209,15 +212,16 @@ impl Drop for EpochTicker {
 /// worker runs; the benchmark varies one setting at a time to price it.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineSettings {
-    /// Fuel metering: the deterministic work measure behind credit and the
-    /// runaway-unit limit. Off only to measure its cost.
+    /// Fuel metering: the deterministic work measure behind credit, the
+    /// runaway-unit limit, and the points where a unit yields (so it can be
+    /// paused, cancelled or timed out). Off only to measure its cost.
     pub fuel: bool,
     /// Canonical NaNs, so floating-point results agree bit for bit across hosts.
     pub nan_canonicalization: bool,
     pub opt_level: OptLevel,
-    /// Epoch checks on loop back-edges: how wall-clock limits (and, later,
-    /// suspension) reach a running unit. Off only to measure their cost:
-    /// without them a unit could run past its deadline.
+    /// Epoch checks on loop back-edges, a second way to make units yield.
+    /// Fuel yields do the same job for free, so this is off; the benchmark
+    /// turns it on to price it.
     pub epoch_interruption: bool,
 }
 
@@ -227,7 +231,7 @@ impl Default for EngineSettings {
             fuel: true,
             nan_canonicalization: true,
             opt_level: OptLevel::Speed,
-            epoch_interruption: true,
+            epoch_interruption: false,
         }
     }
 }
@@ -239,7 +243,7 @@ pub struct Sandbox {
     settings: EngineSettings,
     linker: Linker<UnitState>,
     modules: ModuleCache,
-    _ticker: EpochTicker,
+    _ticker: Option<EpochTicker>,
 }
 
 /// A compiled module ready to instantiate.
@@ -260,7 +264,9 @@ impl Sandbox {
         })
         .map_err(|e| Error::Engine(e.to_string()))?;
         let modules = ModuleCache::new(cache_dir)?;
-        let ticker = EpochTicker::start(&engine);
+        let ticker = settings
+            .epoch_interruption
+            .then(|| EpochTicker::start(&engine));
         Ok(Sandbox {
             engine,
             settings,
@@ -304,6 +310,7 @@ impl Sandbox {
                 wasi,
                 memory: MemoryCap {
                     max_bytes: limits.memory_bytes,
+                    in_use: invocation.control.memory_bytes.clone(),
                     exceeded: false,
                 },
             },
@@ -312,37 +319,32 @@ impl Sandbox {
         if self.settings.fuel {
             store
                 .set_fuel(limits.fuel)
+                .and_then(|()| store.fuel_async_yield_interval(Some(YIELD_EVERY_FUEL)))
                 .map_err(|e| Error::Engine(e.to_string()))?;
         }
-        let deadline = started + limits.wall_time;
-        let output_dir = invocation.output_dir.to_path_buf();
-        let checkpoint_dir = invocation.checkpoint_dir.map(Path::to_path_buf);
-        let mut ticks = 0u32;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                return Err(wasmtime::Error::new(WallTimeExceeded));
-            }
-            ticks += 1;
-            // Checkpoints get the same cap as outputs: neither may fill the disk.
-            if ticks.is_multiple_of(OUTPUT_CHECK_EVERY_TICKS)
-                && (dir_size(&output_dir) > limits.max_output_bytes
-                    || checkpoint_dir.as_deref().map_or(0, dir_size) > limits.max_output_bytes)
-            {
-                return Err(wasmtime::Error::new(OutputLimitExceeded));
-            }
-            // Yield so the async runtime can pause or cancel the unit.
-            Ok(UpdateDeadline::Yield(1))
-        });
+        if self.settings.epoch_interruption {
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        }
+        // Checkpoints get the same cap as outputs: neither may fill the disk.
+        let capped_dirs = std::iter::once(invocation.output_dir)
+            .chain(invocation.checkpoint_dir)
+            .map(Path::to_path_buf)
+            .collect();
+        let watch = supervise::Watch {
+            wall_time: limits.wall_time,
+            max_output_bytes: limits.max_output_bytes,
+            capped_dirs,
+        };
 
         let mut startup = Duration::ZERO;
-        let result = async {
+        let unit = async {
             let instance = module.instantiate_async(&mut store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             startup = started.elapsed();
             start.call_async(&mut store, ()).await
-        }
-        .await;
+        };
+        let supervised = supervise::supervise(unit, &invocation.control, watch).await;
 
         let fuel_used = match store.get_fuel() {
             Ok(left) => limits.fuel.saturating_sub(left),
@@ -352,9 +354,10 @@ impl Sandbox {
         drop(store);
         let stdout = stdout.contents().to_vec();
         let stderr = stderr.contents().to_vec();
-        let mut outcome = match result {
-            Ok(()) => Ok(()),
-            Err(error) => classify(&error, &limits, memory_exceeded, stdout.len()),
+        let mut outcome = match supervised {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => classify(&error, &limits, memory_exceeded, stdout.len()),
+            Err(stopped) => Err(stopped),
         };
         let files = match collect_outputs(invocation.output_dir) {
             Ok(files) => files,
@@ -439,7 +442,7 @@ fn classify(
 ) -> Result<(), UnitFailure> {
     // Checked first: a unit whose writes failed at the cap often exits
     // with an error status of its own, which would hide the real cause.
-    if error.is::<OutputLimitExceeded>() || stdout_len as u64 > limits.max_output_bytes {
+    if stdout_len as u64 > limits.max_output_bytes {
         return Err(UnitFailure::OutputTooLarge(limits.max_output_bytes));
     }
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
@@ -448,9 +451,6 @@ fn classify(
         } else {
             Err(UnitFailure::Exit(exit.0))
         };
-    }
-    if error.is::<WallTimeExceeded>() {
-        return Err(UnitFailure::WallTime(limits.wall_time));
     }
     if memory_exceeded {
         return Err(UnitFailure::MemoryExceeded(limits.memory_bytes >> 20));

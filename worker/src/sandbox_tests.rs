@@ -74,6 +74,7 @@ async fn run_in(
                 stdin: Vec::new(),
                 seed: [7; 32],
                 limits,
+                control: UnitControl::unpaused(),
             },
         )
         .await
