@@ -202,6 +202,11 @@ impl Coordinator {
     }
 }
 
+/// Preferences every test worker runs with unless a test says otherwise:
+/// compute at once and regardless of load, since the other tests and the
+/// other workers of a test are load on the same machine.
+pub const TEST_PREFS: [&str; 2] = ["idle_time_to_run=0", "suspend_cpu_usage=0"];
+
 /// Starts a worker (or the test cheater) attached as `user`.
 pub fn start_worker(
     binary_name: &str,
@@ -209,10 +214,28 @@ pub fn start_worker(
     data_dir: &Path,
     user: &str,
 ) -> Process {
+    start_worker_with(binary_name, coordinator, data_dir, user, &[])
+}
+
+/// Starts a worker with extra arguments after [`TEST_PREFS`] (a later
+/// `--pref` of the same key wins).
+pub fn start_worker_with(
+    binary_name: &str,
+    coordinator: &Coordinator,
+    data_dir: &Path,
+    user: &str,
+    extra: &[&str],
+) -> Process {
     let mut command = Command::new(binary(binary_name));
     if binary_name == "cobble-worker" {
         command.arg("run");
+        for pref in TEST_PREFS {
+            command.args(["--pref", pref]);
+        }
+        command.args(extra);
     }
+    // Tests read the unit starts, ends and suspensions from the log.
+    command.env("RUST_LOG", "info,h2=warn,wasmtime=warn,cranelift=warn");
     command
         .arg("--coordinator")
         .arg(&coordinator.url)

@@ -5,9 +5,11 @@ mod cases {
     mod blobs;
     mod exec;
     mod floating_point;
+    mod install;
     mod job;
     mod prefs;
     mod resume;
     mod signing;
+    mod suspend;
     mod third_party;
 }

@@ -1,10 +1,14 @@
 //! `cobble-worker`: the volunteer's program. `run` computes for a project,
-//! `exec` runs one unit locally in the same sandbox.
+//! `status` shows what it is doing, `install`/`uninstall` make it a user
+//! service, `prefs` shows the computing preferences, and `exec` runs one
+//! unit locally in the same sandbox.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use cobble_worker::activity::{FileLoad, LoadSource, Monitor, SystemLoad};
 use cobble_worker::attach::Volunteer;
 use cobble_worker::exec::{ExecRequest, exec};
+use cobble_worker::install::Layout;
 use cobble_worker::prefs::Prefs;
 use cobble_worker::sandbox::UnitLimits;
 use std::io::Write;
@@ -27,6 +31,46 @@ enum Command {
     Exec(ExecArgs),
     /// Show the computing preferences in effect (prefs.toml plus --pref).
     Prefs(PrefsArgs),
+    /// Show what the running worker is doing: units, progress, suspension,
+    /// credit and transfers.
+    Status(StatusArgs),
+    /// Set the worker up as a systemd user service and start it.
+    Install(InstallArgs),
+    /// Stop the service and remove it (the data dir is kept).
+    Uninstall,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[arg(long, env = "COBBLE_WORKER_DIR", default_value = "cobble-worker-data")]
+    data_dir: PathBuf,
+    /// Print the raw status as JSON, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// The project's coordinator, e.g. http://project.example:7710.
+    #[arg(long, env = "COBBLE_COORDINATOR")]
+    coordinator: String,
+    /// Data dir of the service; default ~/.local/share/cobble-worker.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Account name; created on first attach.
+    #[arg(long, env = "USER", default_value = "volunteer")]
+    user: String,
+    #[arg(long)]
+    team: Option<String>,
+    /// Expected project key (hex), instead of trusting it on first attach.
+    #[arg(long)]
+    project_key: Option<String>,
+    /// Preference overrides for the service, e.g. --pref max_ncpus_pct=50.
+    #[arg(long = "pref", value_name = "KEY=VALUE")]
+    prefs: Vec<String>,
+    /// Write the files but do not ask systemd to start the service.
+    #[arg(long)]
+    no_start: bool,
 }
 
 #[derive(Args)]
@@ -65,6 +109,10 @@ struct RunArgs {
     /// --pref suspend_cpu_usage=50; repeatable.
     #[arg(long = "pref", value_name = "KEY=VALUE")]
     prefs: Vec<String>,
+    /// Read the owner's CPU load (percent) from this file instead of
+    /// measuring it: for tests and benchmarks of suspension.
+    #[arg(long, hide = true)]
+    simulated_load_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -98,8 +146,7 @@ struct ExecArgs {
     args: Vec<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+fn main() -> anyhow::Result<ExitCode> {
     cobble_worker::init_logging();
     match Cli::parse().command {
         Command::Prefs(args) => {
@@ -107,25 +154,108 @@ async fn main() -> anyhow::Result<ExitCode> {
             print!("{}", prefs.to_toml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => {
-            let prefs = Prefs::load(&args.data_dir, &args.prefs)?;
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let config = cobble_worker::RunConfig {
-                coordinator: args.coordinator,
-                data_dir: args.data_dir,
-                volunteer: Volunteer {
-                    user: args.user,
-                    team: args.team,
-                    account_key: args.account_key,
-                    project_key: args.project_key,
-                },
-                slots: args.slots.unwrap_or_else(|| prefs.slots(cpus)),
-            };
-            cobble_worker::run(config, cobble_worker::Hooks::default(), shutdown_signal()).await?;
+        Command::Status(args) => {
+            let status = cobble_worker::status::read(&args.data_dir).map_err(anyhow::Error::msg)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                let alive = cobble_worker::sys::process_alive(status.pid);
+                print!(
+                    "{}",
+                    cobble_worker::status::render(&status, alive, cobble_core::now_ms())
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Exec(args) => run_exec(args).await,
+        Command::Install(args) => install(args),
+        Command::Uninstall => {
+            let layout = Layout::for_current_user()?;
+            for note in cobble_worker::install::uninstall(&layout)? {
+                println!("{note}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run(args),
+        Command::Exec(args) => runtime()?.block_on(run_exec(args)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let prefs = Prefs::load(&args.data_dir, &args.prefs)?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let load: Box<dyn LoadSource> = match &args.simulated_load_file {
+        Some(path) => Box::new(FileLoad(path.clone())),
+        None => Box::new(SystemLoad::new()),
+    };
+    // The monitor's thread keeps normal priority, so it still notices the
+    // owner when the machine is busy; everything started after this line,
+    // the units included, runs at the lowest priority.
+    let monitor = Monitor::start(
+        prefs.clone(),
+        load,
+        PathBuf::from("/sys/class/power_supply"),
+    );
+    for failure in cobble_worker::sys::lower_priority() {
+        tracing::warn!("cannot lower priority: {failure}");
+    }
+    let config = cobble_worker::RunConfig {
+        coordinator: args.coordinator,
+        data_dir: args.data_dir,
+        volunteer: Volunteer {
+            user: args.user,
+            team: args.team,
+            account_key: args.account_key,
+            project_key: args.project_key,
+        },
+        slots: args.slots.unwrap_or_else(|| prefs.slots(cpus)),
+        prefs,
+    };
+    runtime()?.block_on(cobble_worker::run(
+        config,
+        monitor,
+        cobble_worker::Hooks::default(),
+        shutdown_signal(),
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
+    let layout = Layout::for_current_user()?;
+    let data_dir = args.data_dir.unwrap_or_else(|| layout.data_dir.clone());
+    let data_dir = std::path::absolute(&data_dir)?;
+    // Refuse bad preferences now rather than in a service that keeps failing.
+    Prefs::load(&data_dir, &args.prefs)?;
+    let mut run_args = vec![
+        "--coordinator".to_string(),
+        args.coordinator,
+        "--data-dir".to_string(),
+        data_dir.display().to_string(),
+        "--user".to_string(),
+        args.user,
+    ];
+    if let Some(team) = args.team {
+        run_args.extend(["--team".to_string(), team]);
+    }
+    if let Some(key) = args.project_key {
+        run_args.extend(["--project-key".to_string(), key]);
+    }
+    for pref in args.prefs {
+        run_args.extend(["--pref".to_string(), pref]);
+    }
+    for note in cobble_worker::install::install(&layout, &run_args, !args.no_start)? {
+        println!("{note}");
+    }
+    println!(
+        "see what it does: cobble-worker status --data-dir {}",
+        data_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_exec(args: ExecArgs) -> anyhow::Result<ExitCode> {

@@ -32,8 +32,13 @@ pub struct Prefs {
     /// to `end_hour` means any time. A window may wrap past midnight.
     pub start_hour: f64,
     pub end_hour: f64,
-    /// Gigabytes the worker's caches may take on disk.
+    /// Gigabytes the worker's blob cache may take on disk.
     pub disk_max_used_gb: f64,
+    /// Fetch more work when fewer units than this wait for a slot.
+    pub work_buf_min_units: u32,
+    /// Units to keep waiting for a slot when fetching, so that a slot never
+    /// waits on the network.
+    pub work_buf_max_units: u32,
 }
 
 impl Default for Prefs {
@@ -49,6 +54,8 @@ impl Default for Prefs {
             start_hour: 0.0,
             end_hour: 0.0,
             disk_max_used_gb: 10.0,
+            work_buf_min_units: 1,
+            work_buf_max_units: 2,
         }
     }
 }
@@ -127,8 +134,8 @@ impl Prefs {
         percent("suspend_cpu_usage", self.suspend_cpu_usage, 0.0)?;
         percent("cpu_usage_limit", self.cpu_usage_limit, 1.0)?;
         percent("max_ncpus_pct", self.max_ncpus_pct, 1.0)?;
-        percent("ram_max_used_busy_pct", self.ram_max_used_busy_pct, 1.0)?;
-        percent("ram_max_used_idle_pct", self.ram_max_used_idle_pct, 1.0)?;
+        percent("ram_max_used_busy_pct", self.ram_max_used_busy_pct, 0.0)?;
+        percent("ram_max_used_idle_pct", self.ram_max_used_idle_pct, 0.0)?;
         if !self.idle_time_to_run.is_finite() || self.idle_time_to_run < 0.0 {
             return Err(format!(
                 "idle_time_to_run = {}: must be a number of minutes, 0 or more",
@@ -144,6 +151,12 @@ impl Prefs {
             return Err(format!(
                 "disk_max_used_gb = {}: must be at least 0.05 (50 MB)",
                 self.disk_max_used_gb
+            ));
+        }
+        if self.work_buf_min_units > self.work_buf_max_units || self.work_buf_max_units > 100 {
+            return Err(format!(
+                "work_buf_min_units = {}, work_buf_max_units = {}: need min <= max <= 100",
+                self.work_buf_min_units, self.work_buf_max_units
             ));
         }
         Ok(())
@@ -241,6 +254,11 @@ mod tests {
         check("idle_time = 3\n", &[], &["unknown field", "idle_time"]);
         check("", &["max_ncpus_pct=lots"], &["max_ncpus_pct"]);
         check("", &["nonsense"], &["KEY=VALUE"]);
+        check(
+            "work_buf_min_units = 3\nwork_buf_max_units = 2\n",
+            &[],
+            &["work_buf_min_units = 3", "min <= max"],
+        );
         check("suspend_cpu_usage = \n", &[], &["prefs.toml"]);
     }
 

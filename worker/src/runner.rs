@@ -5,10 +5,20 @@
 //! signature and every blob hash verify; a unit that fails either is
 //! reported as a client error and never run.
 
+mod background;
+mod fetch;
+
+use fetch::Queued;
+
+use crate::activity::Monitor;
 use crate::attach::{self, Volunteer};
+use crate::cache;
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Recovered};
+use crate::prefs::Prefs;
 use crate::sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitControl, UnitLimits};
+use crate::status::Transfers;
+use crate::tasks::{TaskSignals, TaskState, Tasks};
 use cobble_client::{Connection, Credentials};
 use cobble_core::BlobHash;
 use cobble_proto::v1::{
@@ -18,10 +28,11 @@ use ed25519_dalek::VerifyingKey;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::sync::{Notify, watch};
 use tonic::transport::Channel;
 
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Keep at most this much of stderr in an error report.
 const STDERR_TAIL: usize = 2048;
@@ -34,6 +45,8 @@ pub struct RunConfig {
     pub volunteer: Volunteer,
     /// Units computed at once.
     pub slots: u32,
+    /// The computing preferences in effect (the monitor enforces the rest).
+    pub prefs: Prefs,
 }
 
 /// Rewrites a unit's stdout before upload. Only test adversaries set one
@@ -50,6 +63,15 @@ pub struct Hooks {
 struct Worker {
     /// Carries this host's credentials on every call.
     connection: Connection,
+    prefs: Prefs,
+    slots: u32,
+    /// The units in hand, for the heartbeat, the governor and `status`.
+    tasks: Tasks,
+    /// True while units may use the CPU; the activity monitor sets it.
+    permit: watch::Receiver<bool>,
+    /// Woken when a unit leaves a slot, so the work buffer refills.
+    slot_freed: Notify,
+    transfers: Transfers,
     project_key: VerifyingKey,
     sandbox: Sandbox,
     /// For jobs that turned NaN canonicalization off (compiled code differs,
@@ -60,9 +82,11 @@ struct Worker {
     hooks: Hooks,
 }
 
-/// Attaches and computes until `shutdown` resolves.
+/// Attaches and computes until `shutdown` resolves. `monitor` decides when
+/// units may use the CPU; start it before lowering the process priority.
 pub async fn run(
     config: RunConfig,
+    monitor: Monitor,
     hooks: Hooks,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -97,8 +121,15 @@ pub async fn run(
     );
     let journal = Journal::new(work_dir);
     let recovered = journal.recover(&project_key, cobble_core::now_ms());
+    let (queue, queue_receiver) = tokio::sync::mpsc::unbounded_channel();
     let worker = Arc::new(Worker {
         connection,
+        prefs: config.prefs.clone(),
+        slots: config.slots.max(1),
+        tasks: Tasks::default(),
+        permit: monitor.permit.clone(),
+        slot_freed: Notify::new(),
+        transfers: Transfers::default(),
         project_key,
         sandbox,
         sandbox_fast_nans,
@@ -106,25 +137,53 @@ pub async fn run(
         journal,
         hooks,
     });
-    // Units a previous run of this worker left unfinished come first.
-    let mut recovery = tokio::task::JoinSet::new();
+    let mut background = tokio::task::JoinSet::new();
+    // Units a previous run of this worker left unfinished go first in the
+    // queue; finished ones only need their report sent again.
     for item in recovered {
-        let worker = worker.clone();
-        recovery.spawn(async move { worker.recover(item).await });
+        match item {
+            Recovered::Resume(assignment) => {
+                tracing::info!("resuming a unit interrupted by a restart");
+                worker.enqueue(assignment, &queue).await;
+            }
+            Recovered::Report(manifest, request) => {
+                let worker = worker.clone();
+                background.spawn(async move {
+                    tracing::info!(
+                        unit_id = manifest.unit_id,
+                        "re-sending a report interrupted by a restart"
+                    );
+                    worker.report(&manifest, request).await;
+                    worker.journal.finish(&manifest.lease_id);
+                });
+            }
+        }
     }
+    let queue_receiver = Arc::new(tokio::sync::Mutex::new(queue_receiver));
     let mut slots = tokio::task::JoinSet::new();
-    for slot in 0..config.slots.max(1) {
-        let worker = worker.clone();
-        slots.spawn(async move { worker.slot_loop(slot).await });
+    for slot in 0..worker.slots {
+        let (worker, queue_receiver) = (worker.clone(), queue_receiver.clone());
+        slots.spawn(async move { worker.slot_loop(slot, &queue_receiver).await });
     }
+    {
+        let worker = worker.clone();
+        slots.spawn(async move { worker.fetch_loop(queue).await });
+    }
+    background::spawn(
+        &worker,
+        &monitor,
+        &config,
+        attachment.host_id,
+        &mut background,
+    );
     tokio::select! {
         _ = slots.join_next() => tracing::error!("a work slot ended unexpectedly"),
         _ = shutdown => tracing::info!("stopping"),
     }
-    // Dropping the set aborts the slots: a unit in flight is abandoned and
-    // its lease expires at the coordinator, which reissues it.
+    // Dropping the set aborts the slots: a unit in flight stays in the
+    // journal and resumes from its checkpoint when the worker restarts.
     slots.shutdown().await;
-    recovery.shutdown().await;
+    background.shutdown().await;
     Ok(())
 }
 
@@ -162,70 +221,29 @@ impl Worker {
         WorkerServiceClient::new(self.connection.channel())
     }
 
-    async fn slot_loop(&self, slot: u32) {
-        let mut failures = 0;
+    /// Takes units from the work buffer and computes them, one at a time.
+    async fn slot_loop(
+        &self,
+        slot: u32,
+        queue: &tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Queued>>,
+    ) {
         loop {
-            match self
-                .client()
-                .request_work(self.authorized(pb::WorkRequest { slots: 1 }))
-                .await
-            {
-                Ok(response) => {
-                    failures = 0;
-                    let response = response.into_inner();
-                    if response.assignments.is_empty() {
-                        tokio::time::sleep(Duration::from_secs(u64::from(
-                            response.retry_after_s.max(1),
-                        )))
-                        .await;
-                    }
-                    for assignment in response.assignments {
-                        self.process(slot, assignment).await;
-                    }
-                }
-                Err(status) => {
-                    let wait = backoff(failures);
-                    failures += 1;
-                    tracing::warn!(%status, "requesting work failed; retrying in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                }
-            }
+            let Some(unit) = queue.lock().await.recv().await else {
+                return;
+            };
+            self.process(slot, unit).await;
+            self.slot_freed.notify_one();
         }
     }
 
-    async fn process(&self, slot: u32, assignment: pb::Assignment) {
-        let received = std::time::Instant::now();
-        let manifest = match cobble_core::manifest::verify(&assignment, &self.project_key) {
-            Ok(manifest) => manifest,
-            Err(error) => {
-                // Only the lease id is read from the unverified bytes, to tell
-                // the coordinator which unit was refused.
-                tracing::error!(%error, "refusing unit with a bad signature");
-                if let Ok(unverified) =
-                    <pb::Manifest as prost::Message>::decode(assignment.manifest.as_slice())
-                {
-                    let request = pb::ReportRequest {
-                        lease_id: unverified.lease_id.clone(),
-                        outcome: Some(client_error("bad_signature", &error.to_string())),
-                    };
-                    self.report(&unverified, request).await;
-                }
-                return;
-            }
-        };
+    async fn process(&self, slot: u32, unit: Queued) {
+        let Queued { manifest, received } = unit;
         tracing::info!(
             unit_id = manifest.unit_id,
             job_id = manifest.job_id,
             slot,
             "unit started"
         );
-        if let Err(error) = self
-            .journal
-            .record_assignment(&manifest.lease_id, &assignment)
-        {
-            // Without a journal entry a crash would lose the unit; run it anyway.
-            tracing::warn!(%error, "cannot journal the assignment");
-        }
         let unit_dir = self.journal.unit_dir(&manifest.lease_id);
         let outcome = match self.compute(&manifest, &unit_dir, received).await {
             Ok(Some(outcome)) => Some(outcome),
@@ -257,33 +275,22 @@ impl Worker {
             self.report(&manifest, request).await;
         }
         self.journal.finish(&manifest.lease_id);
+        self.tasks.remove(&manifest.lease_id);
     }
 
-    /// Finishes what a previous run of this worker left in its journal.
-    async fn recover(&self, item: Recovered) {
-        match item {
-            Recovered::Resume(assignment) => {
-                tracing::info!("resuming a unit interrupted by a restart");
-                self.process(u32::MAX, assignment).await;
-            }
-            Recovered::Report(manifest, request) => {
-                tracing::info!(
-                    unit_id = manifest.unit_id,
-                    "re-sending a report interrupted by a restart"
-                );
-                self.report(&manifest, request).await;
-                self.journal.finish(&manifest.lease_id);
-            }
-        }
-    }
-
-    /// Runs a verified unit. `None` means the coordinator asked us to stop.
+    /// Runs a verified unit. `None` means there is nothing to report: the
+    /// coordinator no longer wants the result, or its deadline passed.
     async fn compute(
         &self,
         manifest: &pb::Manifest,
         unit_dir: &Path,
         received: std::time::Instant,
     ) -> Result<Option<Outcome>> {
+        let lease_id = manifest.lease_id.as_str();
+        let Some((memory_bytes, signals)) = self.tasks.handles(lease_id) else {
+            return Ok(None);
+        };
+        self.tasks.set_state(lease_id, TaskState::Downloading);
         let module_ref = manifest
             .module
             .as_ref()
@@ -293,20 +300,14 @@ impl Worker {
         let input_dir = unit_dir.join("input");
         let output_dir = unit_dir.join("output");
         let checkpoint_dir = unit_dir.join("checkpoint");
-        // Inputs and outputs of an interrupted run are stale; its checkpoint is not.
-        for dir in [&input_dir, &output_dir] {
-            std::fs::remove_dir_all(dir).ok();
-        }
-        if checkpoint_dir.join("state").is_file() {
-            tracing::info!(
-                unit_id = manifest.unit_id,
-                "resuming from the unit's checkpoint"
-            );
-        }
-        for dir in [&input_dir, &output_dir, &checkpoint_dir] {
+        // Inputs of an interrupted run are stale; its checkpoint is not.
+        std::fs::remove_dir_all(&input_dir).ok();
+        for dir in [&input_dir, &checkpoint_dir] {
             std::fs::create_dir_all(dir)
                 .map_err(Error::io(format!("creating {}", dir.display())))?;
         }
+        self.tasks
+            .set_checkpoint_dir(lease_id, checkpoint_dir.clone());
         for input in &manifest.inputs {
             let blob = input.blob.as_ref().ok_or_else(|| {
                 Error::InvalidModule(format!("input {:?} has no blob", input.name))
@@ -320,49 +321,89 @@ impl Worker {
             &self.sandbox
         };
         let prepared = sandbox.prepare(&module_hash, &module_path)?;
-        let remaining = manifest.deadline_ms - cobble_core::now_ms();
-        if remaining <= 0 {
-            tracing::warn!(
+        let limits = manifest.limits.unwrap_or_default();
+        // Each pass is one run from the unit's last checkpoint; a unit
+        // removed from memory takes another pass when memory allows.
+        let report = loop {
+            let remaining = manifest.deadline_ms - cobble_core::now_ms();
+            if remaining <= 0 {
+                tracing::warn!(
+                    unit_id = manifest.unit_id,
+                    "deadline passed before the unit could finish"
+                );
+                return Ok(None);
+            }
+            if checkpoint_dir.join("state").is_file() {
+                tracing::info!(
+                    unit_id = manifest.unit_id,
+                    "resuming from the unit's checkpoint"
+                );
+            }
+            // Outputs of an interrupted run are stale.
+            std::fs::remove_dir_all(&output_dir).ok();
+            std::fs::create_dir_all(&output_dir)
+                .map_err(Error::io(format!("creating {}", output_dir.display())))?;
+            let invocation = Invocation {
+                args: &manifest.args,
+                input_dir: &input_dir,
+                output_dir: &output_dir,
+                checkpoint_dir: Some(&checkpoint_dir),
+                stdin: Vec::new(),
+                seed: unit_seed(manifest),
+                limits: UnitLimits::from_proto(&limits, Duration::from_millis(remaining as u64)),
+                control: UnitControl {
+                    permit: self.permit.clone(),
+                    memory_bytes: memory_bytes.clone(),
+                },
+            };
+            self.tasks.set_state(lease_id, TaskState::Running);
+            let handed_over = received.elapsed();
+            tokio::select! {
+                report = sandbox.run(&prepared, invocation) => {
+                    let report = report?;
+                    tracing::info!(
+                        unit_id = manifest.unit_id,
+                        fuel = report.fuel_used,
+                        elapsed_ms = report.elapsed.as_millis() as u64,
+                        // From receiving the assignment to the unit's first instruction:
+                        // verification, blobs, module lookup, instantiation.
+                        first_instruction_us = (handed_over + report.startup).as_micros() as u64,
+                        outcome = ?report.outcome,
+                        "unit finished"
+                    );
+                    break report;
+                }
+                () = signals.abort.notified() => {
+                    tracing::info!(unit_id = manifest.unit_id, "coordinator no longer needs this unit; aborted");
+                    return Ok(None);
+                }
+                () = signals.evict.notified() => {}
+            }
+            // Dropping the run freed its memory; wait to be let back in.
+            self.tasks.evicted(lease_id);
+            tracing::info!(
                 unit_id = manifest.unit_id,
-                "deadline passed before the unit could start"
+                "unit removed from memory to respect the RAM preferences; it resumes from its checkpoint"
             );
-            return Ok(None);
-        }
-        let limits = UnitLimits::from_proto(
-            &manifest.limits.unwrap_or_default(),
-            Duration::from_millis(remaining as u64),
-        );
-        let invocation = Invocation {
-            args: &manifest.args,
-            input_dir: &input_dir,
-            output_dir: &output_dir,
-            checkpoint_dir: Some(&checkpoint_dir),
-            stdin: Vec::new(),
-            seed: unit_seed(manifest),
-            limits,
-            control: UnitControl::unpaused(),
-        };
-        let handed_over = received.elapsed();
-        let report = tokio::select! {
-            report = sandbox.run(&prepared, invocation) => report?,
-            () = self.watch_lease(manifest, &checkpoint_dir) => {
-                tracing::info!(unit_id = manifest.unit_id, "coordinator no longer needs this unit; aborted");
+            if !self.wait_for_memory(manifest, &signals).await {
                 return Ok(None);
             }
         };
-        tracing::info!(
-            unit_id = manifest.unit_id,
-            fuel = report.fuel_used,
-            elapsed_ms = report.elapsed.as_millis() as u64,
-            // From receiving the assignment to the unit's first instruction:
-            // verification, blobs, module lookup, instantiation.
-            first_instruction_us = (handed_over + report.startup).as_micros() as u64,
-            outcome = ?report.outcome,
-            "unit finished"
-        );
+        self.tasks.set_state(lease_id, TaskState::Uploading);
         self.outcome_of(report, manifest.deadline_ms)
             .await
             .map(Some)
+    }
+
+    /// Waits until the memory governor readmits an evicted unit; false if
+    /// it was aborted or its deadline passed first.
+    async fn wait_for_memory(&self, manifest: &pb::Manifest, signals: &TaskSignals) -> bool {
+        let remaining = (manifest.deadline_ms - cobble_core::now_ms()).max(0) as u64;
+        tokio::select! {
+            () = signals.readmit.notified() => true,
+            () = signals.abort.notified() => false,
+            () = tokio::time::sleep(Duration::from_millis(remaining)) => false,
+        }
     }
 
     async fn outcome_of(&self, report: RunReport, deadline_ms: i64) -> Result<Outcome> {
@@ -382,12 +423,14 @@ impl Worker {
             self.connection.upload_bytes(&stdout)
         })
         .await?;
+        self.count_upload(stdout.size);
         let mut files = Vec::with_capacity(report.files.len());
         for file in &report.files {
             let blob = with_retry(deadline_ms, "uploading an output file", || {
                 self.connection.upload_file(&file.path)
             })
             .await?;
+            self.count_upload(blob.size);
             files.push(pb::OutputFile {
                 name: file.name.clone(),
                 blob: Some(blob),
@@ -401,48 +444,13 @@ impl Worker {
         }))
     }
 
-    /// Reports the unit's progress every heartbeat; resolves when the
-    /// coordinator says the lease should stop.
-    async fn watch_lease(&self, manifest: &pb::Manifest, checkpoint_dir: &Path) {
-        let lease_id = &manifest.lease_id;
-        loop {
-            tokio::time::sleep(HEARTBEAT_EVERY).await;
-            let fraction = crate::sandbox::read_progress(checkpoint_dir);
-            if let Some(fraction) = fraction {
-                tracing::info!(
-                    unit_id = manifest.unit_id,
-                    "unit {:.0}% done",
-                    fraction * 100.0
-                );
-            }
-            let request = self.authorized(pb::HeartbeatRequest {
-                running_leases: vec![lease_id.clone()],
-                progress: fraction
-                    .map(|fraction| pb::LeaseProgress {
-                        lease_id: lease_id.clone(),
-                        fraction,
-                    })
-                    .into_iter()
-                    .collect(),
-            });
-            if let Ok(response) = self.client().heartbeat(request).await
-                && response
-                    .into_inner()
-                    .abort_leases
-                    .iter()
-                    .any(|l| l == lease_id)
-            {
-                return;
-            }
-        }
-    }
-
     /// Returns the cached path of a blob, downloading and verifying it first
     /// if needed. Only verified bytes ever reach the cache.
     async fn ensure_blob(&self, blob: &pb::BlobRef, deadline_ms: i64) -> Result<PathBuf> {
         let hash = BlobHash::from_slice(&blob.hash)?;
         let path = self.blob_dir.join(hash.to_hex());
         if path.is_file() {
+            cache::touch(&path);
             return Ok(path);
         }
         let downloaded = with_retry(deadline_ms, "downloading a blob", || {
@@ -450,7 +458,13 @@ impl Worker {
         })
         .await;
         match downloaded {
-            Ok(size) if size == blob.size => Ok(path),
+            Ok(size) if size == blob.size => {
+                self.transfers
+                    .downloaded_from_coordinator
+                    .fetch_add(size, Ordering::Relaxed);
+                self.trim_cache();
+                Ok(path)
+            }
             Ok(size) => {
                 std::fs::remove_file(&path).ok();
                 Err(Error::BlobMismatch {
@@ -467,6 +481,22 @@ impl Worker {
                 })
             }
             Err(error) => Err(error.into()),
+        }
+    }
+
+    fn count_upload(&self, bytes: u64) {
+        self.transfers
+            .uploaded_to_coordinator
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Keeps the blob cache under `disk_max_used_gb`, never evicting a blob
+    /// a unit in hand needs.
+    fn trim_cache(&self) {
+        let cap = (self.prefs.disk_max_used_gb * 1e9) as u64;
+        let needed = self.tasks.needed_blobs();
+        for (name, size) in cache::trim(&self.blob_dir, cap, &needed) {
+            tracing::info!(blob = %name, size, "evicted from the cache (disk_max_used_gb)");
         }
     }
 

@@ -3,7 +3,10 @@
 //! - `cargo xtask demo`: set up, then run a coordinator on embedded SQLite,
 //!   three workers and the example primes job; print results and leaderboard.
 //! - `cargo xtask test`: set up, then run every test of the workspace.
+//! - `cargo xtask setup`: install what the build needs (wasm target, clang,
+//!   the pinned third-party WASI program); `.ci/run` calls it before clippy.
 //! - `cargo xtask units`: build the example work units for wasm32-wasip1.
+//! - `cargo xtask bench [units|volunteer]`: set up, then run the benchmarks.
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -34,10 +37,30 @@ fn main() -> anyhow::Result<()> {
             fetch_third_party(&root);
             run(Command::new(cargo()).args(["test", "--workspace", "--locked"]))
         }
+        "setup" => {
+            ensure_wasm_target()?;
+            ensure_c_toolchain()?;
+            fetch_third_party(&root);
+            Ok(())
+        }
         "units" => {
             ensure_wasm_target()?;
             ensure_c_toolchain()?;
             build_units()
+        }
+        "bench" => {
+            ensure_wasm_target()?;
+            ensure_c_toolchain()?;
+            // `units`: wasm against native; `volunteer`: what the worker
+            // costs its owner. Both unless one is named.
+            let which = std::env::args().nth(2);
+            for (package, bench) in [("cobble-worker", "units"), ("cobble-e2e", "volunteer")] {
+                if which.as_deref().is_none_or(|name| name == bench) {
+                    run(Command::new(cargo())
+                        .args(["bench", "--locked", "-p", package, "--bench", bench]))?;
+                }
+            }
+            Ok(())
         }
         "demo" => {
             ensure_wasm_target()?;
@@ -45,7 +68,7 @@ fn main() -> anyhow::Result<()> {
             build_units()?;
             demo(&root)
         }
-        _ => bail!("usage: cargo xtask <demo|test|units>"),
+        _ => bail!("usage: cargo xtask <demo|test|setup|units|bench [units|volunteer]>"),
     }
 }
 
@@ -303,9 +326,17 @@ fn demo(root: &Path) -> anyhow::Result<()> {
                 user,
                 "--team",
                 team,
+                // Three volunteers share this one machine, so each would see
+                // the others as its owner's load and step aside: compute at
+                // once and whatever the load, as a dedicated machine would.
+                "--pref",
+                "idle_time_to_run=0",
+                "--pref",
+                "suspend_cpu_usage=0",
                 "--data-dir",
             ])
             .arg(&dir)
+            .env("RUST_LOG", "info,h2=warn,wasmtime=warn,cranelift=warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.with_extension("log"))?)
             .spawn()?;
@@ -375,6 +406,13 @@ fn demo(root: &Path) -> anyhow::Result<()> {
         "   ... {index} units; primes below {}: {total}",
         index * 100_000
     );
+    println!("== cobble-worker status --data-dir target/demo/worker-ada");
+    let status = Command::new(bin("cobble-worker"))
+        .arg("status")
+        .arg("--data-dir")
+        .arg(data.join("worker-ada"))
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&status.stdout));
     println!("== cobble leaderboard");
     print!("{}", cobble(&["leaderboard"])?);
     println!("== cobble leaderboard --teams");

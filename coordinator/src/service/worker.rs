@@ -82,6 +82,10 @@ impl WorkerService for WorkerApi {
             .store
             .leases_to_abort(host, &request.get_ref().running_leases)
             .await?;
-        Ok(Response::new(pb::HeartbeatResponse { abort_leases }))
+        let credit = self.store.host_credit(host.host_id).await?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            abort_leases,
+            credit: Some(credit),
+        }))
     }
 }

@@ -56,4 +56,23 @@ impl Store {
             entries,
         })
     }
+
+    /// One host's credit, as its owner sees it in `cobble-worker status`.
+    pub async fn host_credit(&self, host_id: i64) -> Result<pb::HostCredit> {
+        let row = sqlx::query(
+            "SELECT total_credit, rac, rac_time_ms, valid_results FROM hosts WHERE id = $1",
+        )
+        .bind(host_id)
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok(pb::HostCredit {
+            total_credit: row.try_get("total_credit")?,
+            recent_average_credit: credit::decayed_rac(
+                row.try_get("rac")?,
+                row.try_get("rac_time_ms")?,
+                cobble_core::now_ms(),
+            ),
+            valid_results: row.try_get::<i64, _>("valid_results")?.max(0) as u64,
+        })
+    }
 }

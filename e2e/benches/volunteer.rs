@@ -1,0 +1,252 @@
+//! What a volunteer notices of the worker, measured on real processes: a
+//! coordinator and one `cobble-worker` with its real load measurement and
+//! default preferences (but `idle_time_to_run = 0`, so resuming is not
+//! delayed by design), on loopback.
+//!
+//! Prints: resident memory and CPU use with no work and while suspended;
+//! suspend latency (an owner's CPU-bound program starts -> the worker's
+//! units are off the CPU) and resume latency (it ends -> they compute
+//! again); and how much a CPU-bound program of the owner's is slowed while
+//! the worker has work, against the same program with the worker stopped
+//! (SIGSTOP), interleaved round by round.
+//!
+//! `cargo bench -p cobble-e2e --bench volunteer` (COBBLE_BENCH_ROUNDS=N).
+
+use cobble_e2e::{Coordinator, Process, start_worker_with, wait_until, write_job};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// Run time of every thread of `pid` but the activity monitor's, which
+/// keeps sampling while units are suspended.
+fn unit_cpu(pid: u32) -> Duration {
+    process_cpu(pid, Some("cobble-activity"))
+}
+
+/// Run time of every thread of `pid` (nanosecond-precise schedstat),
+/// optionally leaving out the thread named `except`.
+fn process_cpu(pid: u32, except: Option<&str>) -> Duration {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let mut total = 0u64;
+    for thread in threads.flatten() {
+        let dir = thread.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if except.is_some_and(|except| name.trim() == except) {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        total += schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Duration::from_nanos(total)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Resident memory and the share of one core used over `window`.
+fn footprint(pid: u32, window: Duration) -> (f64, f64) {
+    let before = process_cpu(pid, None);
+    std::thread::sleep(window);
+    let used = process_cpu(pid, None).saturating_sub(before);
+    (
+        rss_mib(pid),
+        used.as_secs_f64() / window.as_secs_f64() * 100.0,
+    )
+}
+
+/// Samples the units' CPU time every 5 ms for `span`; returns (elapsed, cpu).
+fn trace_cpu(pid: u32, span: Duration) -> Vec<(Duration, Duration)> {
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    while start.elapsed() < span {
+        samples.push((start.elapsed(), unit_cpu(pid)));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    samples
+}
+
+/// CPU used in the `window` after sample `i`.
+fn cpu_in_window(samples: &[(Duration, Duration)], i: usize, window: Duration) -> Option<Duration> {
+    let (at, cpu) = samples[i];
+    let end = samples.iter().find(|(t, _)| *t >= at + window)?;
+    Some(end.1.saturating_sub(cpu))
+}
+
+/// First moment after which the units use under 2% of a core for 500 ms.
+fn stopped_at(samples: &[(Duration, Duration)]) -> Option<Duration> {
+    let window = Duration::from_millis(500);
+    (0..samples.len()).find_map(|i| {
+        cpu_in_window(samples, i, window)
+            .filter(|cpu| *cpu < window / 50)
+            .map(|_| samples[i].0)
+    })
+}
+
+/// First moment at which the units use over half a core for 50 ms.
+fn running_at(samples: &[(Duration, Duration)]) -> Option<Duration> {
+    let window = Duration::from_millis(50);
+    (0..samples.len()).find_map(|i| {
+        cpu_in_window(samples, i, window)
+            .filter(|cpu| *cpu > window / 2)
+            .map(|_| samples[i].0)
+    })
+}
+
+/// The owner's CPU-bound program: a busy loop in another process.
+fn burner() -> Child {
+    Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .expect("spawn a CPU burner")
+}
+
+/// The owner's program whose slowdown is measured: the native primes
+/// counter over a fixed range (about a second on this kind of machine).
+fn owner_program() -> Duration {
+    let started = Instant::now();
+    let status = Command::new(cobble_unit_artifacts::PRIMES_NATIVE)
+        .args(["1000000000", "1000700000"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run the owner's program");
+    assert!(status.success());
+    started.elapsed()
+}
+
+fn signal(pid: u32, name: &str) {
+    Command::new("kill")
+        .args([name, &pid.to_string()])
+        .status()
+        .ok();
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or("never".into(), |d| format!("{} ms", d.as_millis()))
+}
+
+fn main() {
+    let rounds: usize = std::env::var("COBBLE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let coordinator = Coordinator::start(dir);
+    let worker_dir = dir.join("volunteer");
+    let worker: Process = start_worker_with(
+        "cobble-worker",
+        &coordinator,
+        &worker_dir,
+        "bench",
+        // The real load measurement, default thresholds; only the wait
+        // before resuming is zeroed so that resume latency is measurable.
+        &[
+            "--pref",
+            "suspend_cpu_usage=25",
+            "--pref",
+            "idle_time_to_run=0",
+        ],
+    );
+    let pid = worker.child.id();
+    std::thread::sleep(Duration::from_secs(5));
+    let (idle_rss, idle_cpu) = footprint(pid, Duration::from_secs(20));
+    println!("idle, no work:      {idle_rss:6.1} MiB resident, {idle_cpu:.3}% of a core");
+
+    submit_long_units(&coordinator, dir);
+    let computing = wait_until(Duration::from_secs(60), || {
+        let before = unit_cpu(pid);
+        std::thread::sleep(Duration::from_millis(200));
+        unit_cpu(pid).saturating_sub(before) > Duration::from_millis(150)
+    });
+    assert!(
+        computing,
+        "the worker never started computing: {}",
+        worker.log_text()
+    );
+
+    let mut suspend = Vec::new();
+    let mut resume = Vec::new();
+    let mut suspended_footprint = (0.0, 0.0);
+    for round in 0..rounds {
+        // Let it run a while, then the owner starts a CPU-bound program.
+        std::thread::sleep(Duration::from_secs(2));
+        let mut owner = burner();
+        let samples = trace_cpu(pid, Duration::from_secs(2));
+        suspend.push(stopped_at(&samples));
+        if round == 0 {
+            suspended_footprint = footprint(pid, Duration::from_secs(10));
+        }
+        owner.kill().ok();
+        owner.wait().ok();
+        let samples = trace_cpu(pid, Duration::from_secs(3));
+        resume.push(running_at(&samples));
+    }
+    let (rss, cpu) = suspended_footprint;
+    println!(
+        "suspended:          {rss:6.1} MiB resident, {cpu:.3}% of a core (units paused in memory)"
+    );
+    let show = |name: &str, values: &[Option<Duration>]| {
+        let shown: Vec<String> = values.iter().map(|v| ms(*v)).collect();
+        let known: Vec<f64> = values
+            .iter()
+            .flatten()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        let med = if known.is_empty() {
+            "n/a".to_string()
+        } else {
+            format!("{:.0} ms", median(known))
+        };
+        println!("{name} median {med} (rounds: {})", shown.join(", "));
+    };
+    show("suspend latency:   ", &suspend);
+    show("resume latency:    ", &resume);
+
+    // Slowdown of the owner's program: worker stopped vs worker with work,
+    // alternating so that machine noise hits both alike.
+    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        signal(pid, "-STOP");
+        alone.push(owner_program().as_secs_f64());
+        signal(pid, "-CONT");
+        std::thread::sleep(Duration::from_secs(2));
+        beside.push(owner_program().as_secs_f64());
+    }
+    let (alone, beside) = (median(alone), median(beside));
+    println!(
+        "owner's program:    {alone:.3} s alone, {beside:.3} s with the worker holding work: {:+.1}% slower",
+        (beside / alone - 1.0) * 100.0
+    );
+}
+
+/// A job of long folding units, more than the worker has slots.
+fn submit_long_units(coordinator: &Coordinator, dir: &Path) {
+    let spec = "name = \"fold\"\nmodule = \"folding.wasm\"\n\
+        args = [\"HPHPPHHPHPPHPHHPPHPH\", \"{start}\", \"{end}\", \"3000000\"]\n\
+        [split]\nrange = { start = 0, end = 64, per_unit = 16 }\n\
+        [replication]\nmin_quorum = 1\ntarget_results = 1\n[limits]\ndeadline_s = 3600\nfuel = 10000000000000\n";
+    coordinator.submit(&write_job(
+        dir,
+        cobble_unit_artifacts::FOLDING,
+        "folding.wasm",
+        spec,
+    ));
+}

@@ -1,0 +1,178 @@
+//! The worker's duties beside the slots: one heartbeat for every unit in
+//! hand (progress up, aborts and credit down), the memory governor that
+//! keeps units under the RAM preferences, and the status file its owner
+//! reads with `cobble-worker status`.
+
+use super::{RunConfig, Worker};
+use crate::activity::{Activity, Monitor};
+use crate::status::{Credit, Status};
+use crate::tasks::{TaskState, govern_memory};
+use cobble_proto::v1 as pb;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Heartbeat while units are in hand: progress and aborts travel this often.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// Heartbeat with nothing in hand, only to keep the shown credit fresh.
+const IDLE_HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
+/// How often the memory governor looks at the units.
+const GOVERN_EVERY: Duration = Duration::from_millis(500);
+/// How often the status file is compared with the state (and rewritten if
+/// it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts the background duties on `set`.
+pub(super) fn spawn(
+    worker: &Arc<Worker>,
+    monitor: &Monitor,
+    config: &RunConfig,
+    host_id: i64,
+    set: &mut JoinSet<()>,
+) {
+    let credit = Arc::new(Mutex::new(None));
+    set.spawn(heartbeat_loop(worker.clone(), credit.clone()));
+    set.spawn(govern_loop(worker.clone(), monitor.activity.clone()));
+    let status = StatusWriter {
+        worker: worker.clone(),
+        activity: monitor.activity.clone(),
+        has_work: monitor.has_work.clone(),
+        credit,
+        data_dir: config.data_dir.clone(),
+        coordinator: config.coordinator.clone(),
+        host_id,
+    };
+    set.spawn(status.run());
+}
+
+async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>) {
+    loop {
+        let leases = worker.tasks.active_leases();
+        let progress = worker
+            .tasks
+            .snapshot()
+            .into_iter()
+            .filter(|task| task.state != TaskState::Uploading)
+            .filter_map(|task| {
+                task.progress.map(|fraction| pb::LeaseProgress {
+                    lease_id: task.lease_id,
+                    fraction,
+                })
+            })
+            .collect();
+        let wait = if leases.is_empty() {
+            IDLE_HEARTBEAT_EVERY
+        } else {
+            HEARTBEAT_EVERY
+        };
+        let request = worker.authorized(pb::HeartbeatRequest {
+            running_leases: leases,
+            progress,
+        });
+        match worker.client().heartbeat(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                for lease in &response.abort_leases {
+                    worker.tasks.abort(lease);
+                }
+                if let Some(standing) = response.credit {
+                    *credit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Credit {
+                        total: standing.total_credit,
+                        recent_average: standing.recent_average_credit,
+                        valid_results: standing.valid_results,
+                    });
+                }
+            }
+            Err(status) => tracing::debug!(%status, "heartbeat failed; trying again later"),
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Evicts units while they hold more than the RAM preference allows (the
+/// lower `ram_max_used_busy_pct` while the owner uses the machine), and
+/// lets them back when memory is free.
+async fn govern_loop(worker: Arc<Worker>, activity: watch::Receiver<Activity>) {
+    // Without a reading of the RAM size the RAM preferences cannot apply.
+    let total_ram = sysinfo::System::new().map_or(0, |mut system| {
+        system.refresh_memory();
+        system.total_memory()
+    });
+    loop {
+        tokio::time::sleep(GOVERN_EVERY).await;
+        let tasks = worker.tasks.snapshot();
+        if tasks.is_empty() || total_ram == 0 {
+            continue;
+        }
+        let percent = if activity.borrow().in_use() {
+            worker.prefs.ram_max_used_busy_pct
+        } else {
+            worker.prefs.ram_max_used_idle_pct
+        };
+        let limit = (total_ram as f64 * percent / 100.0) as u64;
+        for (lease, action) in govern_memory(&tasks, limit) {
+            tracing::debug!(lease, ?action, limit, "memory governor");
+            worker.tasks.signal(&lease, action);
+        }
+    }
+}
+
+struct StatusWriter {
+    worker: Arc<Worker>,
+    activity: watch::Receiver<Activity>,
+    /// Tells the monitor whether there is anything to pause.
+    has_work: Arc<AtomicBool>,
+    credit: Arc<Mutex<Option<Credit>>>,
+    data_dir: PathBuf,
+    coordinator: String,
+    host_id: i64,
+}
+
+impl StatusWriter {
+    async fn run(mut self) {
+        let mut written: Option<Status> = None;
+        let mut suspended = None;
+        // False once the monitor is gone (then only the timer wakes us).
+        let mut monitor_alive = true;
+        loop {
+            let now_suspended = self.activity.borrow_and_update().suspended;
+            if now_suspended != suspended {
+                match now_suspended {
+                    Some(reason) => tracing::info!("suspending: {reason}"),
+                    None => tracing::info!("resuming computation"),
+                }
+                suspended = now_suspended;
+            }
+            let tasks = self.worker.tasks.snapshot();
+            self.has_work.store(!tasks.is_empty(), Ordering::Relaxed);
+            let status = Status {
+                pid: std::process::id(),
+                coordinator: self.coordinator.clone(),
+                host_id: self.host_id,
+                suspended,
+                tasks,
+                credit: self
+                    .credit
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                transfers: self.worker.transfers.counts(),
+            };
+            if written.as_ref() != Some(&status) {
+                if let Err(error) = crate::status::write(&self.data_dir, &status) {
+                    tracing::warn!(%error, "cannot write the status file");
+                }
+                written = Some(status);
+            }
+            tokio::select! {
+                changed = self.activity.changed(), if monitor_alive => {
+                    monitor_alive = changed.is_ok();
+                }
+                () = tokio::time::sleep(STATUS_EVERY) => {}
+            }
+        }
+    }
+}
