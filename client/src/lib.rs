@@ -164,6 +164,7 @@ impl Connection {
         let blob = pb::BlobRef {
             hash: BlobHash::of(bytes).0.to_vec(),
             size: bytes.len() as u64,
+            chunk_root: Vec::new(),
         };
         let mut chunks: Vec<pb::BlobChunk> = bytes
             .chunks(CHUNK_BYTES)
@@ -275,6 +276,7 @@ pub async fn hash_file(path: &Path) -> Result<pb::BlobRef, Error> {
     Ok(pb::BlobRef {
         hash: hash.as_bytes().to_vec(),
         size,
+        chunk_root: Vec::new(),
     })
 }
 

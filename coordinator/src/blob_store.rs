@@ -5,12 +5,18 @@
 
 use crate::error::{Error, Result};
 use cobble_core::BlobHash;
+use cobble_core::chunk::{ChunkList, chunk_span};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncWriteExt;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    /// Chunk lists computed so far (32 bytes per 256 KiB chunk), so a
+    /// blob is hashed chunk by chunk once per coordinator run.
+    chunk_lists: Arc<Mutex<HashMap<BlobHash, Arc<ChunkList>>>>,
 }
 
 /// An upload under way; becomes a blob only if its bytes hash as expected.
@@ -27,7 +33,55 @@ impl BlobStore {
         tokio::fs::create_dir_all(root.join("tmp"))
             .await
             .map_err(Error::io(format!("creating blob store {}", root.display())))?;
-        Ok(BlobStore { root })
+        Ok(BlobStore {
+            root,
+            chunk_lists: Arc::default(),
+        })
+    }
+
+    /// The chunk list of a stored blob, computed on first use.
+    pub async fn chunk_list(&self, hash: &BlobHash) -> Result<Arc<ChunkList>> {
+        let cached = self
+            .chunk_lists
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+            .cloned();
+        if let Some(list) = cached {
+            return Ok(list);
+        }
+        let path = self.path_of(hash);
+        let missing = || Error::NotFound(format!("blob {hash} is not stored here"));
+        let list = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path)?;
+            let size = file.metadata()?.len();
+            ChunkList::of_reader(std::io::BufReader::new(file), size)
+        })
+        .await
+        .map_err(|_| missing())?
+        .map_err(|_| missing())?;
+        let list = Arc::new(list);
+        self.chunk_lists
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*hash, list.clone());
+        Ok(list)
+    }
+
+    /// Reads chunk `index` of a stored blob of `size` bytes.
+    pub async fn read_chunk(&self, hash: &BlobHash, size: u64, index: usize) -> Result<Vec<u8>> {
+        let (offset, length) = chunk_span(size, index);
+        let mut file = tokio::fs::File::open(self.path_of(hash))
+            .await
+            .map_err(|_| Error::NotFound(format!("blob {hash} is not stored here")))?;
+        let mut data = vec![0u8; length];
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(Error::io(format!("reading blob {hash}")))?;
+        file.read_exact(&mut data)
+            .await
+            .map_err(Error::io(format!("reading blob {hash}")))?;
+        Ok(data)
     }
 
     pub fn path_of(&self, hash: &BlobHash) -> PathBuf {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod secrets;
 pub mod service;
 pub mod store;
+pub mod tracker;
 pub mod validate;
 
 pub use config::Config;
@@ -81,6 +82,7 @@ pub async fn serve(
         .add_service(WorkerServiceServer::new(service::WorkerApi {
             store: store.clone(),
             project_name: config.project_name.clone(),
+            tracker: std::sync::Arc::default(),
         }))
         .add_service(JobServiceServer::new(service::JobApi {
             store: store.clone(),

@@ -8,6 +8,7 @@ mod jobs;
 mod leaderboard;
 mod reports;
 mod scheduler;
+mod transfers;
 
 pub use accounts::{Attached, HostIdentity};
 pub use reports::ReportStatus;

@@ -8,6 +8,8 @@ pub enum Error {
     BadHashLength(usize),
     #[error("invalid hex in blob hash: {0}")]
     BadHashHex(String),
+    #[error("chunk list refused: {0}")]
+    BadChunkList(String),
     #[error("manifest signature does not verify against the project key: refusing the unit")]
     BadSignature,
     #[error("manifest signature is malformed: {0}")]

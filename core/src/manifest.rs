@@ -75,6 +75,7 @@ mod tests {
             module: Some(BlobRef {
                 hash: vec![1; 32],
                 size: 10,
+                chunk_root: vec![2; 32],
             }),
             args: vec!["0".into(), "100".into()],
             deadline_ms: 1_000,

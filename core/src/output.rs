@@ -39,6 +39,7 @@ mod tests {
         BlobRef {
             hash: vec![byte; 32],
             size: byte as u64,
+            chunk_root: Vec::new(),
         }
     }
 

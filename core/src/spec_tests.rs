@@ -61,6 +61,7 @@ fn valid_spec_parses_and_splits() {
                     .0
                     .to_vec(),
                 size: 1,
+                chunk_root: Vec::new(),
             })
         })
         .expect("spec");
@@ -110,6 +111,7 @@ fn files_split_gives_one_unit_per_file() {
             Ok::<_, ()>(pb::BlobRef {
                 hash: vec![0; 32],
                 size: 1,
+                chunk_root: Vec::new(),
             })
         })
         .expect("spec");
@@ -218,6 +220,7 @@ fn coordinator_refuses_specs_with_bad_hashes() {
         module: Some(pb::BlobRef {
             hash: vec![1, 2, 3],
             size: 3,
+            chunk_root: Vec::new(),
         }),
         ..Default::default()
     };

@@ -232,6 +232,8 @@ pub fn start_worker_with(
         for pref in TEST_PREFS {
             command.args(["--pref", pref]);
         }
+        // Peers find each other on loopback, on ports no test shares.
+        command.args(["--peer-listen", "127.0.0.1:0"]);
         command.args(extra);
     }
     // Tests read the unit starts, ends and suspensions from the log.

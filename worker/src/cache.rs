@@ -42,7 +42,8 @@ pub fn choose_evictions(entries: &[Entry], cap: u64, keep: &HashSet<String>) -> 
 }
 
 /// Brings `dir` under `cap` bytes; returns what it removed (name, size).
-/// Downloads in progress (`*.partial`) are neither counted nor touched.
+/// Downloads in progress (`*.partial`, `*.part`: any name with a dot) are
+/// neither counted nor touched.
 pub fn trim(dir: &Path, cap: u64, keep: &HashSet<String>) -> Vec<(String, u64)> {
     let Ok(listing) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -52,7 +53,7 @@ pub fn trim(dir: &Path, cap: u64, keep: &HashSet<String>) -> Vec<(String, u64)> 
         .filter_map(|item| {
             let name = item.file_name().into_string().ok()?;
             let metadata = item.metadata().ok()?;
-            (metadata.is_file() && !name.ends_with(".partial")).then(|| Entry {
+            (metadata.is_file() && !name.contains('.')).then(|| Entry {
                 name,
                 size: metadata.len(),
                 last_used: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
@@ -117,7 +118,12 @@ mod tests {
     #[test]
     fn trim_removes_files_and_leaves_partial_downloads() {
         let dir = tempfile::tempdir().expect("temp dir");
-        for (name, size) in [("a", 100), ("b", 100), ("c.1234.partial", 500)] {
+        for (name, size) in [
+            ("a", 100),
+            ("b", 100),
+            ("c.1234.partial", 500),
+            ("d.part", 500),
+        ] {
             std::fs::write(dir.path().join(name), vec![0u8; size]).expect("write");
         }
         let old = SystemTime::now() - Duration::from_secs(3600);
@@ -132,6 +138,7 @@ mod tests {
         );
         assert!(dir.path().join("b").is_file());
         assert!(dir.path().join("c.1234.partial").is_file());
+        assert!(dir.path().join("d.part").is_file());
         touch(&dir.path().join("b"));
         assert_eq!(trim(dir.path(), 150, &HashSet::new()), []);
     }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod exec;
 pub mod install;
 pub mod journal;
+pub mod peer;
 pub mod prefs;
 pub mod runner;
 pub mod sandbox;

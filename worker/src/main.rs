@@ -109,6 +109,14 @@ struct RunArgs {
     /// --pref suspend_cpu_usage=50; repeatable.
     #[arg(long = "pref", value_name = "KEY=VALUE")]
     prefs: Vec<String>,
+    /// Where to serve other workers the blobs in the cache (peer-to-peer
+    /// input data); if the port is taken, another is used.
+    #[arg(long, default_value = "0.0.0.0:7711")]
+    peer_listen: std::net::SocketAddr,
+    /// Neither serve peers nor fetch from them: every input comes from
+    /// the coordinator.
+    #[arg(long)]
+    no_peers: bool,
     /// Read the owner's CPU load (percent) from this file instead of
     /// measuring it: for tests and benchmarks of suspension.
     #[arg(long, hide = true)]
@@ -215,6 +223,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         slots: args.slots.unwrap_or_else(|| prefs.slots(cpus)),
         prefs,
+        peer_listen: (!args.no_peers).then_some(args.peer_listen),
     };
     runtime()?.block_on(cobble_worker::run(
         config,

@@ -39,6 +39,12 @@ pub struct Prefs {
     /// Units to keep waiting for a slot when fetching, so that a slot never
     /// waits on the network.
     pub work_buf_max_units: u32,
+    /// Upload bandwidth for serving peers, bytes per second; 0: no limit.
+    pub max_bytes_sec_up: f64,
+    /// Peers served at once; more are sent to other peers.
+    pub peer_upload_slots: u32,
+    /// Whether to serve peers while the owner uses the machine.
+    pub serve_peers_while_in_use: bool,
 }
 
 impl Default for Prefs {
@@ -56,6 +62,9 @@ impl Default for Prefs {
             disk_max_used_gb: 10.0,
             work_buf_min_units: 1,
             work_buf_max_units: 2,
+            max_bytes_sec_up: 0.0,
+            peer_upload_slots: 4,
+            serve_peers_while_in_use: true,
         }
     }
 }
@@ -151,6 +160,18 @@ impl Prefs {
             return Err(format!(
                 "disk_max_used_gb = {}: must be at least 0.05 (50 MB)",
                 self.disk_max_used_gb
+            ));
+        }
+        if !self.max_bytes_sec_up.is_finite() || self.max_bytes_sec_up < 0.0 {
+            return Err(format!(
+                "max_bytes_sec_up = {}: must be bytes per second, 0 for no limit",
+                self.max_bytes_sec_up
+            ));
+        }
+        if !(1..=64).contains(&self.peer_upload_slots) {
+            return Err(format!(
+                "peer_upload_slots = {}: must be from 1 to 64",
+                self.peer_upload_slots
             ));
         }
         if self.work_buf_min_units > self.work_buf_max_units || self.work_buf_max_units > 100 {

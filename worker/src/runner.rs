@@ -15,6 +15,7 @@ use crate::attach::{self, Volunteer};
 use crate::cache;
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Recovered};
+use crate::peer::{self, ChunkFilter, Sharing, SharingPrefs};
 use crate::prefs::Prefs;
 use crate::sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitControl, UnitLimits};
 use crate::status::Transfers;
@@ -47,6 +48,9 @@ pub struct RunConfig {
     pub slots: u32,
     /// The computing preferences in effect (the monitor enforces the rest).
     pub prefs: Prefs,
+    /// Where to serve other workers; None to neither serve nor fetch from
+    /// peers (every input then comes from the coordinator).
+    pub peer_listen: Option<std::net::SocketAddr>,
 }
 
 /// Rewrites a unit's stdout before upload. Only test adversaries set one
@@ -57,6 +61,8 @@ pub type StdoutFilter = Arc<dyn Fn(&mut Vec<u8>) + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Hooks {
     pub stdout_filter: Option<StdoutFilter>,
+    /// Rewrites chunks served to peers (the corrupt-peer adversary).
+    pub served_chunk_filter: Option<ChunkFilter>,
 }
 
 /// Everything one slot needs, shared by all slots.
@@ -71,7 +77,13 @@ struct Worker {
     permit: watch::Receiver<bool>,
     /// Woken when a unit leaves a slot, so the work buffer refills.
     slot_freed: Notify,
-    transfers: Transfers,
+    transfers: Arc<Transfers>,
+    /// What this worker serves to peers; None with peer-to-peer off.
+    sharing: Option<Arc<Sharing>>,
+    /// The port peers reach this worker on (0: it serves none).
+    peer_port: u32,
+    /// One download per blob at a time, whoever asks (slot or prefetch).
+    fetching: std::sync::Mutex<std::collections::HashMap<BlobHash, Arc<tokio::sync::Mutex<()>>>>,
     project_key: VerifyingKey,
     sandbox: Sandbox,
     /// For jobs that turned NaN canonicalization off (compiled code differs,
@@ -122,6 +134,32 @@ pub async fn run(
     let journal = Journal::new(work_dir);
     let recovered = journal.recover(&project_key, cobble_core::now_ms());
     let (queue, queue_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let transfers = Arc::new(Transfers::default());
+    let mut background = tokio::task::JoinSet::new();
+    let (sharing, peer_port) = match config.peer_listen {
+        Some(address) => {
+            let sharing = Arc::new(Sharing::new(
+                blob_dir.clone(),
+                SharingPrefs {
+                    upload_slots: config.prefs.peer_upload_slots as usize,
+                    max_bytes_sec_up: config.prefs.max_bytes_sec_up,
+                    serve_while_in_use: config.prefs.serve_peers_while_in_use,
+                },
+                monitor.activity.clone(),
+                transfers.clone(),
+                hooks.served_chunk_filter.clone(),
+            ));
+            let listener = bind_peer_listener(address).await?;
+            let port = listener
+                .local_addr()
+                .map_err(Error::io("reading the peer address"))?
+                .port();
+            tracing::info!(port, "serving peers");
+            background.spawn(peer::serve(sharing.clone(), listener));
+            (Some(sharing), u32::from(port))
+        }
+        None => (None, 0),
+    };
     let worker = Arc::new(Worker {
         connection,
         prefs: config.prefs.clone(),
@@ -129,7 +167,10 @@ pub async fn run(
         tasks: Tasks::default(),
         permit: monitor.permit.clone(),
         slot_freed: Notify::new(),
-        transfers: Transfers::default(),
+        transfers,
+        sharing,
+        peer_port,
+        fetching: std::sync::Mutex::default(),
         project_key,
         sandbox,
         sandbox_fast_nans,
@@ -137,7 +178,6 @@ pub async fn run(
         journal,
         hooks,
     });
-    let mut background = tokio::task::JoinSet::new();
     // Units a previous run of this worker left unfinished go first in the
     // queue; finished ones only need their report sent again.
     for item in recovered {
@@ -187,6 +227,25 @@ pub async fn run(
     Ok(())
 }
 
+/// Binds the peer port; if it is taken (another worker on this machine),
+/// any free port on the same address will do.
+async fn bind_peer_listener(address: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => Ok(listener),
+        Err(error) if address.port() != 0 => {
+            tracing::warn!(%error, %address, "peer port taken; using another");
+            let any_port = std::net::SocketAddr::new(address.ip(), 0);
+            tokio::net::TcpListener::bind(any_port)
+                .await
+                .map_err(Error::io(format!("binding the peer service on {any_port}")))
+        }
+        Err(error) => Err(Error::Io {
+            context: format!("binding the peer service on {address}"),
+            source: error,
+        }),
+    }
+}
+
 async fn connect_with_retry(url: &str) -> Channel {
     let mut attempt = 0;
     loop {
@@ -218,7 +277,7 @@ impl Worker {
     }
 
     fn client(&self) -> WorkerServiceClient<Channel> {
-        WorkerServiceClient::new(self.connection.channel())
+        worker_client(&self.connection)
     }
 
     /// Takes units from the work buffer and computes them, one at a time.
@@ -295,7 +354,9 @@ impl Worker {
             .module
             .as_ref()
             .ok_or_else(|| Error::InvalidModule("manifest names no module".into()))?;
-        let module_path = self.ensure_blob(module_ref, manifest.deadline_ms).await?;
+        let module_path = self
+            .ensure_blob(module_ref, lease_id, manifest.deadline_ms)
+            .await?;
         let module_hash = BlobHash::from_slice(&module_ref.hash)?;
         let input_dir = unit_dir.join("input");
         let output_dir = unit_dir.join("output");
@@ -312,7 +373,9 @@ impl Worker {
             let blob = input.blob.as_ref().ok_or_else(|| {
                 Error::InvalidModule(format!("input {:?} has no blob", input.name))
             })?;
-            let cached = self.ensure_blob(blob, manifest.deadline_ms).await?;
+            let cached = self
+                .ensure_blob(blob, lease_id, manifest.deadline_ms)
+                .await?;
             link_input(&cached, &input_dir.join(&input.name))?;
         }
         let sandbox = if manifest.nan_canonicalization_off {
@@ -445,16 +508,60 @@ impl Worker {
     }
 
     /// Returns the cached path of a blob, downloading and verifying it first
-    /// if needed. Only verified bytes ever reach the cache.
-    async fn ensure_blob(&self, blob: &pb::BlobRef, deadline_ms: i64) -> Result<PathBuf> {
+    /// if needed: from peers when the manifest commits to a chunk list and
+    /// peer-to-peer is on, else whole from the coordinator. Only verified
+    /// bytes ever reach the cache.
+    async fn ensure_blob(
+        &self,
+        blob: &pb::BlobRef,
+        lease_id: &str,
+        deadline_ms: i64,
+    ) -> Result<PathBuf> {
         let hash = BlobHash::from_slice(&blob.hash)?;
         let path = self.blob_dir.join(hash.to_hex());
+        let gate = self
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(hash)
+            .or_default()
+            .clone();
+        let _one_download = gate.lock().await;
         if path.is_file() {
             cache::touch(&path);
             return Ok(path);
         }
+        let result = match &self.sharing {
+            Some(sharing) if !blob.chunk_root.is_empty() => {
+                peer::fetch(peer::Fetch {
+                    connection: &self.connection,
+                    sharing,
+                    transfers: &self.transfers,
+                    blob,
+                    lease_id,
+                    peer_port: self.peer_port,
+                    deadline_ms,
+                })
+                .await
+            }
+            _ => self.download_whole(blob, &hash, &path, deadline_ms).await,
+        };
+        if result.is_ok() {
+            self.trim_cache();
+        }
+        result
+    }
+
+    /// The whole blob in one stream from the coordinator.
+    async fn download_whole(
+        &self,
+        blob: &pb::BlobRef,
+        hash: &BlobHash,
+        path: &Path,
+        deadline_ms: i64,
+    ) -> Result<PathBuf> {
         let downloaded = with_retry(deadline_ms, "downloading a blob", || {
-            self.connection.download_verified(&hash, &path)
+            self.connection.download_verified(hash, path)
         })
         .await;
         match downloaded {
@@ -462,11 +569,10 @@ impl Worker {
                 self.transfers
                     .downloaded_from_coordinator
                     .fetch_add(size, Ordering::Relaxed);
-                self.trim_cache();
-                Ok(path)
+                Ok(path.to_path_buf())
             }
             Ok(size) => {
-                std::fs::remove_file(&path).ok();
+                std::fs::remove_file(path).ok();
                 Err(Error::BlobMismatch {
                     hash: hash.to_hex(),
                     expected: format!("{} bytes", blob.size),
@@ -530,7 +636,7 @@ fn is_transient(status: &tonic::Status) -> bool {
 
 /// Retries a transfer through coordinator outages, with backoff, until the
 /// lease's deadline: a network failure is never the unit's failure.
-async fn with_retry<T, F, Fut>(
+pub(crate) async fn with_retry<T, F, Fut>(
     deadline_ms: i64,
     what: &str,
     mut transfer: F,
@@ -559,6 +665,11 @@ fn is_transient_transfer(error: &cobble_client::Error) -> bool {
         cobble_client::Error::Rpc(status) => is_transient(status),
         _ => false,
     }
+}
+
+pub(crate) fn worker_client(connection: &Connection) -> WorkerServiceClient<Channel> {
+    WorkerServiceClient::new(connection.channel())
+        .max_decoding_message_size(cobble_core::chunk::CHUNK_SIZE as usize * 2)
 }
 
 fn client_error(kind: &str, message: &str) -> Outcome {

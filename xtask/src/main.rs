@@ -333,6 +333,9 @@ fn demo(root: &Path) -> anyhow::Result<()> {
                 "idle_time_to_run=0",
                 "--pref",
                 "suspend_cpu_usage=0",
+                // They share inputs with each other over loopback.
+                "--peer-listen",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(&dir)

@@ -112,6 +112,7 @@ impl BlobService for BlobApi {
                 let expected = first.then(|| pb::BlobRef {
                     hash: hash.0.to_vec(),
                     size,
+                    chunk_root: Vec::new(),
                 });
                 first = false;
                 let chunk = pb::BlobChunk {

@@ -1,4 +1,4 @@
-//! StatsService: the public leaderboard.
+//! StatsService: the public leaderboard and the project's transfer totals.
 
 use crate::store::Store;
 use cobble_proto::v1::{self as pb, stats_service_server::StatsService};
@@ -24,5 +24,12 @@ impl StatsService for StatsApi {
         Ok(Response::new(
             self.store.leaderboard(&request.kind, limit).await?,
         ))
+    }
+
+    async fn get_transfer_stats(
+        &self,
+        _request: Request<pb::TransferStatsRequest>,
+    ) -> Result<Response<pb::TransferStats>, Status> {
+        Ok(Response::new(self.store.transfer_stats().await?))
     }
 }

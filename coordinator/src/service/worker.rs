@@ -1,17 +1,39 @@
 //! WorkerService: what volunteers' workers call.
 
 use super::authenticate;
+use crate::error::Error;
 use crate::store::Store;
+use crate::tracker::Tracker;
+use cobble_core::BlobHash;
+use cobble_core::chunk::ChunkSet;
 use cobble_proto::v1::{self as pb, worker_service_server::WorkerService};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// Seconds a worker waits before asking again when there was no work.
 const RETRY_AFTER_S: u32 = 2;
+/// Peers named per blob: enough to download from several at once.
+const PEERS_PER_REQUEST: usize = 16;
+/// Blobs a heartbeat may announce.
+const MAX_ANNOUNCED_BLOBS: usize = 64;
+/// How long a host waits for peers before asking the super-seed again.
+const SEED_RETRY_MS: u32 = 250;
 
 #[derive(Debug, Clone)]
 pub struct WorkerApi {
     pub store: Store,
     pub project_name: String,
+    /// Who holds which blob, and how often each chunk was handed out.
+    pub tracker: Arc<Tracker>,
+}
+
+/// Where a host serves peers: the address its request came from, with the
+/// port it announced; None if it serves none. Taking the address from the
+/// connection means no host can point others at a third party.
+fn peer_address<T>(request: &Request<T>, port: u32) -> Option<String> {
+    let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+    let ip = request.remote_addr()?.ip();
+    Some(std::net::SocketAddr::new(ip, port).to_string())
 }
 
 #[tonic::async_trait]
@@ -75,9 +97,21 @@ impl WorkerService for WorkerApi {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let host = authenticate(&self.store, request.metadata()).await?;
+        let heartbeat = request.get_ref();
         self.store
-            .record_progress(host, &request.get_ref().progress)
+            .record_progress(host, &heartbeat.progress)
             .await?;
+        if let Some(delta) = &heartbeat.transfers {
+            self.store.add_transfers(host, delta).await?;
+        }
+        let address = peer_address(&request, heartbeat.peer_port);
+        let now = cobble_core::now_ms();
+        for raw in heartbeat.held_blobs.iter().take(MAX_ANNOUNCED_BLOBS) {
+            if let Ok(hash) = BlobHash::from_slice(raw) {
+                self.tracker
+                    .note_holder(&hash, host.host_id, address.clone(), now);
+            }
+        }
         let abort_leases = self
             .store
             .leases_to_abort(host, &request.get_ref().running_leases)
@@ -87,5 +121,83 @@ impl WorkerService for WorkerApi {
             abort_leases,
             credit: Some(credit),
         }))
+    }
+
+    async fn get_chunk_list(
+        &self,
+        request: Request<pb::ChunkListRequest>,
+    ) -> Result<Response<pb::ChunkListResponse>, Status> {
+        authenticate(&self.store, request.metadata()).await?;
+        let hash = BlobHash::from_slice(&request.get_ref().hash).map_err(Error::from)?;
+        let list = self.store.blobs.chunk_list(&hash).await?;
+        Ok(Response::new(pb::ChunkListResponse {
+            hashes: list.to_wire(),
+        }))
+    }
+
+    async fn get_peers(
+        &self,
+        request: Request<pb::PeersRequest>,
+    ) -> Result<Response<pb::PeersResponse>, Status> {
+        let host = authenticate(&self.store, request.metadata()).await?;
+        let hash = BlobHash::from_slice(&request.get_ref().hash).map_err(Error::from)?;
+        // Invariant 8: never name a host that holds a result of the same
+        // unit, whichever blob is asked about.
+        let mut exclude = self
+            .store
+            .hosts_sharing_unit(&request.get_ref().lease_id)
+            .await?;
+        exclude.insert(host.host_id);
+        let now = cobble_core::now_ms();
+        let peers = self
+            .tracker
+            .peers(&hash, &exclude, PEERS_PER_REQUEST, now)
+            .into_iter()
+            .map(|holder| pb::Peer {
+                host_id: holder.host_id,
+                address: holder.address,
+            })
+            .collect();
+        // Asking means fetching: from now on this host is a holder others
+        // can trade with, even before it has the whole blob.
+        let address = peer_address(&request, request.get_ref().peer_port);
+        self.tracker.note_holder(&hash, host.host_id, address, now);
+        Ok(Response::new(pb::PeersResponse { peers }))
+    }
+
+    async fn get_seed_chunk(
+        &self,
+        request: Request<pb::SeedChunkRequest>,
+    ) -> Result<Response<pb::SeedChunkResponse>, Status> {
+        authenticate(&self.store, request.metadata()).await?;
+        let ask = request.get_ref();
+        let hash = BlobHash::from_slice(&ask.hash).map_err(Error::from)?;
+        let list = self.store.blobs.chunk_list(&hash).await?;
+        let have = ChunkSet::from_wire(&ask.have, list.len()).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "the chunk map must have one bit for each of the blob's {} chunks",
+                list.len()
+            ))
+        })?;
+        let chosen = self
+            .tracker
+            .take_seed_chunk(&hash, list.len(), &have, ask.peers_stalled);
+        let response = match chosen {
+            Some(index) => pb::SeedChunkResponse {
+                index: Some(index as u32),
+                data: self
+                    .store
+                    .blobs
+                    .read_chunk(&hash, list.size(), index)
+                    .await?,
+                retry_after_ms: 0,
+            },
+            None => pb::SeedChunkResponse {
+                index: None,
+                data: Vec::new(),
+                retry_after_ms: SEED_RETRY_MS,
+            },
+        };
+        Ok(Response::new(response))
     }
 }

@@ -14,6 +14,7 @@ impl Store {
     pub async fn submit_job(&self, spec: &pb::JobSpec) -> Result<(i64, u32)> {
         spec::check_spec(spec)?;
         self.require_blobs(spec).await?;
+        let spec = &self.with_chunk_roots(spec).await?;
         let units = spec::split(spec);
         let replication = spec.replication.unwrap_or(spec::DEFAULT_REPLICATION);
         let limits = spec.limits.unwrap_or_default();
@@ -57,6 +58,25 @@ impl Store {
         tx.commit().await?;
         tracing::info!(job_id, name = %spec.name, units = units.len(), "job submitted");
         Ok((job_id, units.len() as u32))
+    }
+
+    /// The spec with every blob's chunk root filled in, so that manifests
+    /// commit to the chunk lists peers' chunks are checked against.
+    async fn with_chunk_roots(&self, spec: &pb::JobSpec) -> Result<pb::JobSpec> {
+        let mut spec = spec.clone();
+        let mut refs: Vec<&mut pb::BlobRef> = Vec::new();
+        refs.extend(spec.module.as_mut());
+        refs.extend(spec.inputs.iter_mut().filter_map(|i| i.blob.as_mut()));
+        if let Some(pb::split_rule::Rule::Files(files)) =
+            spec.split.as_mut().and_then(|s| s.rule.as_mut())
+        {
+            refs.extend(files.files.iter_mut().filter_map(|f| f.blob.as_mut()));
+        }
+        for blob in refs {
+            let hash = BlobHash::from_slice(&blob.hash)?;
+            blob.chunk_root = self.blobs.chunk_list(&hash).await?.root().to_vec();
+        }
+        Ok(spec)
     }
 
     /// Refuses a spec naming blobs the coordinator does not hold.

@@ -148,6 +148,7 @@ async fn health_reflection_and_auth_over_grpc() {
         expected: Some(pb::BlobRef {
             hash: cobble_core::BlobHash::of(b"honest").0.to_vec(),
             size: 6,
+            chunk_root: Vec::new(),
         }),
         data: b"forged".to_vec(),
     };

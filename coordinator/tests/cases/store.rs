@@ -114,6 +114,7 @@ async fn submit_with(
         module: Some(pb::BlobRef {
             hash: module.0.to_vec(),
             size: bytes.len() as u64,
+            chunk_root: Vec::new(),
         }),
         args: vec!["{start}".into()],
         inputs: vec![],
@@ -157,6 +158,7 @@ async fn success(store: &Store, stdout: &[u8], fuel: u64) -> pb::ReportRequest {
             stdout: Some(pb::BlobRef {
                 hash: hash.0.to_vec(),
                 size: stdout.len() as u64,
+                chunk_root: Vec::new(),
             }),
             files: vec![],
             fuel_used: fuel,
@@ -242,6 +244,7 @@ async fn quorum_validation_and_exactly_once_credit() {
             s.stdout = Some(pb::BlobRef {
                 hash: vec![7; 32],
                 size: 3,
+                chunk_root: Vec::new(),
             });
         }
         assert!(matches!(
@@ -396,6 +399,7 @@ async fn bad_credentials_and_specs_are_refused() {
             module: Some(pb::BlobRef {
                 hash: vec![3; 32],
                 size: 10,
+                chunk_root: Vec::new(),
             }),
             split: Some(pb::SplitRule {
                 rule: Some(pb::split_rule::Rule::Range(pb::RangeSplit {

@@ -1,6 +1,8 @@
 //! A test-only adversary: the real worker, except that it reports a forged
-//! stdout for every unit. It exists to prove the quorum catches liars; it
-//! is never shipped (the shipped `cobble-worker` sets no hooks).
+//! stdout for every unit, or (`--corrupt-chunks`) serves peers corrupt
+//! chunks. It exists to prove the quorum catches liars and downloads catch
+//! bad peers; it is never shipped (the shipped `cobble-worker` sets no
+//! hooks).
 
 use clap::Parser;
 use cobble_worker::attach::Volunteer;
@@ -15,6 +17,11 @@ struct Args {
     data_dir: PathBuf,
     #[arg(long, default_value = "mallory")]
     user: String,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    peer_listen: std::net::SocketAddr,
+    /// Serve peers chunks with one bit flipped, instead of forging results.
+    #[arg(long)]
+    corrupt_chunks: bool,
 }
 
 #[tokio::main]
@@ -43,8 +50,33 @@ async fn main() -> anyhow::Result<()> {
         },
         slots: 1,
         prefs,
+        peer_listen: Some(args.peer_listen),
     };
-    let hooks = cobble_worker::Hooks {
+    let hooks = if args.corrupt_chunks {
+        // An honest computer but a lying peer: every chunk it serves has
+        // one bit flipped.
+        cobble_worker::Hooks {
+            stdout_filter: None,
+            served_chunk_filter: Some(Arc::new(|chunk: &mut Vec<u8>| {
+                if let Some(byte) = chunk.first_mut() {
+                    *byte ^= 1;
+                }
+            })),
+        }
+    } else {
+        forging_hooks()
+    };
+    cobble_worker::run(config, monitor, hooks, async {
+        tokio::signal::ctrl_c().await.ok();
+    })
+    .await?;
+    Ok(())
+}
+
+/// Reports a forged stdout for every unit.
+fn forging_hooks() -> cobble_worker::Hooks {
+    cobble_worker::Hooks {
+        served_chunk_filter: None,
         stdout_filter: Some(Arc::new(|stdout: &mut Vec<u8>| {
             // Claim one prime fewer than computed: plausible, and wrong.
             let text = String::from_utf8_lossy(stdout).into_owned();
@@ -57,10 +89,5 @@ async fn main() -> anyhow::Result<()> {
             };
             *stdout = forged.into_bytes();
         })),
-    };
-    cobble_worker::run(config, monitor, hooks, async {
-        tokio::signal::ctrl_c().await.ok();
-    })
-    .await?;
-    Ok(())
+    }
 }

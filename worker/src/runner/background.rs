@@ -5,10 +5,10 @@
 
 use super::{RunConfig, Worker};
 use crate::activity::{Activity, Monitor};
-use crate::status::{Credit, Status};
+use crate::status::{Credit, Status, TransferCounts};
 use crate::tasks::{TaskState, govern_memory};
 use cobble_proto::v1 as pb;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +24,8 @@ const GOVERN_EVERY: Duration = Duration::from_millis(500);
 /// How often the status file is compared with the state (and rewritten if
 /// it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Cached blobs announced to the tracker per heartbeat.
+const MAX_ANNOUNCED: usize = 64;
 
 /// Starts the background duties on `set`.
 pub(super) fn spawn(
@@ -49,6 +51,9 @@ pub(super) fn spawn(
 }
 
 async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>) {
+    // What the coordinator has acknowledged so far; each heartbeat sends
+    // the difference, so a lost heartbeat's bytes go with the next one.
+    let mut reported = TransferCounts::default();
     loop {
         let leases = worker.tasks.active_leases();
         let progress = worker
@@ -68,12 +73,26 @@ async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>)
         } else {
             HEARTBEAT_EVERY
         };
+        let counts = worker.transfers.counts();
         let request = worker.authorized(pb::HeartbeatRequest {
             running_leases: leases,
             progress,
+            transfers: Some(pb::TransferDelta {
+                from_coordinator: counts.downloaded_from_coordinator
+                    - reported.downloaded_from_coordinator,
+                from_peers: counts.downloaded_from_peers - reported.downloaded_from_peers,
+                served_to_peers: counts.served_to_peers - reported.served_to_peers,
+            }),
+            peer_port: worker.peer_port,
+            held_blobs: if worker.peer_port == 0 {
+                Vec::new()
+            } else {
+                held_blobs(&worker.blob_dir)
+            },
         });
         match worker.client().heartbeat(request).await {
             Ok(response) => {
+                reported = counts;
                 let response = response.into_inner();
                 for lease in &response.abort_leases {
                     worker.tasks.abort(lease);
@@ -90,6 +109,28 @@ async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>)
         }
         tokio::time::sleep(wait).await;
     }
+}
+
+/// The blobs in the cache, most recently used first, for the tracker.
+fn held_blobs(blob_dir: &Path) -> Vec<Vec<u8>> {
+    let Ok(listing) = std::fs::read_dir(blob_dir) else {
+        return Vec::new();
+    };
+    let mut blobs: Vec<(std::time::SystemTime, Vec<u8>)> = listing
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let hash = cobble_core::BlobHash::from_hex(&name).ok()?;
+            let used = entry.metadata().ok()?.modified().ok()?;
+            Some((used, hash.0.to_vec()))
+        })
+        .collect();
+    blobs.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
+    blobs
+        .into_iter()
+        .take(MAX_ANNOUNCED)
+        .map(|(_, hash)| hash)
+        .collect()
 }
 
 /// Evicts units while they hold more than the RAM preference allows (the

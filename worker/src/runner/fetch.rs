@@ -95,9 +95,10 @@ impl Worker {
             .cloned()
             .collect();
         let (worker, deadline_ms) = (self.clone(), manifest.deadline_ms);
+        let lease_id = manifest.lease_id.clone();
         tokio::spawn(async move {
             for blob in blobs {
-                if let Err(error) = worker.ensure_blob(&blob, deadline_ms).await {
+                if let Err(error) = worker.ensure_blob(&blob, &lease_id, deadline_ms).await {
                     tracing::debug!(%error, "prefetch failed; the slot will retry");
                 }
             }

@@ -1,0 +1,88 @@
+//! Peer-to-peer bookkeeping in the database: the bytes each host reports
+//! moving, the project's totals, and which hosts hold results of a unit
+//! (so the tracker never introduces replicas to each other).
+
+use super::{HostIdentity, Store};
+use crate::error::Result;
+use cobble_proto::v1 as pb;
+use sqlx::Row;
+use std::collections::HashSet;
+
+/// Hosts listed by `transfer_stats`, biggest sharers first.
+const TOP_SHARERS: i64 = 20;
+
+impl Store {
+    /// Adds what a host moved since its previous heartbeat.
+    pub async fn add_transfers(&self, host: HostIdentity, delta: &pb::TransferDelta) -> Result<()> {
+        // Bounded so that a buggy or hostile host cannot overflow the sums.
+        let clamp = |bytes: u64| bytes.min(1 << 50) as i64;
+        sqlx::query(
+            "UPDATE hosts SET bytes_from_coordinator = bytes_from_coordinator + $1,
+                    bytes_from_peers = bytes_from_peers + $2, bytes_served = bytes_served + $3
+             WHERE id = $4",
+        )
+        .bind(clamp(delta.from_coordinator))
+        .bind(clamp(delta.from_peers))
+        .bind(clamp(delta.served_to_peers))
+        .bind(host.host_id)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Hosts holding any result of the unit that `lease_id` belongs to.
+    pub async fn hosts_sharing_unit(&self, lease_id: &str) -> Result<HashSet<i64>> {
+        let rows = sqlx::query(
+            "SELECT o.host_id FROM results r JOIN results o ON o.unit_id = r.unit_id
+             WHERE r.lease_id = $1 AND o.host_id IS NOT NULL",
+        )
+        .bind(lease_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<i64, _>("host_id")?))
+            .collect()
+    }
+
+    /// The project's input delivery: how much came from the coordinator and
+    /// how much from peers, and who shared most.
+    pub async fn transfer_stats(&self) -> Result<pb::TransferStats> {
+        let totals = sqlx::query(
+            "SELECT COALESCE(SUM(bytes_from_coordinator), 0) AS coordinator,
+                    COALESCE(SUM(bytes_from_peers), 0) AS peers,
+                    COALESCE(SUM(bytes_served), 0) AS served
+             FROM hosts",
+        )
+        .fetch_one(self.db.pool())
+        .await?;
+        let rows = sqlx::query(
+            "SELECT h.id, h.name, a.name AS account, h.bytes_from_coordinator, h.bytes_from_peers, h.bytes_served
+             FROM hosts h JOIN accounts a ON a.id = h.account_id
+             WHERE h.bytes_served > 0 OR h.bytes_from_peers > 0 OR h.bytes_from_coordinator > 0
+             ORDER BY h.bytes_served DESC, h.id LIMIT $1",
+        )
+        .bind(TOP_SHARERS)
+        .fetch_all(self.db.pool())
+        .await?;
+        let unsigned = |value: i64| value.max(0) as u64;
+        let hosts = rows
+            .iter()
+            .map(|row| {
+                Ok(pb::HostTransfers {
+                    host_id: row.try_get("id")?,
+                    host_name: row.try_get("name")?,
+                    account: row.try_get("account")?,
+                    from_coordinator: unsigned(row.try_get("bytes_from_coordinator")?),
+                    from_peers: unsigned(row.try_get("bytes_from_peers")?),
+                    served_to_peers: unsigned(row.try_get("bytes_served")?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(pb::TransferStats {
+            from_coordinator: unsigned(totals.try_get("coordinator")?),
+            from_peers: unsigned(totals.try_get("peers")?),
+            served_to_peers: unsigned(totals.try_get("served")?),
+            hosts,
+        })
+    }
+}

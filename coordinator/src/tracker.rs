@@ -1,0 +1,165 @@
+//! The tracker and super-seed. For each blob it remembers the hosts that
+//! recently fetched or hold it (the 20 most recent, like Spotify's
+//! tracker), and how often the coordinator itself handed out each chunk,
+//! so that it hands every chunk out about once and lets the workers trade
+//! the rest. Soft state, in memory: workers re-announce what they hold in
+//! every heartbeat, so a restart loses nothing that matters.
+
+use cobble_core::BlobHash;
+use cobble_core::chunk::ChunkSet;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+/// Holders remembered per blob.
+const MAX_HOLDERS: usize = 20;
+/// A holder not seen for this long is forgotten.
+const HOLDER_TTL_MS: i64 = 10 * 60 * 1000;
+
+/// A host that fetched or holds a blob, reachable at `address`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub host_id: i64,
+    pub address: String,
+    pub seen_ms: i64,
+}
+
+#[derive(Debug, Default)]
+struct Swarm {
+    /// Most recent first.
+    holders: VecDeque<Holder>,
+    /// Times the coordinator sent each chunk.
+    served: Vec<u32>,
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    swarms: Mutex<HashMap<BlobHash, Swarm>>,
+}
+
+impl Tracker {
+    fn with_swarm<T>(&self, hash: &BlobHash, f: impl FnOnce(&mut Swarm) -> T) -> T {
+        let mut swarms = self.swarms.lock().unwrap_or_else(|p| p.into_inner());
+        f(swarms.entry(*hash).or_default())
+    }
+
+    /// Records that `host_id`, serving peers at `address`, fetches or holds
+    /// the blob. Hosts that serve nobody are not recorded.
+    pub fn note_holder(&self, hash: &BlobHash, host_id: i64, address: Option<String>, now_ms: i64) {
+        let Some(address) = address else {
+            return;
+        };
+        self.with_swarm(hash, |swarm| {
+            swarm.holders.retain(|h| h.host_id != host_id);
+            swarm.holders.push_front(Holder {
+                host_id,
+                address,
+                seen_ms: now_ms,
+            });
+            swarm.holders.truncate(MAX_HOLDERS);
+        });
+    }
+
+    /// Up to `limit` recent holders of the blob, leaving out `exclude`.
+    pub fn peers(
+        &self,
+        hash: &BlobHash,
+        exclude: &HashSet<i64>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Vec<Holder> {
+        self.with_swarm(hash, |swarm| {
+            swarm.holders.retain(|h| now_ms - h.seen_ms < HOLDER_TTL_MS);
+            swarm
+                .holders
+                .iter()
+                .filter(|h| !exclude.contains(&h.host_id))
+                .take(limit)
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Decides whether the coordinator sends a chunk of a blob of
+    /// `chunk_count` chunks to a host holding `have`, and counts it.
+    pub fn take_seed_chunk(
+        &self,
+        hash: &BlobHash,
+        chunk_count: usize,
+        have: &ChunkSet,
+        peers_stalled: bool,
+    ) -> Option<usize> {
+        self.with_swarm(hash, |swarm| {
+            swarm.served.resize(chunk_count, 0);
+            let chosen = choose_seed_chunk(&swarm.served, have, peers_stalled)?;
+            swarm.served[chosen] += 1;
+            Some(chosen)
+        })
+    }
+}
+
+/// The super-seed's rule: among the chunks the host lacks, the one the
+/// coordinator sent least often; but a chunk already sent once is in the
+/// swarm, so it is sent again only when the host's peers have stalled.
+pub fn choose_seed_chunk(served: &[u32], have: &ChunkSet, peers_stalled: bool) -> Option<usize> {
+    let chosen = have
+        .missing()
+        .filter(|&index| index < served.len())
+        .min_by_key(|&index| served[index])?;
+    (served[chosen] == 0 || peers_stalled).then_some(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_chunk_goes_out_once_before_any_goes_out_twice() {
+        let tracker = Tracker::default();
+        let hash = BlobHash::of(b"input");
+        let nothing = ChunkSet::empty(4);
+        let handed: Vec<Option<usize>> = (0..5)
+            .map(|_| tracker.take_seed_chunk(&hash, 4, &nothing, false))
+            .collect();
+        assert_eq!(handed, [Some(0), Some(1), Some(2), Some(3), None]);
+        // A host whose peers deliver nothing still gets served.
+        assert_eq!(tracker.take_seed_chunk(&hash, 4, &nothing, true), Some(0));
+        let mut almost = ChunkSet::empty(4);
+        for index in [0, 1, 3] {
+            almost.insert(index);
+        }
+        assert_eq!(tracker.take_seed_chunk(&hash, 4, &almost, true), Some(2));
+        assert_eq!(
+            tracker.take_seed_chunk(&hash, 4, &ChunkSet::full(4), true),
+            None
+        );
+    }
+
+    #[test]
+    fn peers_are_recent_holders_without_the_excluded() {
+        let tracker = Tracker::default();
+        let hash = BlobHash::of(b"input");
+        for host in 1..=25 {
+            tracker.note_holder(
+                &hash,
+                host,
+                Some(format!("127.0.0.1:{}", 7000 + host)),
+                1_000,
+            );
+        }
+        tracker.note_holder(&hash, 99, None, 1_000);
+        let exclude = HashSet::from([25, 24]);
+        let peers = tracker.peers(&hash, &exclude, 3, 2_000);
+        let ids: Vec<i64> = peers.iter().map(|p| p.host_id).collect();
+        assert_eq!(ids, [23, 22, 21]);
+        // Only the 20 most recent are kept, and old ones expire.
+        assert_eq!(
+            tracker.peers(&hash, &HashSet::new(), 100, 2_000).len(),
+            MAX_HOLDERS
+        );
+        assert!(
+            tracker
+                .peers(&hash, &HashSet::new(), 100, 1_000 + HOLDER_TTL_MS)
+                .is_empty()
+        );
+    }
+}
