@@ -69,6 +69,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// How input data reached the hosts: from the coordinator or from
+    /// peers, and who shared most.
+    Transfers {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -140,6 +146,13 @@ async fn main() -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             output::print_leaderboard(&board, json)?;
+        }
+        Command::Transfers { json } => {
+            let stats = StatsServiceClient::new(connect().await?.channel())
+                .get_transfer_stats(pb::TransferStatsRequest {})
+                .await?
+                .into_inner();
+            output::print_transfers(&stats, json)?;
         }
     }
     Ok(())

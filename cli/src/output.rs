@@ -132,3 +132,51 @@ pub fn print_leaderboard(board: &pb::Leaderboard, as_json: bool) -> anyhow::Resu
     }
     Ok(())
 }
+
+pub fn print_transfers(stats: &pb::TransferStats, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let hosts: Vec<_> = stats
+            .hosts
+            .iter()
+            .map(|h| {
+                json!({
+                    "host_id": h.host_id,
+                    "host": h.host_name,
+                    "account": h.account,
+                    "from_coordinator": h.from_coordinator,
+                    "from_peers": h.from_peers,
+                    "served_to_peers": h.served_to_peers,
+                })
+            })
+            .collect();
+        let summary = json!({
+            "from_coordinator": stats.from_coordinator,
+            "from_peers": stats.from_peers,
+            "served_to_peers": stats.served_to_peers,
+            "hosts": hosts,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    let delivered = stats.from_coordinator + stats.from_peers;
+    let share = if delivered == 0 {
+        0.0
+    } else {
+        stats.from_coordinator as f64 / delivered as f64 * 100.0
+    };
+    println!(
+        "inputs delivered: {} bytes, {} from the coordinator ({share:.1}%), {} from peers",
+        delivered, stats.from_coordinator, stats.from_peers
+    );
+    println!(
+        "{:>6}  {:<24} {:<16} {:>14} {:>14} {:>14}",
+        "host", "name", "owner", "coordinator", "peers", "served"
+    );
+    for h in &stats.hosts {
+        println!(
+            "{:>6}  {:<24} {:<16} {:>14} {:>14} {:>14}",
+            h.host_id, h.host_name, h.account, h.from_coordinator, h.from_peers, h.served_to_peers
+        );
+    }
+    Ok(())
+}

@@ -234,8 +234,8 @@ pub fn start_worker_with(
         }
         // Peers find each other on loopback, on ports no test shares.
         command.args(["--peer-listen", "127.0.0.1:0"]);
-        command.args(extra);
     }
+    command.args(extra);
     // Tests read the unit starts, ends and suspensions from the log.
     command.env("RUST_LOG", "info,h2=warn,wasmtime=warn,cranelift=warn");
     command
@@ -280,4 +280,50 @@ pub fn start_volunteers(coordinator: &Coordinator, dir: &Path, names: &[&str]) -
         .iter()
         .map(|name| start_worker("cobble-worker", coordinator, &dir.join(name), name))
         .collect()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for inputs that compress
+/// badly and differ in every chunk.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// What the test unit `sandbox-probe digest` prints for `bytes`.
+pub fn probe_digest(bytes: &[u8]) -> String {
+    let digest = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("fnv1a64 {digest:016x}\n")
+}
+
+/// Writes a job of `units` units that all read the same `input` (as
+/// `/input/data.bin`) and print its digest, one result each; returns the
+/// spec's path.
+pub fn write_shared_input_job(dir: &Path, input: &[u8], units: u32) -> PathBuf {
+    let spec = format!(
+        "name = \"shared-input\"\nmodule = \"probe.wasm\"\nargs = [\"digest\", \"/input/data.bin\"]\n\
+         inputs = [\"data.bin\"]\n[split]\nrange = {{ start = 0, end = {units}, per_unit = 1 }}\n\
+         [replication]\nmin_quorum = 1\ntarget_results = 1\n"
+    );
+    let path = write_job(
+        dir,
+        cobble_unit_artifacts::SANDBOX_PROBE,
+        "probe.wasm",
+        &spec,
+    );
+    std::fs::write(dir.join("job/data.bin"), input).expect("writing the input");
+    path
+}
+
+/// The status a worker last wrote in its data dir, if any yet.
+pub fn worker_status(data_dir: &Path) -> Option<cobble_worker::status::Status> {
+    cobble_worker::status::read(data_dir).ok()
 }

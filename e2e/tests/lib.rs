@@ -7,6 +7,7 @@ mod cases {
     mod floating_point;
     mod install;
     mod job;
+    mod peers;
     mod prefs;
     mod resume;
     mod signing;

@@ -63,6 +63,9 @@ pub struct Hooks {
     pub stdout_filter: Option<StdoutFilter>,
     /// Rewrites chunks served to peers (the corrupt-peer adversary).
     pub served_chunk_filter: Option<ChunkFilter>,
+    /// Never asks for work: only serves peers what is in the cache (test
+    /// seeders and adversaries).
+    pub serve_only: bool,
 }
 
 /// Everything one slot needs, shared by all slots.

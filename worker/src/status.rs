@@ -19,6 +19,8 @@ pub struct Status {
     pub pid: u32,
     pub coordinator: String,
     pub host_id: i64,
+    /// The port it serves peers on; None with peer-to-peer off.
+    pub peer_port: Option<u16>,
     /// None while the worker may compute.
     pub suspended: Option<SuspendReason>,
     pub tasks: Vec<TaskView>,
@@ -128,6 +130,12 @@ pub fn render(status: &Status, alive: bool, now_ms: i64) -> String {
         bytes(t.uploaded_to_coordinator),
         bytes(t.served_to_peers),
     );
+    match status.peer_port {
+        Some(port) => {
+            let _ = writeln!(out, "sharing:   serving peers on port {port}");
+        }
+        None => out.push_str("sharing:   off (--no-peers)\n"),
+    }
     if status.tasks.is_empty() {
         out.push_str("tasks:     none\n");
         return out;
@@ -202,6 +210,7 @@ mod tests {
             pid: 42,
             coordinator: "http://127.0.0.1:7710".into(),
             host_id: 3,
+            peer_port: Some(7711),
             suspended,
             tasks,
             credit: Some(Credit {
@@ -252,6 +261,7 @@ mod tests {
                 "pid 42), host 3 of http://127.0.0.1:7710: computing",
                 "credit:    12.500 total, 1.250 recent average, 7 valid results",
                 "3.0 MiB downloaded from the coordinator, 0 B from peers, 2.0 KiB uploaded; 0 B shared",
+                "sharing:   serving peers on port 7711",
                 "unit      4  running            [##########----------]  50.0%  17.0 MiB  deadline in 9m59s",
                 "unit      5  queued             [                    ]     ?",
             ],

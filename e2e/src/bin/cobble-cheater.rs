@@ -22,6 +22,12 @@ struct Args {
     /// Serve peers chunks with one bit flipped, instead of forging results.
     #[arg(long)]
     corrupt_chunks: bool,
+    /// Never ask for work; only serve peers what is in the cache.
+    #[arg(long)]
+    serve_only: bool,
+    /// Preference overrides, as for cobble-worker.
+    #[arg(long = "pref")]
+    prefs: Vec<String>,
 }
 
 #[tokio::main]
@@ -32,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let prefs = cobble_worker::prefs::Prefs::parse(
         "suspend_cpu_usage = 0\nidle_time_to_run = 0\n",
         "cheater",
-        &[],
+        &args.prefs,
     )?;
     let monitor = cobble_worker::activity::Monitor::start(
         prefs.clone(),
@@ -52,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         prefs,
         peer_listen: Some(args.peer_listen),
     };
-    let hooks = if args.corrupt_chunks {
+    let mut hooks = if args.corrupt_chunks {
         // An honest computer but a lying peer: every chunk it serves has
         // one bit flipped.
         cobble_worker::Hooks {
@@ -62,10 +68,12 @@ async fn main() -> anyhow::Result<()> {
                     *byte ^= 1;
                 }
             })),
+            serve_only: false,
         }
     } else {
         forging_hooks()
     };
+    hooks.serve_only = args.serve_only;
     cobble_worker::run(config, monitor, hooks, async {
         tokio::signal::ctrl_c().await.ok();
     })
@@ -77,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
 fn forging_hooks() -> cobble_worker::Hooks {
     cobble_worker::Hooks {
         served_chunk_filter: None,
+        serve_only: false,
         stdout_filter: Some(Arc::new(|stdout: &mut Vec<u8>| {
             // Claim one prime fewer than computed: plausible, and wrong.
             let text = String::from_utf8_lossy(stdout).into_owned();

@@ -515,7 +515,7 @@ impl<'a> Swarm<'a> {
     }
 
     fn drop_peer(&mut self, address: &str, why: &str) {
-        tracing::debug!(peer = address, blob = %self.hash, "dropping a peer: {why}");
+        tracing::info!(peer = address, blob = %self.hash, "dropping a peer: {why}");
         self.peers.remove(address);
         self.dropped.insert(address.to_string());
     }

@@ -11,7 +11,7 @@ use cobble_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -19,6 +19,8 @@ use tokio::task::JoinSet;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// Heartbeat with nothing in hand, only to keep the shown credit fresh.
 const IDLE_HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
+/// How often the heartbeat loop checks whether a heartbeat is due.
+const HEARTBEAT_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often the memory governor looks at the units.
 const GOVERN_EVERY: Duration = Duration::from_millis(500);
 /// How often the status file is compared with the state (and rewritten if
@@ -54,6 +56,7 @@ async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>)
     // What the coordinator has acknowledged so far; each heartbeat sends
     // the difference, so a lost heartbeat's bytes go with the next one.
     let mut reported = TransferCounts::default();
+    let mut last_sent: Option<Instant> = None;
     loop {
         let leases = worker.tasks.active_leases();
         let progress = worker
@@ -68,12 +71,20 @@ async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>)
                 })
             })
             .collect();
-        let wait = if leases.is_empty() {
+        let counts = worker.transfers.counts();
+        // Idle, the worker calls rarely; with units in hand, or bytes moved
+        // since the last heartbeat, it calls soon, so progress and the
+        // project's figures stay current.
+        let every = if leases.is_empty() && counts == reported {
             IDLE_HEARTBEAT_EVERY
         } else {
             HEARTBEAT_EVERY
         };
-        let counts = worker.transfers.counts();
+        if last_sent.is_some_and(|at| at.elapsed() < every) {
+            tokio::time::sleep(HEARTBEAT_CHECK_EVERY).await;
+            continue;
+        }
+        last_sent = Some(Instant::now());
         let request = worker.authorized(pb::HeartbeatRequest {
             running_leases: leases,
             progress,
@@ -107,7 +118,6 @@ async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>)
             }
             Err(status) => tracing::debug!(%status, "heartbeat failed; trying again later"),
         }
-        tokio::time::sleep(wait).await;
     }
 }
 
@@ -193,6 +203,9 @@ impl StatusWriter {
                 pid: std::process::id(),
                 coordinator: self.coordinator.clone(),
                 host_id: self.host_id,
+                peer_port: u16::try_from(self.worker.peer_port)
+                    .ok()
+                    .filter(|port| *port != 0),
                 suspended,
                 tasks,
                 credit: self

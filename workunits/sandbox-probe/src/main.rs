@@ -30,6 +30,17 @@ fn main() {
             }
             println!("allocated {} MiB", blocks.len() * 16);
         }
+        // Reads a whole input and prints its FNV-1a digest, so tests can
+        // check every byte arrived, however it travelled.
+        "digest" => match std::fs::read(arg(1)) {
+            Ok(bytes) => {
+                let digest = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                    (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+                });
+                println!("fnv1a64 {digest:016x}");
+            }
+            Err(error) => println!("denied: {error}"),
+        },
         // Tries to read a path and reports what happened.
         "read" => match std::fs::read(arg(1)) {
             Ok(bytes) => println!("read {} bytes", bytes.len()),
