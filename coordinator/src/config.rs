@@ -30,6 +30,11 @@ pub struct Config {
     /// Largest blob (module, input or output) accepted, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     pub max_blob_bytes: u64,
+    /// Bandwidth for serving blobs to workers, bytes per second (0: no
+    /// limit). Workers fetch what the coordinator does not send from each
+    /// other.
+    #[arg(long, env = "COBBLE_MAX_SERVE_BYTES_PER_SEC", default_value_t = 0)]
+    pub max_serve_bytes_per_sec: u64,
 }
 
 /// Parses only the coordinator's flags, to build a config in code.

@@ -41,7 +41,9 @@ pub async fn start(config: &Config) -> Result<Store> {
         Some(url) => Db::connect(url).await?,
         None => Db::open_embedded(&config.data_dir).await?,
     };
-    let blobs = BlobStore::open(config.data_dir.join("blobs")).await?;
+    let blobs = BlobStore::open(config.data_dir.join("blobs"))
+        .await?
+        .with_rate_limit(config.max_serve_bytes_per_sec);
     let (key_path, create) = match &config.signing_key {
         Some(path) => (path.clone(), false),
         None => (config.data_dir.join("project.key"), true),

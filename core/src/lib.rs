@@ -9,6 +9,7 @@ pub mod chunk;
 pub mod error;
 pub mod manifest;
 pub mod output;
+pub mod rate;
 pub mod spec;
 
 pub use blob::BlobHash;

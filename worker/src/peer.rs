@@ -22,6 +22,7 @@ use crate::activity::Activity;
 use crate::status::Transfers;
 use cobble_core::BlobHash;
 use cobble_core::chunk::{ChunkList, ChunkSet, chunk_span};
+use cobble_core::rate::TokenBucket;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -59,8 +60,8 @@ pub struct Sharing {
     slots: Semaphore,
     prefs: SharingPrefs,
     activity: watch::Receiver<Activity>,
-    /// Upload token bucket: (bytes allowed now, when last refilled).
-    bucket: tokio::sync::Mutex<(f64, Instant)>,
+    /// Paces uploads under `max_bytes_sec_up`; None without a limit.
+    bucket: Option<Mutex<TokenBucket>>,
     transfers: Arc<Transfers>,
     filter: Option<ChunkFilter>,
 }
@@ -77,9 +78,10 @@ impl Sharing {
             blob_dir,
             partials: Mutex::default(),
             slots: Semaphore::new(prefs.upload_slots.max(1)),
-            prefs,
             activity,
-            bucket: tokio::sync::Mutex::new((0.0, Instant::now())),
+            bucket: (prefs.max_bytes_sec_up > 0.0)
+                .then(|| Mutex::new(TokenBucket::new(prefs.max_bytes_sec_up, Instant::now()))),
+            prefs,
             transfers,
             filter,
         }
@@ -165,19 +167,14 @@ impl Sharing {
 
     /// Waits until `bytes` may be sent under `max_bytes_sec_up`.
     async fn throttle(&self, bytes: usize) {
-        let rate = self.prefs.max_bytes_sec_up;
-        if rate <= 0.0 {
+        let Some(bucket) = &self.bucket else {
             return;
-        }
-        let mut bucket = self.bucket.lock().await;
-        let (tokens, refilled) = &mut *bucket;
-        // At most one second of burst.
-        *tokens = (*tokens + refilled.elapsed().as_secs_f64() * rate).min(rate);
-        *refilled = Instant::now();
-        *tokens -= bytes as f64;
-        if *tokens < 0.0 {
-            tokio::time::sleep(std::time::Duration::from_secs_f64(-*tokens / rate)).await;
-        }
+        };
+        let wait = bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(bytes, Instant::now());
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -6,7 +6,7 @@
 //! - `cargo xtask setup`: install what the build needs (wasm target, clang,
 //!   the pinned third-party WASI program); `.ci/run` calls it before clippy.
 //! - `cargo xtask units`: build the example work units for wasm32-wasip1.
-//! - `cargo xtask bench [units|volunteer]`: set up, then run the benchmarks.
+//! - `cargo xtask bench [units|volunteer|swarm]`: set up, then run the benchmarks.
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -52,9 +52,15 @@ fn main() -> anyhow::Result<()> {
             ensure_wasm_target()?;
             ensure_c_toolchain()?;
             // `units`: wasm against native; `volunteer`: what the worker
-            // costs its owner. Both unless one is named.
+            // costs its owner; `swarm`: peer-to-peer input delivery. All
+            // unless one is named.
             let which = std::env::args().nth(2);
-            for (package, bench) in [("cobble-worker", "units"), ("cobble-e2e", "volunteer")] {
+            let benches = [
+                ("cobble-worker", "units"),
+                ("cobble-e2e", "volunteer"),
+                ("cobble-e2e", "swarm"),
+            ];
+            for (package, bench) in benches {
                 if which.as_deref().is_none_or(|name| name == bench) {
                     run(Command::new(cargo())
                         .args(["bench", "--locked", "-p", package, "--bench", bench]))?;
@@ -68,7 +74,7 @@ fn main() -> anyhow::Result<()> {
             build_units()?;
             demo(&root)
         }
-        _ => bail!("usage: cargo xtask <demo|test|setup|units|bench [units|volunteer]>"),
+        _ => bail!("usage: cargo xtask <demo|test|setup|units|bench [units|volunteer|swarm]>"),
     }
 }
 

@@ -93,6 +93,7 @@ impl BlobService for BlobApi {
             .map_err(|_| Status::not_found(format!("blob {hash} is not stored here")))?;
         let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let blobs = self.store.blobs.clone();
         tokio::spawn(async move {
             let mut first = true;
             loop {
@@ -109,6 +110,7 @@ impl BlobService for BlobApi {
                     return;
                 }
                 buffer.truncate(read);
+                blobs.pace(read).await;
                 let expected = first.then(|| pb::BlobRef {
                     hash: hash.0.to_vec(),
                     size,

@@ -17,7 +17,7 @@ const PEERS_PER_REQUEST: usize = 16;
 /// Blobs a heartbeat may announce.
 const MAX_ANNOUNCED_BLOBS: usize = 64;
 /// How long a host waits for peers before asking the super-seed again.
-const SEED_RETRY_MS: u32 = 250;
+const SEED_RETRY_MS: u32 = 100;
 
 #[derive(Debug, Clone)]
 pub struct WorkerApi {
@@ -183,15 +183,19 @@ impl WorkerService for WorkerApi {
             .tracker
             .take_seed_chunk(&hash, list.len(), &have, ask.peers_stalled);
         let response = match chosen {
-            Some(index) => pb::SeedChunkResponse {
-                index: Some(index as u32),
-                data: self
+            Some(index) => {
+                let data = self
                     .store
                     .blobs
                     .read_chunk(&hash, list.size(), index)
-                    .await?,
-                retry_after_ms: 0,
-            },
+                    .await?;
+                self.store.blobs.pace(data.len()).await;
+                pb::SeedChunkResponse {
+                    index: Some(index as u32),
+                    data,
+                    retry_after_ms: 0,
+                }
+            }
             None => pb::SeedChunkResponse {
                 index: None,
                 data: Vec::new(),

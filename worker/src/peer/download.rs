@@ -32,8 +32,10 @@ const MAX_PEERS: usize = 8;
 const PER_PEER: usize = 2;
 /// How often a peer's chunk map is asked for again.
 const MAP_EVERY: Duration = Duration::from_millis(300);
-/// How often the tracker is asked for more peers.
-const PEERS_EVERY: Duration = Duration::from_secs(2);
+/// How often the tracker is asked for more peers while there are fewer
+/// than [`MAX_PEERS`], and once there are enough.
+const PEERS_EVERY: Duration = Duration::from_millis(500);
+const PEERS_EVERY_WHEN_FULL: Duration = Duration::from_secs(5);
 /// A peer that answered "busy" is left alone this long.
 const BUSY_COOL_OFF: Duration = Duration::from_millis(500);
 /// Any single request to a peer.
@@ -64,7 +66,11 @@ struct PeerSlot {
 enum Event {
     Peers(std::result::Result<Vec<pb::Peer>, tonic::Status>),
     Map(String, std::result::Result<pb::ChunkMap, tonic::Status>),
-    Chunk(String, usize, std::result::Result<Vec<u8>, tonic::Status>),
+    Chunk(
+        String,
+        usize,
+        std::result::Result<pb::ChunkData, tonic::Status>,
+    ),
     Seed(std::result::Result<pb::SeedChunkResponse, tonic::Status>),
 }
 
@@ -329,7 +335,7 @@ impl<'a> Swarm<'a> {
                         index: chunk as u32,
                     })
                     .await
-                    .map(|r| r.into_inner().data);
+                    .map(|r| r.into_inner());
                 Event::Chunk(address, chunk, result)
             });
         }
@@ -382,10 +388,15 @@ impl<'a> Swarm<'a> {
         match event {
             Event::Peers(result) => {
                 self.peers_pending = false;
-                self.peers_next = Instant::now() + PEERS_EVERY;
                 if let Ok(peers) = result {
                     self.add_peers(peers);
                 }
+                let every = if self.peers.len() < MAX_PEERS {
+                    PEERS_EVERY
+                } else {
+                    PEERS_EVERY_WHEN_FULL
+                };
+                self.peers_next = Instant::now() + every;
             }
             Event::Map(address, result) => {
                 let count = self.partial.list.len();
@@ -411,7 +422,13 @@ impl<'a> Swarm<'a> {
                 if let Some(peer) = self.peers.get_mut(&address) {
                     peer.in_flight = peer.in_flight.saturating_sub(1);
                 }
-                match result {
+                let count = self.partial.list.len();
+                if let (Ok(response), Some(peer)) = (&result, self.peers.get_mut(&address))
+                    && let Some(map) = ChunkSet::from_wire(&response.have, count)
+                {
+                    peer.have = Some(map);
+                }
+                match result.map(|response| response.data) {
                     Ok(data) if self.partial.list.verify(chunk, &data) => {
                         if self.store(chunk, &data)? {
                             self.last_from_peer = Instant::now();

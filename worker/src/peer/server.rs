@@ -61,7 +61,12 @@ impl PeerService for PeerApi {
             .transfers
             .served_to_peers
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(Response::new(pb::ChunkData { data }))
+        let have = self
+            .sharing
+            .chunk_map(&hash)
+            .map(|map| map.to_wire())
+            .unwrap_or_default();
+        Ok(Response::new(pb::ChunkData { data, have }))
     }
 }
 
