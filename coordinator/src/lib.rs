@@ -96,7 +96,14 @@ pub async fn serve(
             store: store.clone(),
             max_blob_bytes: config.max_blob_bytes,
         }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+            let store = store.clone();
+            async move {
+                shutdown.await;
+                // Hosts in a long poll answer now rather than hold up the stop.
+                store.notify_work_added();
+            }
+        })
         .await;
     sweeper.abort();
     store.db.close().await;
@@ -107,8 +114,11 @@ async fn sweep_overdue(store: Store) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         ticker.tick().await;
-        if let Err(error) = store.expire_overdue().await {
-            tracing::warn!(%error, "sweeping overdue leases failed");
+        match store.expire_overdue().await {
+            // Expired leases are reissued: tell the hosts waiting for work.
+            Ok(expired) if expired > 0 => store.notify_work_added(),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "sweeping overdue leases failed"),
         }
     }
 }

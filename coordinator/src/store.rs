@@ -26,6 +26,9 @@ pub struct Store {
     pub blobs: BlobStore,
     signing_key: Arc<SigningKey>,
     researcher_token: ResearcherToken,
+    /// Woken when results become available to send, so idle hosts waiting
+    /// in `request_work` get them at once instead of polling.
+    work_added: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -40,7 +43,36 @@ impl Store {
             blobs,
             signing_key: Arc::new(signing_key),
             researcher_token,
+            work_added: Arc::default(),
         }
+    }
+
+    /// Wakes every host waiting for work.
+    pub fn notify_work_added(&self) {
+        self.work_added.notify_waiters();
+    }
+
+    /// Hands out work like `request_work`, but when there is none, waits up
+    /// to `wait` for some to appear (a long poll: an idle host then costs
+    /// one request per `wait`, and still hears of new work at once).
+    pub async fn request_work_waiting(
+        &self,
+        host: HostIdentity,
+        slots: u32,
+        wait: std::time::Duration,
+    ) -> crate::Result<Vec<cobble_proto::v1::Assignment>> {
+        let added = self.work_added.notified();
+        tokio::pin!(added);
+        // Registered before looking, so work added meanwhile is not missed.
+        added.as_mut().enable();
+        let assignments = self.request_work(host, slots).await?;
+        if !assignments.is_empty() || wait.is_zero() {
+            return Ok(assignments);
+        }
+        if tokio::time::timeout(wait, added).await.is_err() {
+            return Ok(assignments);
+        }
+        self.request_work(host, slots).await
     }
 
     pub fn researcher_token(&self) -> &ResearcherToken {

@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status};
 
 /// Seconds a worker waits before asking again when there was no work.
 const RETRY_AFTER_S: u32 = 2;
+/// The longest a host's request for work is held waiting for some.
+const MAX_WORK_WAIT_S: u32 = 30;
 /// Peers named per blob: enough to download from several at once.
 const PEERS_PER_REQUEST: usize = 16;
 /// Blobs a heartbeat may announce.
@@ -66,9 +68,12 @@ impl WorkerService for WorkerApi {
         request: Request<pb::WorkRequest>,
     ) -> Result<Response<pb::WorkResponse>, Status> {
         let host = authenticate(&self.store, request.metadata()).await?;
+        let wait = std::time::Duration::from_secs(u64::from(
+            request.get_ref().wait_s.min(MAX_WORK_WAIT_S),
+        ));
         let assignments = self
             .store
-            .request_work(host, request.get_ref().slots)
+            .request_work_waiting(host, request.get_ref().slots, wait)
             .await?;
         let retry_after_s = if assignments.is_empty() {
             RETRY_AFTER_S

@@ -56,6 +56,7 @@ impl Store {
             }
         }
         tx.commit().await?;
+        self.notify_work_added();
         tracing::info!(job_id, name = %spec.name, units = units.len(), "job submitted");
         Ok((job_id, units.len() as u32))
     }

@@ -48,9 +48,10 @@ impl Store {
     /// how much from peers, and who shared most.
     pub async fn transfer_stats(&self) -> Result<pb::TransferStats> {
         let totals = sqlx::query(
-            "SELECT COALESCE(SUM(bytes_from_coordinator), 0) AS coordinator,
-                    COALESCE(SUM(bytes_from_peers), 0) AS peers,
-                    COALESCE(SUM(bytes_served), 0) AS served
+            // PostgreSQL sums BIGINT into NUMERIC; cast back for both backends.
+            "SELECT CAST(COALESCE(SUM(bytes_from_coordinator), 0) AS BIGINT) AS coordinator,
+                    CAST(COALESCE(SUM(bytes_from_peers), 0) AS BIGINT) AS peers,
+                    CAST(COALESCE(SUM(bytes_served), 0) AS BIGINT) AS served
              FROM hosts",
         )
         .fetch_one(self.db.pool())

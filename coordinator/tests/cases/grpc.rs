@@ -86,11 +86,17 @@ async fn health_reflection_and_auth_over_grpc() {
         ("grpc-test", 32)
     );
     let refused = worker
-        .request_work(pb::WorkRequest { slots: 1 })
+        .request_work(pb::WorkRequest {
+            slots: 1,
+            wait_s: 0,
+        })
         .await
         .expect_err("no credentials");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    let mut bogus = tonic::Request::new(pb::WorkRequest { slots: 1 });
+    let mut bogus = tonic::Request::new(pb::WorkRequest {
+        slots: 1,
+        wait_s: 0,
+    });
     bogus
         .metadata_mut()
         .insert("x-cobble-host", "1".parse().expect("ascii"));

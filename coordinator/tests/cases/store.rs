@@ -575,3 +575,105 @@ async fn concurrent_hosts_keep_every_invariant() {
         backend.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn an_idle_host_waiting_for_work_gets_a_job_submitted_meanwhile() {
+    for backend in backends().await {
+        let store = backend.store.clone();
+        let host = attach(&store, "patient").await;
+        let waiting = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .request_work_waiting(host, 1, std::time::Duration::from_secs(30))
+                    .await
+            })
+        };
+        // Nothing to hand out yet: the request is held, not answered empty.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "an empty answer was not held");
+        submit(&store, 1, (1, 1, 1), 600).await;
+        let assignments = waiting.await.expect("task").expect("request work");
+        assert_eq!(assignments.len(), 1, "the waiting host got the new unit");
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn manifests_commit_to_chunk_lists_and_replicas_are_known_to_the_tracker_filter() {
+    for backend in backends().await {
+        let store = &backend.store;
+        submit(store, 1, (2, 2, 2), 600).await;
+        let (a, b, c) = (
+            attach(store, "a").await,
+            attach(store, "b").await,
+            attach(store, "c").await,
+        );
+        let first = take_one(store, a).await.expect("a's replica");
+        take_one(store, b).await.expect("b's replica");
+        let module = first.module.expect("module");
+        let stored = store
+            .blobs
+            .read(&cobble_core::BlobHash::from_slice(&module.hash).expect("hash"))
+            .await
+            .expect("module bytes");
+        assert_eq!(
+            module.chunk_root,
+            cobble_core::chunk::ChunkList::of_bytes(&stored)
+                .root()
+                .to_vec()
+        );
+        // Invariant 8: the tracker leaves out exactly the unit's replicas.
+        let sharing = store
+            .hosts_sharing_unit(&first.lease_id)
+            .await
+            .expect("query");
+        assert!(sharing.contains(&a.host_id) && sharing.contains(&b.host_id));
+        assert!(!sharing.contains(&c.host_id));
+        assert!(
+            store
+                .hosts_sharing_unit("no such lease")
+                .await
+                .expect("query")
+                .is_empty()
+        );
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn hosts_transfer_reports_add_up_in_the_project_totals() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let (a, b) = (attach(store, "a").await, attach(store, "b").await);
+        let delta = |from_coordinator, from_peers, served_to_peers| pb::TransferDelta {
+            from_coordinator,
+            from_peers,
+            served_to_peers,
+        };
+        store
+            .add_transfers(a, &delta(100, 0, 700))
+            .await
+            .expect("a");
+        store.add_transfers(b, &delta(0, 700, 0)).await.expect("b");
+        store
+            .add_transfers(a, &delta(1, 2, 3))
+            .await
+            .expect("again");
+        // An absurd claim is bounded rather than overflowing the sums.
+        store
+            .add_transfers(b, &delta(u64::MAX, 0, 0))
+            .await
+            .expect("clamped");
+        let stats = store.transfer_stats().await.expect("stats");
+        assert_eq!(stats.from_peers, 702);
+        assert_eq!(stats.served_to_peers, 703);
+        assert_eq!(stats.from_coordinator, 101 + (1 << 50));
+        assert_eq!(
+            stats.hosts.first().map(|h| h.host_id),
+            Some(a.host_id),
+            "biggest sharer first"
+        );
+        backend.cleanup().await;
+    }
+}

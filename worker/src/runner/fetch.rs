@@ -12,6 +12,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// How often the buffer is checked even when no slot frees up.
 const RECHECK_EVERY: Duration = Duration::from_secs(5);
+/// How long the coordinator may hold a request for work when it has none,
+/// so that an idle worker asks twice a minute yet hears of work at once.
+const WORK_WAIT_S: u32 = 25;
 
 /// A verified unit waiting for a slot.
 pub(super) struct Queued {
@@ -130,7 +133,10 @@ impl Worker {
             }
             match self
                 .client()
-                .request_work(self.authorized(pb::WorkRequest { slots: wanted }))
+                .request_work(self.authorized(pb::WorkRequest {
+                    slots: wanted,
+                    wait_s: WORK_WAIT_S,
+                }))
                 .await
             {
                 Ok(response) => {
