@@ -6,7 +6,7 @@
 //! re-encoding avoids any dependence on canonical protobuf encoding.
 
 use crate::Error;
-use cobble_proto::v1::{Assignment, Manifest};
+use cobble_proto::v1::{Assignment, BlobRef, Manifest};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use prost::Message;
 
@@ -58,6 +58,16 @@ pub fn project_key_from_hex(text: &str) -> Result<VerifyingKey, Error> {
 }
 
 /// Creates a fresh project signing key from the OS random source.
+/// Every blob a unit needs: its module, then its inputs.
+pub fn blobs(manifest: &Manifest) -> impl Iterator<Item = &BlobRef> {
+    manifest.module.iter().chain(
+        manifest
+            .inputs
+            .iter()
+            .filter_map(|input| input.blob.as_ref()),
+    )
+}
+
 pub fn generate_signing_key() -> SigningKey {
     SigningKey::from_bytes(&crate::random_bytes::<32>())
 }

@@ -12,7 +12,7 @@
 //!
 //! `cargo bench -p cobble-e2e --bench volunteer` (COBBLE_BENCH_ROUNDS=N).
 
-use cobble_e2e::{Coordinator, Process, start_worker_with, wait_until, write_job};
+use cobble_e2e::{Coordinator, Process, start_worker_with, submit_folding_job, wait_until};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -239,14 +239,11 @@ fn main() {
 
 /// A job of long folding units, more than the worker has slots.
 fn submit_long_units(coordinator: &Coordinator, dir: &Path) {
-    let spec = "name = \"fold\"\nmodule = \"folding.wasm\"\n\
-        args = [\"HPHPPHHPHPPHPHHPPHPH\", \"{start}\", \"{end}\", \"3000000\"]\n\
-        [split]\nrange = { start = 0, end = 64, per_unit = 16 }\n\
-        [replication]\nmin_quorum = 1\ntarget_results = 1\n[limits]\ndeadline_s = 3600\nfuel = 10000000000000\n";
-    coordinator.submit(&write_job(
+    submit_folding_job(
+        coordinator,
         dir,
-        cobble_unit_artifacts::FOLDING,
-        "folding.wasm",
-        spec,
-    ));
+        ["HPHPPHHPHPPHPHHPPHPH", "0", "64", "3000000"],
+        16,
+        "deadline_s = 3600\nfuel = 10000000000000",
+    );
 }

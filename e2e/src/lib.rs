@@ -327,3 +327,27 @@ pub fn write_shared_input_job(dir: &Path, input: &[u8], units: u32) -> PathBuf {
 pub fn worker_status(data_dir: &Path) -> Option<cobble_worker::status::Status> {
     cobble_worker::status::read(data_dir).ok()
 }
+
+/// Writes and submits a folding job: ARGS are the chain, first seed, end
+/// seed and steps per seed, one unit of `per_unit` seeds each, one result
+/// per unit; `limits` is added to the `[limits]` table. Returns the job id.
+pub fn submit_folding_job(
+    coordinator: &Coordinator,
+    dir: &Path,
+    args: [&str; 4],
+    per_unit: u32,
+    limits: &str,
+) -> String {
+    let [chain, first_seed, end_seed, steps] = args;
+    let spec = format!(
+        "name = \"fold\"\nmodule = \"folding.wasm\"\nargs = [\"{chain}\", \"{{start}}\", \"{{end}}\", \"{steps}\"]\n\
+         [split]\nrange = {{ start = {first_seed}, end = {end_seed}, per_unit = {per_unit} }}\n\
+         [replication]\nmin_quorum = 1\ntarget_results = 1\n[limits]\n{limits}\n"
+    );
+    coordinator.submit(&write_job(
+        dir,
+        cobble_unit_artifacts::FOLDING,
+        "folding.wasm",
+        &spec,
+    ))
+}

@@ -90,15 +90,7 @@ impl Tasks {
 
     /// Adds a verified unit that has just been leased or recovered.
     pub fn add(&self, manifest: &pb::Manifest) {
-        let blobs = manifest
-            .module
-            .iter()
-            .chain(
-                manifest
-                    .inputs
-                    .iter()
-                    .filter_map(|input| input.blob.as_ref()),
-            )
+        let blobs = cobble_core::manifest::blobs(manifest)
             .map(|blob| hex::encode(&blob.hash))
             .collect();
         self.lock().insert(

@@ -3,7 +3,7 @@
 //! instead of the coordinator having to reissue it, and the result is the
 //! one an uninterrupted run gives.
 
-use cobble_e2e::{Coordinator, binary, start_worker, wait_until, write_job};
+use cobble_e2e::{Coordinator, binary, start_worker, submit_folding_job, wait_until};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -25,18 +25,7 @@ fn a_killed_worker_resumes_its_unit_from_the_checkpoint() {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path();
     let coordinator = Coordinator::start(dir);
-    let spec = format!(
-        "name = \"fold\"\nmodule = \"folding.wasm\"\nargs = [\"{}\", \"{{start}}\", \"{{end}}\", \"{}\"]\n\
-         [split]\nrange = {{ start = {}, end = {}, per_unit = 6 }}\n\
-         [replication]\nmin_quorum = 1\ntarget_results = 1\n[limits]\ndeadline_s = 300\n",
-        ARGS[0], ARGS[3], ARGS[1], ARGS[2]
-    );
-    let job = coordinator.submit(&write_job(
-        dir,
-        cobble_unit_artifacts::FOLDING,
-        "folding.wasm",
-        &spec,
-    ));
+    let job = submit_folding_job(&coordinator, dir, ARGS, 6, "deadline_s = 300");
 
     let worker_dir = dir.join("solo");
     let mut worker = start_worker("cobble-worker", &coordinator, &worker_dir, "solo");

@@ -5,7 +5,7 @@
 //! comes from the worker's injected load source (a file), so the test does
 //! not depend on what else the machine is doing.
 
-use cobble_e2e::{Coordinator, Process, binary, start_worker_with, wait_until, write_job};
+use cobble_e2e::{Coordinator, Process, binary, start_worker_with, submit_folding_job, wait_until};
 use cobble_worker::status::{self, Status};
 use cobble_worker::tasks::TaskState;
 use std::path::Path;
@@ -30,18 +30,8 @@ fn start(extra_prefs: &[&str]) -> Scenario {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path();
     let coordinator = Coordinator::start(dir);
-    let spec = format!(
-        "name = \"fold\"\nmodule = \"folding.wasm\"\nargs = [\"{}\", \"{{start}}\", \"{{end}}\", \"{}\"]\n\
-         [split]\nrange = {{ start = {}, end = {}, per_unit = 12 }}\n\
-         [replication]\nmin_quorum = 1\ntarget_results = 1\n[limits]\ndeadline_s = 600\nfuel = {FUEL}\n",
-        ARGS[0], ARGS[3], ARGS[1], ARGS[2]
-    );
-    let job = coordinator.submit(&write_job(
-        dir,
-        cobble_unit_artifacts::FOLDING,
-        "folding.wasm",
-        &spec,
-    ));
+    let limits = format!("deadline_s = 600\nfuel = {FUEL}");
+    let job = submit_folding_job(&coordinator, dir, ARGS, 12, &limits);
     let load_file = dir.join("owner-load");
     std::fs::write(&load_file, "0").expect("write load");
     let worker_dir = dir.join("volunteer");

@@ -86,17 +86,7 @@ impl Worker {
     /// Starts downloading a queued unit's blobs now, so they are in the
     /// cache when a slot takes it. Failures are left for the slot to retry.
     fn prefetch(self: &Arc<Self>, manifest: &pb::Manifest) {
-        let blobs: Vec<pb::BlobRef> = manifest
-            .module
-            .iter()
-            .chain(
-                manifest
-                    .inputs
-                    .iter()
-                    .filter_map(|input| input.blob.as_ref()),
-            )
-            .cloned()
-            .collect();
+        let blobs: Vec<pb::BlobRef> = cobble_core::manifest::blobs(manifest).cloned().collect();
         let (worker, deadline_ms) = (self.clone(), manifest.deadline_ms);
         let lease_id = manifest.lease_id.clone();
         tokio::spawn(async move {
