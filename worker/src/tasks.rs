@@ -77,6 +77,9 @@ pub struct TaskView {
 #[derive(Debug, Clone, Default)]
 pub struct Tasks {
     inner: Arc<Mutex<HashMap<String, Task>>>,
+    /// Woken when a unit is added or removed, so the background duties can
+    /// sleep while there is nothing in hand.
+    changed: Arc<Notify>,
 }
 
 impl Tasks {
@@ -86,6 +89,12 @@ impl Tasks {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Resolves at the next addition or removal. Create it (and `enable`
+    /// it) before looking at the table, so a change in between is not lost.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// Adds a verified unit that has just been leased or recovered.
@@ -107,10 +116,12 @@ impl Tasks {
                 signals: Arc::default(),
             },
         );
+        self.changed.notify_waiters();
     }
 
     pub fn remove(&self, lease_id: &str) {
         self.lock().remove(lease_id);
+        self.changed.notify_waiters();
     }
 
     pub fn set_state(&self, lease_id: &str, state: TaskState) {

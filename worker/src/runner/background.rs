@@ -19,13 +19,13 @@ use tokio::task::JoinSet;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// Heartbeat with nothing in hand, only to keep the shown credit fresh.
 const IDLE_HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
-/// How often the heartbeat loop checks whether a heartbeat is due.
-const HEARTBEAT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// How often the memory governor looks at the units.
 const GOVERN_EVERY: Duration = Duration::from_millis(500);
 /// How often the status file is compared with the state (and rewritten if
 /// it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+const STATUS_EVERY_WHEN_IDLE: Duration = Duration::from_secs(30);
 /// Cached blobs announced to the tracker per heartbeat.
 const MAX_ANNOUNCED: usize = 64;
 
@@ -58,6 +58,10 @@ async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>)
     let mut reported = TransferCounts::default();
     let mut last_sent: Option<Instant> = None;
     loop {
+        // Work arriving or leaving changes when the next heartbeat is due.
+        let changed = worker.tasks.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
         let leases = worker.tasks.active_leases();
         let progress = worker
             .tasks
@@ -80,8 +84,13 @@ async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>)
         } else {
             HEARTBEAT_EVERY
         };
-        if last_sent.is_some_and(|at| at.elapsed() < every) {
-            tokio::time::sleep(HEARTBEAT_CHECK_EVERY).await;
+        if let Some(due) = last_sent.map(|at| at + every)
+            && Instant::now() < due
+        {
+            tokio::select! {
+                () = tokio::time::sleep_until(due.into()) => {}
+                () = &mut changed => {}
+            }
             continue;
         }
         last_sent = Some(Instant::now());
@@ -153,11 +162,16 @@ async fn govern_loop(worker: Arc<Worker>, activity: watch::Receiver<Activity>) {
         system.total_memory()
     });
     loop {
-        tokio::time::sleep(GOVERN_EVERY).await;
+        let changed = worker.tasks.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
         let tasks = worker.tasks.snapshot();
         if tasks.is_empty() || total_ram == 0 {
+            // Nothing to govern: sleep until units arrive.
+            changed.await;
             continue;
         }
+        tokio::time::sleep(GOVERN_EVERY).await;
         let percent = if activity.borrow().in_use() {
             worker.prefs.ram_max_used_busy_pct
         } else {
@@ -197,8 +211,12 @@ impl StatusWriter {
                 }
                 suspended = now_suspended;
             }
+            let changed = self.worker.tasks.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let tasks = self.worker.tasks.snapshot();
-            self.has_work.store(!tasks.is_empty(), Ordering::Relaxed);
+            let idle = tasks.is_empty();
+            self.has_work.store(!idle, Ordering::Relaxed);
             let status = Status {
                 pid: std::process::id(),
                 coordinator: self.coordinator.clone(),
@@ -221,11 +239,19 @@ impl StatusWriter {
                 }
                 written = Some(status);
             }
+            // Idle, only a change of activity or of the units, or the
+            // occasional credit or sharing update, is worth a look.
+            let every = if idle {
+                STATUS_EVERY_WHEN_IDLE
+            } else {
+                STATUS_EVERY
+            };
             tokio::select! {
-                changed = self.activity.changed(), if monitor_alive => {
-                    monitor_alive = changed.is_ok();
+                activity = self.activity.changed(), if monitor_alive => {
+                    monitor_alive = activity.is_ok();
                 }
-                () = tokio::time::sleep(STATUS_EVERY) => {}
+                () = &mut changed => {}
+                () = tokio::time::sleep(every) => {}
             }
         }
     }
