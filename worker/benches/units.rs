@@ -1,7 +1,7 @@
 //! Wasm against native, side by side in one run: each example unit runs
 //! natively and through the worker's real sandbox (production engine
 //! settings, fuel metering on) on the same input, interleaved round by
-//! round so machine noise hits both alike. Prints the median wasm/native
+//! round (the variants in a rotating order) so machine noise hits all alike. Prints the median wasm/native
 //! ratio per example, what each engine setting costs, first-compile and
 //! disk-cache load times, and the time from handing a cached module to the
 //! sandbox to its first instruction.
@@ -196,10 +196,14 @@ fn main() {
         let mut wasm: Vec<Vec<Duration>> = vec![Vec::new(); VARIANTS.len()];
         let mut startups = Vec::new();
         let mut identical = true;
-        for _ in 0..rounds {
+        for round in 0..rounds {
             let (elapsed, native_out) = run_native(example);
             native.push(elapsed);
-            for (index, sandbox) in sandboxes.iter().enumerate() {
+            // Each round starts at another variant, so that whatever the
+            // first run after the native one suffers falls on all alike.
+            let order = (0..VARIANTS.len()).map(|i| (i + round) % VARIANTS.len());
+            for index in order {
+                let sandbox = &sandboxes[index];
                 let (elapsed, startup, wasm_out) =
                     runtime.block_on(run_wasm(sandbox, &modules[index], example));
                 identical &= wasm_out == native_out;
