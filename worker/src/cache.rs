@@ -16,6 +16,17 @@ pub struct Entry {
     pub last_used: SystemTime,
 }
 
+/// The smallest cache worth having, whatever the disk.
+pub const MIN_CAP_BYTES: u64 = 50_000_000;
+
+/// The cache's size cap: `disk_max_used_gb`, but no more than a tenth of
+/// the free disk (as Spotify's client does), and never under 50 MB.
+pub fn cap_bytes(disk_max_used_gb: f64, free_disk: Option<u64>) -> u64 {
+    let configured = (disk_max_used_gb * 1e9) as u64;
+    let tenth_of_free = free_disk.map_or(u64::MAX, |free| free / 10);
+    configured.min(tenth_of_free).max(MIN_CAP_BYTES)
+}
+
 /// Marks a cached blob as just used.
 pub fn touch(path: &Path) {
     if let Ok(file) = std::fs::File::options().write(true).open(path) {
@@ -90,6 +101,15 @@ mod tests {
     fn check(entries: &[Entry], cap: u64, keep: &[&str], expected: &[&str]) {
         let keep = keep.iter().map(|s| s.to_string()).collect();
         assert_eq!(choose_evictions(entries, cap, &keep), expected);
+    }
+
+    #[test]
+    fn the_cap_is_a_tenth_of_free_disk_within_the_preference_and_50_mb() {
+        assert_eq!(cap_bytes(10.0, Some(1_000_000_000_000)), 10_000_000_000);
+        assert_eq!(cap_bytes(10.0, Some(20_000_000_000)), 2_000_000_000);
+        assert_eq!(cap_bytes(10.0, Some(100_000_000)), MIN_CAP_BYTES);
+        assert_eq!(cap_bytes(0.05, None), MIN_CAP_BYTES);
+        assert_eq!(cap_bytes(2.0, None), 2_000_000_000);
     }
 
     #[test]

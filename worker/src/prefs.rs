@@ -32,7 +32,8 @@ pub struct Prefs {
     /// to `end_hour` means any time. A window may wrap past midnight.
     pub start_hour: f64,
     pub end_hour: f64,
-    /// Gigabytes the worker's blob cache may take on disk.
+    /// Gigabytes the worker's blob cache may take on disk; it also keeps
+    /// to a tenth of the free disk, and at least 50 MB.
     pub disk_max_used_gb: f64,
     /// Fetch more work when fewer units than this wait for a slot.
     pub work_buf_min_units: u32,

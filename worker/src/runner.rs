@@ -599,10 +599,13 @@ impl Worker {
             .fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Keeps the blob cache under `disk_max_used_gb`, never evicting a blob
-    /// a unit in hand needs.
+    /// Keeps the blob cache under its cap (`cache::cap_bytes`), never
+    /// evicting a blob a unit in hand needs.
     fn trim_cache(&self) {
-        let cap = (self.prefs.disk_max_used_gb * 1e9) as u64;
+        let cap = cache::cap_bytes(
+            self.prefs.disk_max_used_gb,
+            crate::sys::free_disk_bytes(&self.blob_dir),
+        );
         let needed = self.tasks.needed_blobs();
         for (name, size) in cache::trim(&self.blob_dir, cap, &needed) {
             tracing::info!(blob = %name, size, "evicted from the cache (disk_max_used_gb)");

@@ -1,5 +1,5 @@
 //! The few operating-system calls the standard library does not offer:
-//! process priority, process liveness and local time. The only unsafe code in the worker.
+//! process priority, process liveness, free disk space and local time. The only unsafe code in the worker.
 #![allow(unsafe_code)]
 
 /// Puts the calling thread, and every thread it creates afterwards, at the
@@ -62,6 +62,30 @@ pub fn process_alive(pid: u32) -> bool {
     {
         let _ = pid;
         true
+    }
+}
+
+/// Bytes free for this user on the file system holding `path`.
+pub fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs only writes into the struct we own, and the path
+        // is a valid NUL-terminated string.
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+            return None;
+        }
+        // The field types differ between platforms; u64 holds them all.
+        #[allow(clippy::useless_conversion)]
+        let (blocks, block_size) = (u64::from(stats.f_bavail), u64::from(stats.f_frsize));
+        Some(blocks.saturating_mul(block_size))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
     }
 }
 

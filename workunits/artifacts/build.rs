@@ -120,7 +120,9 @@ fn c_unit(workunits: &Path, target_dir: &Path) -> String {
          libclang-rt-dev-wasm32 are needed (`cargo xtask test` installs them)",
         source.display()
     );
-    let compiled = Command::new("cc")
+    // The same compiler as the wasm build, so the benchmark compares
+    // targets, not compilers.
+    let compiled = Command::new(clang)
         .args(["-O2", "-o"])
         .arg(&native)
         .arg(&source)

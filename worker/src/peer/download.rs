@@ -558,3 +558,40 @@ impl<'a> Swarm<'a> {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_download_keeps_exactly_its_verified_chunks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let size = 3 * cobble_core::chunk::CHUNK_SIZE as usize + 1000;
+        let blob: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        let list = ChunkList::of_bytes(&blob);
+        let part = dir.path().join("blob.part");
+
+        let fresh = resume(&part, &list).expect("fresh");
+        assert_eq!(fresh.count(), 0);
+        assert_eq!(
+            std::fs::metadata(&part).expect("created").len(),
+            size as u64
+        );
+
+        // Chunks 0 and 3 written, chunk 2 written wrong, chunk 1 never.
+        let mut on_disk = vec![0u8; size];
+        let (offset, length) = chunk_span(size as u64, 0);
+        on_disk[offset as usize..][..length].copy_from_slice(&blob[offset as usize..][..length]);
+        let (offset, length) = chunk_span(size as u64, 3);
+        on_disk[offset as usize..][..length].copy_from_slice(&blob[offset as usize..][..length]);
+        let (offset, length) = chunk_span(size as u64, 2);
+        on_disk[offset as usize..][..length].fill(7);
+        std::fs::write(&part, &on_disk).expect("write");
+        let resumed = resume(&part, &list).expect("resume");
+        assert_eq!(resumed.missing().collect::<Vec<_>>(), [1, 2]);
+
+        // A file of the wrong length is not trusted at all.
+        std::fs::write(&part, &blob[..100]).expect("write");
+        assert_eq!(resume(&part, &list).expect("resume").count(), 0);
+    }
+}
