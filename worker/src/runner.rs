@@ -87,6 +87,9 @@ struct Worker {
     peer_port: u32,
     /// One download per blob at a time, whoever asks (slot or prefetch).
     fetching: std::sync::Mutex<std::collections::HashMap<BlobHash, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set when a report was accepted since the last heartbeat: credit may
+    /// have been granted, so the next heartbeat comes soon.
+    reported_since_heartbeat: std::sync::atomic::AtomicBool,
     project_key: VerifyingKey,
     sandbox: Sandbox,
     /// For jobs that turned NaN canonicalization off (compiled code differs,
@@ -174,6 +177,7 @@ pub async fn run(
         sharing,
         peer_port,
         fetching: std::sync::Mutex::default(),
+        reported_since_heartbeat: std::sync::atomic::AtomicBool::new(false),
         project_key,
         sandbox,
         sandbox_fast_nans,
@@ -520,16 +524,51 @@ impl Worker {
         lease_id: &str,
         deadline_ms: i64,
     ) -> Result<PathBuf> {
+        let gate = self.download_gate(blob)?;
+        let _one_download = gate.lock().await;
+        self.download_unless_cached(blob, lease_id, deadline_ms)
+            .await
+    }
+
+    /// `ensure_blob` for a unit still waiting for a slot; does nothing while
+    /// another download of the blob is under way, so that a prefetch never
+    /// queues behind a slot that needs the blob now.
+    async fn prefetch_blob(
+        &self,
+        blob: &pb::BlobRef,
+        lease_id: &str,
+        deadline_ms: i64,
+    ) -> Result<()> {
+        let gate = self.download_gate(blob)?;
+        let Ok(_one_download) = gate.try_lock() else {
+            return Ok(());
+        };
+        self.download_unless_cached(blob, lease_id, deadline_ms)
+            .await
+            .map(|_| ())
+    }
+
+    /// One lock per blob: a blob is downloaded by one task at a time.
+    fn download_gate(&self, blob: &pb::BlobRef) -> Result<Arc<tokio::sync::Mutex<()>>> {
         let hash = BlobHash::from_slice(&blob.hash)?;
-        let path = self.blob_dir.join(hash.to_hex());
-        let gate = self
+        Ok(self
             .fetching
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(hash)
             .or_default()
-            .clone();
-        let _one_download = gate.lock().await;
+            .clone())
+    }
+
+    /// The download itself; call it holding the blob's gate.
+    async fn download_unless_cached(
+        &self,
+        blob: &pb::BlobRef,
+        lease_id: &str,
+        deadline_ms: i64,
+    ) -> Result<PathBuf> {
+        let hash = BlobHash::from_slice(&blob.hash)?;
+        let path = self.blob_dir.join(hash.to_hex());
         if path.is_file() {
             cache::touch(&path);
             return Ok(path);
@@ -624,6 +663,7 @@ impl Worker {
         match sent {
             Ok(response) => {
                 tracing::info!(unit_id = manifest.unit_id, status = %response.into_inner().status, "reported");
+                self.reported_since_heartbeat.store(true, Ordering::Relaxed);
             }
             Err(error) => {
                 tracing::warn!(unit_id = manifest.unit_id, %error, "report refused; dropping the result");

@@ -416,12 +416,23 @@ fn demo(root: &Path) -> anyhow::Result<()> {
         index * 100_000
     );
     println!("== cobble-worker status --data-dir target/demo/worker-ada");
-    let status = Command::new(bin("cobble-worker"))
-        .arg("status")
-        .arg("--data-dir")
-        .arg(data.join("worker-ada"))
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&status.stdout));
+    // Credit reaches a worker with its next heartbeat, a few seconds after
+    // its last report; wait for it (10 s at most).
+    let status = || -> anyhow::Result<String> {
+        let output = Command::new(bin("cobble-worker"))
+            .arg("status")
+            .arg("--data-dir")
+            .arg(data.join("worker-ada"))
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let waited = Instant::now();
+    let mut shown = status()?;
+    while shown.contains(" 0 valid results") && waited.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(500));
+        shown = status()?;
+    }
+    print!("{shown}");
     println!("== cobble leaderboard");
     print!("{}", cobble(&["leaderboard"])?);
     println!("== cobble leaderboard --teams");

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 /// Heartbeat while units are in hand: progress and aborts travel this often.
@@ -38,13 +38,20 @@ pub(super) fn spawn(
     set: &mut JoinSet<()>,
 ) {
     let credit = Arc::new(Mutex::new(None));
-    set.spawn(heartbeat_loop(worker.clone(), credit.clone()));
+    // The heartbeat tells the status writer when the credit changed.
+    let credit_changed = Arc::new(Notify::new());
+    set.spawn(heartbeat_loop(
+        worker.clone(),
+        credit.clone(),
+        credit_changed.clone(),
+    ));
     set.spawn(govern_loop(worker.clone(), monitor.activity.clone()));
     let status = StatusWriter {
         worker: worker.clone(),
         activity: monitor.activity.clone(),
         has_work: monitor.has_work.clone(),
         credit,
+        credit_changed,
         data_dir: config.data_dir.clone(),
         coordinator: config.coordinator.clone(),
         host_id,
@@ -52,7 +59,11 @@ pub(super) fn spawn(
     set.spawn(status.run());
 }
 
-async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>) {
+async fn heartbeat_loop(
+    worker: Arc<Worker>,
+    credit: Arc<Mutex<Option<Credit>>>,
+    credit_changed: Arc<Notify>,
+) {
     // What the coordinator has acknowledged so far; each heartbeat sends
     // the difference, so a lost heartbeat's bytes go with the next one.
     let mut reported = TransferCounts::default();
@@ -76,10 +87,11 @@ async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>)
             })
             .collect();
         let counts = worker.transfers.counts();
-        // Idle, the worker calls rarely; with units in hand, or bytes moved
-        // since the last heartbeat, it calls soon, so progress and the
-        // project's figures stay current.
-        let every = if leases.is_empty() && counts == reported {
+        // Idle, the worker calls rarely; with units in hand, bytes moved or
+        // results reported since the last heartbeat, it calls soon, so
+        // progress, credit and the project's figures stay current.
+        let credit_may_change = worker.reported_since_heartbeat.load(Ordering::Relaxed);
+        let every = if leases.is_empty() && counts == reported && !credit_may_change {
             IDLE_HEARTBEAT_EVERY
         } else {
             HEARTBEAT_EVERY
@@ -94,6 +106,9 @@ async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>)
             continue;
         }
         last_sent = Some(Instant::now());
+        worker
+            .reported_since_heartbeat
+            .store(false, Ordering::Relaxed);
         let request = worker.authorized(pb::HeartbeatRequest {
             running_leases: leases,
             progress,
@@ -118,11 +133,16 @@ async fn heartbeat_loop(worker: Arc<Worker>, credit: Arc<Mutex<Option<Credit>>>)
                     worker.tasks.abort(lease);
                 }
                 if let Some(standing) = response.credit {
-                    *credit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Credit {
+                    let standing = Some(Credit {
                         total: standing.total_credit,
                         recent_average: standing.recent_average_credit,
                         valid_results: standing.valid_results,
                     });
+                    let mut shown = credit.lock().unwrap_or_else(|p| p.into_inner());
+                    if *shown != standing {
+                        *shown = standing;
+                        credit_changed.notify_one();
+                    }
                 }
             }
             Err(status) => tracing::debug!(%status, "heartbeat failed; trying again later"),
@@ -191,6 +211,7 @@ struct StatusWriter {
     /// Tells the monitor whether there is anything to pause.
     has_work: Arc<AtomicBool>,
     credit: Arc<Mutex<Option<Credit>>>,
+    credit_changed: Arc<Notify>,
     data_dir: PathBuf,
     coordinator: String,
     host_id: i64,
@@ -251,6 +272,7 @@ impl StatusWriter {
                     monitor_alive = activity.is_ok();
                 }
                 () = &mut changed => {}
+                () = self.credit_changed.notified() => {}
                 () = tokio::time::sleep(every) => {}
             }
         }

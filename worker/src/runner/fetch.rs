@@ -91,7 +91,7 @@ impl Worker {
         let lease_id = manifest.lease_id.clone();
         tokio::spawn(async move {
             for blob in blobs {
-                if let Err(error) = worker.ensure_blob(&blob, &lease_id, deadline_ms).await {
+                if let Err(error) = worker.prefetch_blob(&blob, &lease_id, deadline_ms).await {
                     tracing::debug!(%error, "prefetch failed; the slot will retry");
                 }
             }
