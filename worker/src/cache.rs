@@ -52,14 +52,13 @@ pub fn choose_evictions(entries: &[Entry], cap: u64, keep: &HashSet<String>) -> 
     victims
 }
 
-/// Brings `dir` under `cap` bytes; returns what it removed (name, size).
-/// Downloads in progress (`*.partial`, `*.part`: any name with a dot) are
-/// neither counted nor touched.
-pub fn trim(dir: &Path, cap: u64, keep: &HashSet<String>) -> Vec<(String, u64)> {
+/// The whole blobs cached in `dir`. Downloads in progress (`*.partial`,
+/// `*.part`: any name with a dot) are not blobs yet.
+pub fn entries(dir: &Path) -> Vec<Entry> {
     let Ok(listing) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let entries: Vec<Entry> = listing
+    listing
         .flatten()
         .filter_map(|item| {
             let name = item.file_name().into_string().ok()?;
@@ -70,7 +69,13 @@ pub fn trim(dir: &Path, cap: u64, keep: &HashSet<String>) -> Vec<(String, u64)> 
                 last_used: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Brings `dir` under `cap` bytes; returns what it removed (name, size).
+/// Downloads in progress are neither counted nor touched.
+pub fn trim(dir: &Path, cap: u64, keep: &HashSet<String>) -> Vec<(String, u64)> {
+    let entries = entries(dir);
     let mut removed = Vec::new();
     for name in choose_evictions(&entries, cap, keep) {
         let size = entries

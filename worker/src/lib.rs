@@ -3,7 +3,7 @@
 
 pub mod activity;
 pub mod attach;
-mod cache;
+pub mod cache;
 mod durable;
 pub mod error;
 pub mod exec;

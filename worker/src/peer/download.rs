@@ -93,7 +93,10 @@ pub async fn fetch(fetch: Fetch<'_>) -> Result<PathBuf> {
         path: part_path.clone(),
     });
     fetch.sharing.begin(hash, partial.clone());
-    let result = Swarm::new(&fetch, hash, partial).run().await;
+    let result = match Swarm::new(&fetch, hash, partial) {
+        Ok(swarm) => swarm.run().await,
+        Err(error) => Err(error),
+    };
     fetch.sharing.end(&hash);
     if let Err(error) = result {
         // Verified chunks are kept for a retry, unless the blob itself is bad.
@@ -178,7 +181,8 @@ struct Swarm<'a> {
     fetch: &'a Fetch<'a>,
     hash: BlobHash,
     partial: Arc<Partial>,
-    file: Option<std::fs::File>,
+    /// The `.part` file, open for writing chunks at their offsets.
+    file: std::fs::File,
     peers: HashMap<String, PeerSlot>,
     /// Peers dropped for this download: failed, vanished or lying.
     dropped: HashSet<String>,
@@ -194,14 +198,18 @@ struct Swarm<'a> {
 }
 
 impl<'a> Swarm<'a> {
-    fn new(fetch: &'a Fetch<'a>, hash: BlobHash, partial: Arc<Partial>) -> Self {
+    fn new(fetch: &'a Fetch<'a>, hash: BlobHash, partial: Arc<Partial>) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&partial.path)
+            .map_err(Error::io(format!("opening {}", partial.path.display())))?;
         let now = Instant::now();
         let rotation = usize::from(u16::from_le_bytes(cobble_core::random_bytes::<2>()));
-        Swarm {
+        Ok(Swarm {
             fetch,
             hash,
             partial,
-            file: None,
+            file,
             peers: HashMap::new(),
             dropped: HashSet::new(),
             in_flight: HashMap::new(),
@@ -212,7 +220,7 @@ impl<'a> Swarm<'a> {
             seed_next: now,
             last_from_peer: now,
             rotation,
-        }
+        })
     }
 
     fn have(&self) -> ChunkSet {
@@ -224,23 +232,13 @@ impl<'a> Swarm<'a> {
     }
 
     async fn run(mut self) -> Result<()> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.partial.path)
-            .map_err(Error::io(format!(
-                "opening {}",
-                self.partial.path.display()
-            )))?;
-        self.file = Some(file);
         loop {
             let have = self.have();
             if have.is_complete() {
-                if let Some(file) = &self.file {
-                    file.sync_data().map_err(Error::io(format!(
-                        "syncing {}",
-                        self.partial.path.display()
-                    )))?;
-                }
+                self.file.sync_data().map_err(Error::io(format!(
+                    "syncing {}",
+                    self.partial.path.display()
+                )))?;
                 return Ok(());
             }
             if cobble_core::now_ms() > self.fetch.deadline_ms {
@@ -540,21 +538,19 @@ impl<'a> Swarm<'a> {
     /// Writes a verified chunk; false if it was already held.
     fn store(&mut self, index: usize, data: &[u8]) -> Result<bool> {
         use std::os::unix::fs::FileExt;
-        if self.have().contains(index) {
+        let mut have = self.partial.have.lock().unwrap_or_else(|p| p.into_inner());
+        if have.contains(index) {
             return Ok(false);
         }
         let (offset, _) = chunk_span(self.partial.list.size(), index);
-        if let Some(file) = &self.file {
-            file.write_all_at(data, offset).map_err(Error::io(format!(
+        self.file
+            .write_all_at(data, offset)
+            .map_err(Error::io(format!(
                 "writing {}",
                 self.partial.path.display()
             )))?;
-        }
-        self.partial
-            .have
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(index);
+        // Marked held only once written, so peers never read a hole.
+        have.insert(index);
         Ok(true)
     }
 }

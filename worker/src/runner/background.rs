@@ -74,18 +74,6 @@ async fn heartbeat_loop(
         tokio::pin!(changed);
         changed.as_mut().enable();
         let leases = worker.tasks.active_leases();
-        let progress = worker
-            .tasks
-            .snapshot()
-            .into_iter()
-            .filter(|task| task.state != TaskState::Uploading)
-            .filter_map(|task| {
-                task.progress.map(|fraction| pb::LeaseProgress {
-                    lease_id: task.lease_id,
-                    fraction,
-                })
-            })
-            .collect();
         let counts = worker.transfers.counts();
         // Idle, the worker calls rarely; with units in hand, bytes moved or
         // results reported since the last heartbeat, it calls soon, so
@@ -109,6 +97,19 @@ async fn heartbeat_loop(
         worker
             .reported_since_heartbeat
             .store(false, Ordering::Relaxed);
+        // Read only now: it reads every unit's progress file.
+        let progress = worker
+            .tasks
+            .snapshot()
+            .into_iter()
+            .filter(|task| task.state != TaskState::Uploading)
+            .filter_map(|task| {
+                task.progress.map(|fraction| pb::LeaseProgress {
+                    lease_id: task.lease_id,
+                    fraction,
+                })
+            })
+            .collect();
         let request = worker.authorized(pb::HeartbeatRequest {
             running_leases: leases,
             progress,
@@ -152,23 +153,13 @@ async fn heartbeat_loop(
 
 /// The blobs in the cache, most recently used first, for the tracker.
 fn held_blobs(blob_dir: &Path) -> Vec<Vec<u8>> {
-    let Ok(listing) = std::fs::read_dir(blob_dir) else {
-        return Vec::new();
-    };
-    let mut blobs: Vec<(std::time::SystemTime, Vec<u8>)> = listing
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let hash = cobble_core::BlobHash::from_hex(&name).ok()?;
-            let used = entry.metadata().ok()?.modified().ok()?;
-            Some((used, hash.0.to_vec()))
-        })
-        .collect();
-    blobs.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
+    let mut blobs = crate::cache::entries(blob_dir);
+    blobs.sort_by_key(|blob| std::cmp::Reverse(blob.last_used));
     blobs
-        .into_iter()
+        .iter()
+        .filter_map(|blob| cobble_core::BlobHash::from_hex(&blob.name).ok())
         .take(MAX_ANNOUNCED)
-        .map(|(_, hash)| hash)
+        .map(|hash| hash.0.to_vec())
         .collect()
 }
 
