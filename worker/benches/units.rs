@@ -6,7 +6,8 @@
 //! disk-cache load times, and the time from handing a cached module to the
 //! sandbox to its first instruction.
 //!
-//! `cargo bench -p cobble-worker --bench units` (COBBLE_BENCH_ROUNDS=N for more rounds).
+//! `cargo bench -p cobble-worker --bench units` (COBBLE_BENCH_ROUNDS=N for
+//! more rounds, COBBLE_BENCH_ONLY=NAME for the examples whose name contains NAME).
 
 use cobble_worker::sandbox::{
     EngineSettings, Invocation, PreparedModule, Sandbox, UnitControl, UnitLimits,
@@ -37,7 +38,7 @@ const EXAMPLES: &[Example] = &[
         name: "folding (Rust, SDK)",
         wasm: cobble_unit_artifacts::FOLDING,
         native: cobble_unit_artifacts::FOLDING_NATIVE,
-        args: &["HPHPPHHPHPPHPHHPPHPH", "0", "2", "400000"],
+        args: &["HPHPPHHPHPPHPHHPPHPH", "0", "2", "2000000"],
         nan_canonicalization: true,
     },
     Example {
@@ -109,6 +110,16 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
+/// Lowest, median and highest of the per-round ratios.
+fn spread(mut ratios: Vec<f64>) -> (f64, f64, f64) {
+    ratios.sort_by(f64::total_cmp);
+    (
+        ratios[0],
+        ratios[ratios.len() / 2],
+        ratios[ratios.len() - 1],
+    )
+}
+
 fn limits() -> UnitLimits {
     UnitLimits {
         fuel: u64::MAX / 2,
@@ -172,8 +183,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let only = std::env::var("COBBLE_BENCH_ONLY").unwrap_or_default();
     println!("wasm vs native, {rounds} interleaved rounds, medians\n");
-    for example in EXAMPLES {
+    for example in EXAMPLES.iter().filter(|e| e.name.contains(only.as_str())) {
         let production = EngineSettings {
             nan_canonicalization: example.nan_canonicalization,
             ..EngineSettings::default()
@@ -194,23 +206,35 @@ fn main() {
         }
         let mut native = Vec::new();
         let mut wasm: Vec<Vec<Duration>> = vec![Vec::new(); VARIANTS.len()];
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
         let mut startups = Vec::new();
         let mut identical = true;
         for round in 0..rounds {
-            let (elapsed, native_out) = run_native(example);
-            native.push(elapsed);
+            // Native runs before and after the wasm runs of the round, and
+            // each wasm time is divided by their mean: this machine's speed
+            // drifts by 10-20% over seconds, and a ratio within one round
+            // cancels most of that.
+            let (before, native_out) = run_native(example);
             // Each round starts at another variant, so that whatever the
             // first run after the native one suffers falls on all alike.
             let order = (0..VARIANTS.len()).map(|i| (i + round) % VARIANTS.len());
+            let mut times = vec![Duration::ZERO; VARIANTS.len()];
             for index in order {
                 let sandbox = &sandboxes[index];
                 let (elapsed, startup, wasm_out) =
                     runtime.block_on(run_wasm(sandbox, &modules[index], example));
                 identical &= wasm_out == native_out;
-                wasm[index].push(elapsed);
+                times[index] = elapsed;
                 if index == 0 {
                     startups.push(startup);
                 }
+            }
+            let (after, _) = run_native(example);
+            let native_round = (before + after) / 2;
+            native.push(native_round);
+            for (index, elapsed) in times.into_iter().enumerate() {
+                wasm[index].push(elapsed);
+                ratios[index].push(elapsed.as_secs_f64() / native_round.as_secs_f64());
             }
         }
         let native = median(native);
@@ -224,12 +248,11 @@ fn main() {
                 "DIFFERS from"
             }
         );
-        for ((name, _), samples) in VARIANTS.iter().zip(wasm) {
-            let wasm = median(samples);
+        for (((name, _), samples), ratios) in VARIANTS.iter().zip(wasm).zip(ratios) {
+            let (low, ratio, high) = spread(ratios);
             println!(
-                "  wasm {name:<30} {:.3} s  ratio {:.2}x",
-                wasm.as_secs_f64(),
-                wasm.as_secs_f64() / native.as_secs_f64()
+                "  wasm {name:<30} {:.3} s  ratio {ratio:.2}x  (rounds {low:.2}-{high:.2})",
+                median(samples).as_secs_f64(),
             );
         }
         let cache = tempfile::tempdir().expect("temp dir");

@@ -3,8 +3,8 @@
 use std::cell::RefCell;
 use std::fmt;
 
-/// Absolute step directions on the square lattice.
-const DIRECTIONS: [(i32, i32); 4] = [(1, 0), (0, 1), (-1, 0), (0, -1)];
+/// Absolute step directions on the square lattice: right, up, left, down
+/// (`STEPS` in the same order).
 const LETTERS: [char; 4] = ['R', 'U', 'L', 'D'];
 /// Metropolis acceptance of an energy rise of `dE`, as a fraction of 2^32:
 /// exp(-dE / 0.35), precomputed so no host's libm can change a decision.
@@ -19,35 +19,69 @@ const ACCEPT_RISE: [u32; 8] = [
     8,
 ];
 
+/// Longest chain a unit accepts.
+const MAX_RESIDUES: usize = 200;
+
 /// A chain of residues: true for hydrophobic.
 #[derive(Debug, Clone)]
 pub struct Chain {
     residues: Vec<bool>,
+    /// Indices of the H residues: the only ones that can make contacts.
+    hydrophobic: Vec<u8>,
+    /// Pairs of H residues next to each other in the chain: always lattice
+    /// neighbours, never contacts, so subtracted from the neighbour count.
+    bonded_hh: i64,
     /// Scratch lattice for energy evaluation, reused across the millions of
     /// moves a search makes: allocation would dominate the unit's time.
     lattice: RefCell<Lattice>,
 }
 
-/// A square of cells wide enough for any fold of the chain, centred on the
-/// first residue. Each cell holds 1 + the residue index occupying it, or 0.
+/// Cells per lattice row: more than twice the longest chain, so no fold
+/// can reach around and meet itself.
+const ROW: u32 = 512;
+/// Cell indices wrap at this mask (ROW × ROW cells), which bounds every
+/// index by the array's length: the hot loops need no bounds checks.
+const CELL_MASK: u32 = ROW * ROW - 1;
+/// Index offset of one step in each direction of `LETTERS`, modulo the
+/// lattice size: right, up, left, down.
+const STEPS: [u32; 4] = [1, ROW, CELL_MASK, CELL_MASK + 1 - ROW];
+
+/// The square lattice, as one array of `ROW × ROW` cells whose index
+/// wraps around. A fold spans at most `MAX_RESIDUES` cells either way and
+/// `ROW` is more than twice that, so two residues share an index only if
+/// they share a cell, and differ by 1 or `ROW` only if they are neighbours.
+/// A cell belongs to the current evaluation only if it carries the current
+/// stamp, so nothing has to be cleared between evaluations.
 #[derive(Debug, Clone)]
 struct Lattice {
-    side: i32,
-    cells: Vec<u16>,
+    /// `stamp << 1 | hydrophobic` of the last evaluation that placed a
+    /// residue here.
+    cells: Box<[u32; (CELL_MASK + 1) as usize]>,
+    stamp: u32,
+    /// Cell of each residue in the current evaluation.
+    placed: [u32; 256],
 }
 
 impl Lattice {
-    fn new(residues: usize) -> Self {
-        let side = 2 * residues as i32 + 1;
+    fn new() -> Self {
+        let cells = vec![0; (CELL_MASK + 1) as usize].into_boxed_slice();
         Lattice {
-            side,
-            cells: vec![0; (side * side) as usize],
+            cells: cells
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("sized above")),
+            stamp: 0,
+            placed: [0; 256],
         }
     }
 
-    fn index(&self, (x, y): (i32, i32)) -> usize {
-        let half = self.side / 2;
-        ((y + half) * self.side + (x + half)) as usize
+    /// A stamp no cell carries yet.
+    fn next_stamp(&mut self) -> u32 {
+        if self.stamp == u32::MAX >> 1 {
+            self.cells.fill(0);
+            self.stamp = 0;
+        }
+        self.stamp += 1;
+        self.stamp
     }
 }
 
@@ -81,8 +115,35 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// Uniform in `0..n` for `n <= 2^32` (Lemire's multiply-shift): a
+    /// multiplication instead of a 64-bit division, which would cost more
+    /// than the rest of a move's bookkeeping.
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        ((self.next() >> 32) * n) >> 32
+    }
+}
+
+/// One Monte Carlo move, kept so that a rejected move can be undone in
+/// place instead of copying the fold before every try.
+enum Move {
+    /// Bonds `from..` turned by `turn` quarter turns.
+    Pivot { from: usize, turn: u8 },
+    /// Bond `at` had direction `was`.
+    Bond { at: usize, was: u8 },
+}
+
+impl Move {
+    fn undo(self, fold: &mut Fold) {
+        match self {
+            Move::Pivot { from, turn } => rotate(&mut fold.0[from..], 4 - turn),
+            Move::Bond { at, was } => fold.0[at] = was,
+        }
+    }
+}
+
+fn rotate(directions: &mut [u8], turn: u8) {
+    for direction in directions {
+        *direction = (*direction + turn) & 3;
     }
 }
 
@@ -97,9 +158,13 @@ impl Chain {
             })
             .collect();
         residues
-            .filter(|r| (3..=200).contains(&r.len()))
+            .filter(|r| (3..=MAX_RESIDUES).contains(&r.len()))
             .map(|residues| Chain {
-                lattice: RefCell::new(Lattice::new(residues.len())),
+                lattice: RefCell::new(Lattice::new()),
+                bonded_hh: residues.windows(2).filter(|w| w[0] && w[1]).count() as i64,
+                hydrophobic: (0..residues.len() as u8)
+                    .filter(|&i| residues[i as usize])
+                    .collect(),
                 residues,
             })
     }
@@ -109,55 +174,56 @@ impl Chain {
     }
 
     /// The fold's energy, or None if it crosses itself.
+    ///
+    /// The hottest code of the unit, written as plain indexed loops over
+    /// slices of known length and masked indices: few live values and no
+    /// bounds checks in the loops, which matters more to the wasm compiler
+    /// (and its fuel counting, per basic block) than to LLVM.
     pub fn energy(&self, fold: &Fold) -> Option<i64> {
         let mut lattice = self.lattice.borrow_mut();
-        let mut at = (0, 0);
-        let mut placed = 0;
-        let mut crossed = false;
-        for i in 0..self.residues.len() {
+        let lattice = &mut *lattice;
+        let stamp = lattice.next_stamp();
+        let n = self.residues.len();
+        let (residues, directions) = (&self.residues[..n], &fold.0[..n - 1]);
+        let (placed, cells) = (&mut lattice.placed[..n], &mut lattice.cells);
+        // Place the residues, stopping at the first that lands on an
+        // occupied cell. Each cell gets `stamp << 1 | hydrophobic`.
+        let mut cell = 0;
+        let mut place = |i: usize| {
             if i > 0 {
-                let (dx, dy) = DIRECTIONS[fold.0[i - 1] as usize];
-                at = (at.0 + dx, at.1 + dy);
+                cell = (cell + STEPS[directions[i - 1] as usize & 3]) & CELL_MASK;
             }
-            let cell = lattice.index(at);
-            if lattice.cells[cell] != 0 {
-                crossed = true;
-                break;
+            let occupant = &mut cells[cell as usize];
+            let free = *occupant >> 1 != stamp;
+            *occupant = stamp << 1 | u32::from(residues[i]);
+            placed[i] = cell;
+            free
+        };
+        // Four residues a loop trip: in wasm each trip pays a fuel check.
+        let mut i = 0;
+        while i + 4 <= n {
+            if !(place(i) && place(i + 1) && place(i + 2) && place(i + 3)) {
+                return None;
             }
-            lattice.cells[cell] = i as u16 + 1;
-            placed += 1;
+            i += 4;
         }
-        let mut contacts = 0;
-        if !crossed {
-            let mut at = (0, 0);
-            for i in 0..self.residues.len() {
-                if i > 0 {
-                    let (dx, dy) = DIRECTIONS[fold.0[i - 1] as usize];
-                    at = (at.0 + dx, at.1 + dy);
-                }
-                if !self.residues[i] {
-                    continue;
-                }
-                // Count each contact once: only neighbours to the right and above.
-                for (dx, dy) in [(1, 0), (0, 1)] {
-                    let j = lattice.cells[lattice.index((at.0 + dx, at.1 + dy))];
-                    if j != 0 && self.residues[j as usize - 1] && i.abs_diff(j as usize - 1) > 1 {
-                        contacts += 1;
-                    }
-                }
+        while i < n {
+            if !place(i) {
+                return None;
             }
+            i += 1;
         }
-        // Clear exactly the cells this fold used, for the next evaluation.
-        let mut at = (0, 0);
-        for i in 0..placed {
-            if i > 0 {
-                let (dx, dy) = DIRECTIONS[fold.0[i - 1] as usize];
-                at = (at.0 + dx, at.1 + dy);
-            }
-            let cell = lattice.index(at);
-            lattice.cells[cell] = 0;
+        // Count each H-H neighbour pair once: look right and up from every
+        // H residue. Chain neighbours are among them; they are no contacts.
+        let h = stamp << 1 | 1;
+        let mut neighbours = 0;
+        for &i in &self.hydrophobic {
+            let cell = lattice.placed[i as usize];
+            let right = cells[((cell + STEPS[0]) & CELL_MASK) as usize];
+            let up = cells[((cell + STEPS[1]) & CELL_MASK) as usize];
+            neighbours += i64::from(right == h) + i64::from(up == h);
         }
-        (!crossed).then_some(-contacts)
+        Some(self.bonded_hh - neighbours)
     }
 
     /// Metropolis search from the straight chain: pivot moves (rotate the
@@ -169,29 +235,30 @@ impl Chain {
         let mut energy = self.energy(&fold).unwrap_or(0);
         let mut best = (energy, fold.clone());
         let bonds = fold.0.len() as u64;
-        let mut candidate = fold.clone();
         for _ in 0..steps {
-            candidate.0.copy_from_slice(&fold.0);
             let at = rng.below(bonds) as usize;
-            if rng.below(2) == 0 {
+            let change = if rng.below(2) == 0 {
                 let turn = 1 + rng.below(3) as u8;
-                for direction in &mut candidate.0[at..] {
-                    *direction = (*direction + turn) % 4;
-                }
+                rotate(&mut fold.0[at..], turn);
+                Move::Pivot { from: at, turn }
             } else {
-                candidate.0[at] = rng.below(4) as u8;
-            }
-            let Some(new_energy) = self.energy(&candidate) else {
+                let was = fold.0[at];
+                fold.0[at] = rng.below(4) as u8;
+                Move::Bond { at, was }
+            };
+            let Some(new_energy) = self.energy(&fold) else {
+                change.undo(&mut fold);
                 continue;
             };
             let rise = (new_energy - energy).max(0) as usize;
             let threshold = ACCEPT_RISE.get(rise).copied().unwrap_or(0);
             if (rng.next() >> 32) as u32 <= threshold {
-                std::mem::swap(&mut fold, &mut candidate);
                 energy = new_energy;
                 if energy < best.0 {
                     best = (energy, fold.clone());
                 }
+            } else {
+                change.undo(&mut fold);
             }
         }
         best
