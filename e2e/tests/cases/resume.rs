@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const ARGS: [&str; 4] = ["HPHPPHHPHPPHPHHPPHPH", "0", "6", "300000"];
+const ARGS: [&str; 4] = ["HPHPPHHPHPPHPHHPPHPH", "0", "6", "1000000"];
 
 fn has_checkpoint(work: &Path) -> bool {
     std::fs::read_dir(work)

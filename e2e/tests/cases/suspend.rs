@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// One folding unit of twelve seeds, about a second each: long enough to
 /// suspend in the middle.
-const ARGS: [&str; 4] = ["HPHPPHHPHPPHPHHPPHPH", "0", "12", "6000000"];
+const ARGS: [&str; 4] = ["HPHPPHHPHPPHPHHPPHPH", "0", "12", "15000000"];
 const FUEL: &str = "1000000000000";
 
 struct Scenario {
