@@ -2,13 +2,16 @@
 //! natively and through the worker's real sandbox (production engine
 //! settings, fuel metering on) on the same input, interleaved round by
 //! round (the variants in a rotating order) so machine noise hits all
-//! alike. Prints the median wasm/native ratio per example, what each engine setting costs, first-compile and
-//! disk-cache load times, and the time from handing a cached module to the
-//! sandbox to its first instruction.
+//! alike. Prints the median wasm/native ratio per example, what each engine
+//! setting costs, first-compile and disk-cache load times, and the time from
+//! handing a cached module to the sandbox to its first instruction.
 //!
 //! Each ratio is the median over rounds of the wasm time divided by the
 //! mean of the native runs just before and after it; the fastest wasm run
-//! over the fastest native run is printed beside it.
+//! over the fastest native run is printed beside it. The native build is
+//! compiled with default flags, the portable binary a project would ship;
+//! the production settings are also compared with a build for this CPU
+//! (`target-cpu=native`), which may use instructions wasm lacks.
 //!
 //! `cargo bench -p cobble-worker --bench units` (COBBLE_BENCH_ROUNDS=N for
 //! more rounds, COBBLE_BENCH_ONLY=NAME for the examples whose name contains NAME).
@@ -24,7 +27,10 @@ use wasmtime::OptLevel;
 struct Example {
     name: &'static str,
     wasm: &'static str,
+    /// Built with default flags: the portable binary a project would ship.
     native: &'static str,
+    /// Built for this machine's CPU (`target-cpu=native`, `-march=native`).
+    native_cpu: &'static str,
     args: &'static [&'static str],
     /// As in the example's job.toml (`[engine] nan_canonicalization`).
     nan_canonicalization: bool,
@@ -35,6 +41,7 @@ const EXAMPLES: &[Example] = &[
         name: "primes (Rust)",
         wasm: cobble_unit_artifacts::PRIMES,
         native: cobble_unit_artifacts::PRIMES_NATIVE,
+        native_cpu: cobble_unit_artifacts::PRIMES_NATIVE_CPU,
         args: &["1000000000", "1000300000"],
         nan_canonicalization: true,
     },
@@ -42,6 +49,7 @@ const EXAMPLES: &[Example] = &[
         name: "folding (Rust, SDK)",
         wasm: cobble_unit_artifacts::FOLDING,
         native: cobble_unit_artifacts::FOLDING_NATIVE,
+        native_cpu: cobble_unit_artifacts::FOLDING_NATIVE_CPU,
         args: &["HPHPPHHPHPPHPHHPPHPH", "0", "2", "2000000"],
         nan_canonicalization: true,
     },
@@ -49,6 +57,7 @@ const EXAMPLES: &[Example] = &[
         name: "mandelbrot (Rust, f64)",
         wasm: cobble_unit_artifacts::MANDELBROT,
         native: cobble_unit_artifacts::MANDELBROT_NATIVE,
+        native_cpu: cobble_unit_artifacts::MANDELBROT_NATIVE_CPU,
         args: &[
             "render",
             "0",
@@ -67,6 +76,7 @@ const EXAMPLES: &[Example] = &[
         name: "montecarlo (Rust, f64 + exp)",
         wasm: cobble_unit_artifacts::MONTECARLO,
         native: cobble_unit_artifacts::MONTECARLO_NATIVE,
+        native_cpu: cobble_unit_artifacts::MONTECARLO_NATIVE_CPU,
         args: &["1", "20000000"],
         nan_canonicalization: false,
     },
@@ -74,6 +84,7 @@ const EXAMPLES: &[Example] = &[
         name: "collatz (C)",
         wasm: cobble_unit_artifacts::COLLATZ_C,
         native: cobble_unit_artifacts::COLLATZ_C_NATIVE,
+        native_cpu: cobble_unit_artifacts::COLLATZ_C_NATIVE_CPU,
         args: &["1", "3000000"],
         nan_canonicalization: true,
     },
@@ -133,9 +144,9 @@ fn limits() -> UnitLimits {
     }
 }
 
-fn run_native(example: &Example) -> (Duration, Vec<u8>) {
+fn run_native(binary: &str, example: &Example) -> (Duration, Vec<u8>) {
     let started = Instant::now();
-    let output = Command::new(example.native)
+    let output = Command::new(binary)
         .args(example.args)
         .output()
         .expect("native build of the unit runs");
@@ -210,6 +221,8 @@ fn main() {
         }
         let mut native = Vec::new();
         let mut native_runs = Vec::new();
+        let mut native_cpu = Vec::new();
+        let mut ratios_cpu = Vec::new();
         let mut wasm: Vec<Vec<Duration>> = vec![Vec::new(); VARIANTS.len()];
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
         let mut startups = Vec::new();
@@ -219,7 +232,7 @@ fn main() {
             // each wasm time is divided by their mean: this machine's speed
             // drifts by 10-20% over seconds, and a ratio within one round
             // cancels most of that.
-            let (before, native_out) = run_native(example);
+            let (before, native_out) = run_native(example.native, example);
             // Each round starts at another variant, so that whatever the
             // first run after the native one suffers falls on all alike.
             let order = (0..VARIANTS.len()).map(|i| (i + round) % VARIANTS.len());
@@ -234,7 +247,11 @@ fn main() {
                     startups.push(startup);
                 }
             }
-            let (after, _) = run_native(example);
+            let (after, _) = run_native(example.native, example);
+            let (cpu, cpu_out) = run_native(example.native_cpu, example);
+            identical &= cpu_out == native_out;
+            native_cpu.push(cpu);
+            ratios_cpu.push(times[0].as_secs_f64() / cpu.as_secs_f64());
             native_runs.extend([before, after]);
             let native_round = (before + after) / 2;
             native.push(native_round);
@@ -246,7 +263,7 @@ fn main() {
         let native_best = native_runs.iter().min().copied().unwrap_or_default();
         let native = median(native);
         println!(
-            "{}: native {:.3} s; wasm output {} native's",
+            "{}: native {:.3} s (default flags); wasm output {} native's",
             example.name,
             native.as_secs_f64(),
             if identical {
@@ -255,6 +272,7 @@ fn main() {
                 "DIFFERS from"
             }
         );
+        let production_runs = wasm[0].clone();
         for (((name, _), samples), ratios) in VARIANTS.iter().zip(wasm).zip(ratios) {
             let (low, ratio, high) = spread(ratios);
             // Interference only ever adds time: the fastest runs of each
@@ -266,6 +284,14 @@ fn main() {
                 best.as_secs_f64() / native_best.as_secs_f64(),
             );
         }
+        let cpu_best = native_cpu.iter().min().copied().unwrap_or_default();
+        let production_best = production_runs.iter().min().copied().unwrap_or_default();
+        let (low, ratio, high) = spread(ratios_cpu);
+        println!(
+            "  native for this CPU {:.3} s: production wasm ratio {ratio:.2}x  (rounds {low:.2}-{high:.2}; best/best {:.2}x)",
+            median(native_cpu).as_secs_f64(),
+            production_best.as_secs_f64() / cpu_best.as_secs_f64(),
+        );
         let cache = tempfile::tempdir().expect("temp dir");
         let hash = cobble_core::BlobHash::of(&bytes);
         Sandbox::new(Some(cache.path().to_path_buf()))
