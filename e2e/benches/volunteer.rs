@@ -250,7 +250,7 @@ fn submit_long_units(coordinator: &Coordinator, dir: &Path) {
     submit_folding_job(
         coordinator,
         dir,
-        ["HPHPPHHPHPPHPHHPPHPH", "0", "64", "3000000"],
+        ["HPHPPHHPHPPHPHHPPHPH", "0", "64", "9000000"],
         16,
         "deadline_s = 3600\nfuel = 10000000000000",
     );

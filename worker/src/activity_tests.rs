@@ -134,3 +134,39 @@ fn system_load_sees_another_process_burning_cpu() {
         "a busy-looping process showed as only {load:.1}% of {cpus} CPUs"
     );
 }
+
+#[test]
+fn proc_stat_gives_all_and_idle_ticks() {
+    let text = "cpu  100 5 50 1000 20 3 2 7 40 0\ncpu0 50 2 25 500 10 1 1 3 20 0\nintr 1 2\n";
+    // user nice system idle iowait irq softirq steal; guest is inside user.
+    assert_eq!(parse_proc_stat(text), Some((1187, 1020)));
+    assert_eq!(parse_proc_stat("intr 1 2\n"), None);
+    assert_eq!(parse_proc_stat("cpu  1 2 x 4\n"), None);
+}
+
+#[test]
+fn self_stat_counts_from_the_last_parenthesis() {
+    // A command name may hold spaces and parentheses.
+    let text = "4242 (we(ird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 321 45 0 0 39 19 9 0 1";
+    assert_eq!(parse_self_stat(text), Some(366));
+    assert_eq!(parse_self_stat("4242 (short) S 1"), None);
+}
+
+#[test]
+fn load_is_other_programs_share_of_all_ticks() {
+    let before = Ticks {
+        total: 1000,
+        idle: 800,
+        own: 50,
+    };
+    // 200 ticks pass: 60 idle, 140 busy, of which this worker used 40.
+    let now = Ticks {
+        total: 1200,
+        idle: 860,
+        own: 90,
+    };
+    assert_eq!(before.load_until(now), 50.0);
+    assert_eq!(before.load_until(before), 0.0, "no time passed");
+    // Counters never run backwards, but a bad read must not underflow.
+    assert_eq!(now.load_until(before), 0.0);
+}
