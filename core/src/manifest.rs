@@ -57,7 +57,6 @@ pub fn project_key_from_hex(text: &str) -> Result<VerifyingKey, Error> {
     project_key_from_bytes(&bytes)
 }
 
-/// Creates a fresh project signing key from the OS random source.
 /// Every blob a unit needs: its module, then its inputs.
 pub fn blobs(manifest: &Manifest) -> impl Iterator<Item = &BlobRef> {
     manifest.module.iter().chain(
@@ -68,6 +67,7 @@ pub fn blobs(manifest: &Manifest) -> impl Iterator<Item = &BlobRef> {
     )
 }
 
+/// Creates a fresh project signing key from the OS random source.
 pub fn generate_signing_key() -> SigningKey {
     SigningKey::from_bytes(&crate::random_bytes::<32>())
 }

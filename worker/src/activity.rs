@@ -18,9 +18,8 @@ use tokio::sync::watch;
 
 /// How often the load is sampled while units are queued or running.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-/// How often when there is nothing to pause: keeps an idle worker idle
-/// (each sample costs about 0.3 ms of CPU). The load over those seconds
-/// still counts toward `idle_time_to_run`.
+/// How often when there is nothing to pause: keeps an idle worker idle.
+/// The load over those seconds still counts toward `idle_time_to_run`.
 const SAMPLE_EVERY_WHEN_EMPTY: Duration = Duration::from_secs(5);
 /// Busy samples in a row that mean the owner is using the machine.
 const BUSY_SAMPLES: u32 = 2;
@@ -90,8 +89,8 @@ pub struct SystemLoad {
 }
 
 enum Source {
-    /// CPU ticks at the previous sample (none before the first).
-    Proc(Option<Ticks>),
+    /// CPU ticks at the previous sample.
+    Proc(Ticks),
     Sysinfo {
         system: Box<sysinfo::System>,
         pid: sysinfo::Pid,
@@ -161,7 +160,7 @@ impl SystemLoad {
     pub fn new() -> Self {
         if let Some(ticks) = Ticks::read() {
             return SystemLoad {
-                source: Source::Proc(Some(ticks)),
+                source: Source::Proc(ticks),
             };
         }
         let source = match sysinfo::System::new() {
@@ -204,8 +203,8 @@ impl LoadSource for SystemLoad {
         match &mut self.source {
             Source::Proc(previous) => {
                 let now = Ticks::read()?;
-                let load = previous.map_or(0.0, |before| before.load_until(now));
-                *previous = Some(now);
+                let load = previous.load_until(now);
+                *previous = now;
                 Some(load)
             }
             Source::Sysinfo { system, pid, cpus } => {
