@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use cobble_core::BlobHash;
 use cobble_core::chunk::{ChunkList, chunk_span};
-use cobble_core::rate::TokenBucket;
+use cobble_core::rate::Pacer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ pub struct BlobStore {
     /// blob is hashed chunk by chunk once per coordinator run.
     chunk_lists: Arc<Mutex<HashMap<BlobHash, Arc<ChunkList>>>>,
     /// Paces the bytes served to workers (`--max-serve-bytes-per-sec`).
-    pacer: Option<Arc<Mutex<TokenBucket>>>,
+    pacer: Arc<Pacer>,
 }
 
 /// An upload under way; becomes a blob only if its bytes hash as expected.
@@ -39,7 +39,7 @@ impl BlobStore {
         Ok(BlobStore {
             root,
             chunk_lists: Arc::default(),
-            pacer: None,
+            pacer: Arc::default(),
         })
     }
 
@@ -47,25 +47,16 @@ impl BlobStore {
     /// second (0: no limit), so serving volunteers cannot starve the
     /// project's other traffic.
     pub fn with_rate_limit(mut self, bytes_per_sec: u64) -> Self {
-        self.pacer = (bytes_per_sec > 0).then(|| {
-            Arc::new(Mutex::new(TokenBucket::new(
-                bytes_per_sec as f64,
-                std::time::Instant::now(),
-            )))
-        });
+        self.pacer = Arc::new(Pacer::new(bytes_per_sec as f64));
         self
     }
 
     /// Waits until `bytes` may be sent under the rate limit.
     pub async fn pace(&self, bytes: usize) {
-        let Some(pacer) = &self.pacer else {
-            return;
-        };
-        let wait = pacer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(bytes, std::time::Instant::now());
-        tokio::time::sleep(wait).await;
+        let wait = self.pacer.delay(bytes);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// The chunk list of a stored blob, computed on first use.

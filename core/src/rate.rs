@@ -2,7 +2,33 @@
 //! limit. Pure: the caller passes the clock and does the waiting, so the
 //! coordinator and the worker share the rule and tests need no sleeping.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// A shared bandwidth limit, or none: what the coordinator's serving and a
+/// worker's uploads both pace themselves with.
+#[derive(Debug, Default)]
+pub struct Pacer(Option<Mutex<TokenBucket>>);
+
+impl Pacer {
+    /// Allows `bytes_per_sec` (0 or less: no limit).
+    pub fn new(bytes_per_sec: f64) -> Self {
+        Pacer(
+            (bytes_per_sec > 0.0)
+                .then(|| Mutex::new(TokenBucket::new(bytes_per_sec, Instant::now()))),
+        )
+    }
+
+    /// How long to wait before sending `bytes`; zero without a limit.
+    pub fn delay(&self, bytes: usize) -> Duration {
+        self.0.as_ref().map_or(Duration::ZERO, |bucket| {
+            bucket
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(bytes, Instant::now())
+        })
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -52,5 +78,13 @@ mod tests {
         // Two seconds later everything is paid and the burst is back.
         let later = start + Duration::from_secs(3);
         assert_eq!(bucket.take(1000, later), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_pacer_without_a_limit_never_waits() {
+        assert_eq!(Pacer::new(0.0).delay(1 << 30), Duration::ZERO);
+        let limited = Pacer::new(1000.0);
+        assert_eq!(limited.delay(1000), Duration::ZERO);
+        assert!(limited.delay(1000) > Duration::ZERO);
     }
 }

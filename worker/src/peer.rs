@@ -22,11 +22,10 @@ use crate::activity::Activity;
 use crate::status::Transfers;
 use cobble_core::BlobHash;
 use cobble_core::chunk::{ChunkList, ChunkSet, chunk_span};
-use cobble_core::rate::TokenBucket;
+use cobble_core::rate::Pacer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use tokio::sync::{Semaphore, watch};
 
 /// Rewrites a chunk before it is served. Only the e2e crate's adversary
@@ -60,8 +59,8 @@ pub struct Sharing {
     slots: Semaphore,
     prefs: SharingPrefs,
     activity: watch::Receiver<Activity>,
-    /// Paces uploads under `max_bytes_sec_up`; None without a limit.
-    bucket: Option<Mutex<TokenBucket>>,
+    /// Paces uploads under `max_bytes_sec_up`.
+    pacer: Pacer,
     transfers: Arc<Transfers>,
     filter: Option<ChunkFilter>,
 }
@@ -79,8 +78,7 @@ impl Sharing {
             partials: Mutex::default(),
             slots: Semaphore::new(prefs.upload_slots.max(1)),
             activity,
-            bucket: (prefs.max_bytes_sec_up > 0.0)
-                .then(|| Mutex::new(TokenBucket::new(prefs.max_bytes_sec_up, Instant::now()))),
+            pacer: Pacer::new(prefs.max_bytes_sec_up),
             prefs,
             transfers,
             filter,
@@ -167,14 +165,10 @@ impl Sharing {
 
     /// Waits until `bytes` may be sent under `max_bytes_sec_up`.
     async fn throttle(&self, bytes: usize) {
-        let Some(bucket) = &self.bucket else {
-            return;
-        };
-        let wait = bucket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(bytes, Instant::now());
-        tokio::time::sleep(wait).await;
+        let wait = self.pacer.delay(bytes);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
