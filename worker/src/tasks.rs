@@ -91,10 +91,13 @@ impl Tasks {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Resolves at the next addition or removal. Create it (and `enable`
-    /// it) before looking at the table, so a change in between is not lost.
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.changed.notified()
+    /// Resolves at the next addition or removal after this call. Take it
+    /// before looking at the table, so a change in between is not lost.
+    pub fn changed(&self) -> std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>> {
+        let mut changed = Box::pin(self.changed.notified());
+        // Registered now, not at the first poll.
+        changed.as_mut().enable();
+        changed
     }
 
     /// Adds a verified unit that has just been leased or recovered.

@@ -70,9 +70,7 @@ async fn heartbeat_loop(
     let mut last_sent: Option<Instant> = None;
     loop {
         // Work arriving or leaving changes when the next heartbeat is due.
-        let changed = worker.tasks.changed();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
+        let mut changed = worker.tasks.changed();
         let leases = worker.tasks.active_leases();
         let counts = worker.transfers.counts();
         // Idle, the worker calls rarely; with units in hand, bytes moved or
@@ -174,8 +172,6 @@ async fn govern_loop(worker: Arc<Worker>, activity: watch::Receiver<Activity>) {
     });
     loop {
         let changed = worker.tasks.changed();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
         let tasks = worker.tasks.snapshot();
         if tasks.is_empty() || total_ram == 0 {
             // Nothing to govern: sleep until units arrive.
@@ -223,9 +219,7 @@ impl StatusWriter {
                 }
                 suspended = now_suspended;
             }
-            let changed = self.worker.tasks.changed();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
+            let mut changed = self.worker.tasks.changed();
             let tasks = self.worker.tasks.snapshot();
             let idle = tasks.is_empty();
             self.has_work.store(!idle, Ordering::Relaxed);
