@@ -85,7 +85,13 @@ impl Lattice {
     }
 }
 
-/// A conformation: the direction of each bond, n - 1 of them.
+/// A conformation, as the turn of each bond relative to the one before
+/// (the first bond's turn is its absolute direction): n - 1 values in
+/// `0..4`, counted in quarter turns anticlockwise.
+///
+/// Relative turns make both Monte Carlo moves O(1): rotating the tail after
+/// a residue changes one turn, and turning one bond changes two, where
+/// absolute directions would have to be rewritten for the whole tail.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fold(Vec<u8>);
 
@@ -93,13 +99,20 @@ impl Fold {
     pub fn straight(residues: usize) -> Fold {
         Fold(vec![0; residues.saturating_sub(1)])
     }
+
+    /// Absolute direction of each bond, indices into `LETTERS`.
+    fn directions(&self) -> impl Iterator<Item = u8> + '_ {
+        self.0.iter().scan(0u8, |direction, &turn| {
+            *direction = (*direction + turn) & 3;
+            Some(*direction)
+        })
+    }
 }
 
 impl fmt::Display for Fold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0
-            .iter()
-            .try_for_each(|&d| write!(f, "{}", LETTERS[d as usize]))
+        self.directions()
+            .try_for_each(|d| write!(f, "{}", LETTERS[d as usize]))
     }
 }
 
@@ -123,27 +136,35 @@ impl Rng {
     }
 }
 
-/// One Monte Carlo move, kept so that a rejected move can be undone in
-/// place instead of copying the fold before every try.
-enum Move {
-    /// Bonds `from..` turned by `turn` quarter turns.
-    Pivot { from: usize, turn: u8 },
-    /// Bond `at` had direction `was`.
-    Bond { at: usize, was: u8 },
+/// One Monte Carlo move: the bond whose turn changed, by how much, and
+/// whether the next bond's turn changed by the opposite amount. Kept so
+/// that a rejected move is undone in place.
+#[derive(Clone, Copy)]
+struct Move {
+    at: usize,
+    turn: u8,
+    /// A single-bond change: the tail keeps its directions, so the next
+    /// bond turns back by the same amount.
+    bond_only: bool,
 }
 
 impl Move {
-    fn undo(self, fold: &mut Fold) {
-        match self {
-            Move::Pivot { from, turn } => rotate(&mut fold.0[from..], 4 - turn),
-            Move::Bond { at, was } => fold.0[at] = was,
-        }
+    fn apply(self, fold: &mut Fold) {
+        self.add(fold, self.turn);
     }
-}
 
-fn rotate(directions: &mut [u8], turn: u8) {
-    for direction in directions {
-        *direction = (*direction + turn) & 3;
+    fn undo(self, fold: &mut Fold) {
+        self.add(fold, 4 - self.turn);
+    }
+
+    fn add(self, fold: &mut Fold, turn: u8) {
+        let turns = &mut fold.0;
+        turns[self.at] = (turns[self.at] + turn) & 3;
+        if self.bond_only
+            && let Some(next) = turns.get_mut(self.at + 1)
+        {
+            *next = (*next + 4 - turn) & 3;
+        }
     }
 }
 
@@ -184,31 +205,41 @@ impl Chain {
         let lattice = &mut *lattice;
         let stamp = lattice.next_stamp();
         let n = self.residues.len();
-        let (residues, directions) = (&self.residues[..n], &fold.0[..n - 1]);
-        let (placed, cells) = (&mut lattice.placed[..n], &mut lattice.cells);
+        let (residues, turns) = (&self.residues[..n], &fold.0[..n - 1]);
+        // Deref the box once: through `&mut Box` LLVM reloads its pointer
+        // after every store.
+        let (placed, cells) = (&mut lattice.placed[..n], &mut *lattice.cells);
         // Place the residues, stopping at the first that lands on an
         // occupied cell. Each cell gets `stamp << 1 | hydrophobic`.
-        let mut cell = 0;
-        let mut place = |i: usize| {
-            if i > 0 {
-                cell = (cell + STEPS[directions[i - 1] as usize & 3]) & CELL_MASK;
-            }
-            let occupant = &mut cells[cell as usize];
-            let free = *occupant >> 1 != stamp;
-            *occupant = stamp << 1 | u32::from(residues[i]);
-            placed[i] = cell;
-            free
-        };
+        let mark = stamp << 1;
+        let (mut cell, mut direction) = (0, 0);
+        cells[0] = mark | u32::from(residues[0]);
+        placed[0] = 0;
+        // A macro, not a closure: LLVM does not always inline a closure
+        // called four times when it targets wasm, and a call per residue
+        // costs more than the residue.
+        macro_rules! place {
+            ($i:expr) => {{
+                let i = $i;
+                direction = (direction + turns[i - 1]) & 3;
+                cell = (cell + STEPS[direction as usize]) & CELL_MASK;
+                let occupant = &mut cells[cell as usize];
+                let free = *occupant >> 1 != stamp;
+                *occupant = mark | u32::from(residues[i]);
+                placed[i] = cell;
+                free
+            }};
+        }
         // Four residues a loop trip: in wasm each trip pays a fuel check.
-        let mut i = 0;
+        let mut i = 1;
         while i + 4 <= n {
-            if !(place(i) && place(i + 1) && place(i + 2) && place(i + 3)) {
+            if !(place!(i) && place!(i + 1) && place!(i + 2) && place!(i + 3)) {
                 return None;
             }
             i += 4;
         }
         while i < n {
-            if !place(i) {
+            if !place!(i) {
                 return None;
             }
             i += 1;
@@ -237,15 +268,23 @@ impl Chain {
         let bonds = fold.0.len() as u64;
         for _ in 0..steps {
             let at = rng.below(bonds) as usize;
+            // A pivot rotates the tail after bond `at` by one to three
+            // quarter turns; a bond move gives bond `at` a random new
+            // direction (a uniform turn of 0..4) and translates the tail.
             let change = if rng.below(2) == 0 {
-                let turn = 1 + rng.below(3) as u8;
-                rotate(&mut fold.0[at..], turn);
-                Move::Pivot { from: at, turn }
+                Move {
+                    at,
+                    turn: 1 + rng.below(3) as u8,
+                    bond_only: false,
+                }
             } else {
-                let was = fold.0[at];
-                fold.0[at] = rng.below(4) as u8;
-                Move::Bond { at, was }
+                Move {
+                    at,
+                    turn: rng.below(4) as u8,
+                    bond_only: true,
+                }
             };
+            change.apply(&mut fold);
             let Some(new_energy) = self.energy(&fold) else {
                 change.undo(&mut fold);
                 continue;
@@ -269,13 +308,61 @@ impl Chain {
 mod tests {
     use super::*;
 
+    /// A fold from its absolute directions, as `Display` prints it.
     fn fold(letters: &str) -> Fold {
+        let mut previous = 0;
         Fold(
             letters
                 .chars()
-                .map(|c| LETTERS.iter().position(|&l| l == c).unwrap_or(0) as u8)
+                .map(|c| {
+                    let direction = LETTERS.iter().position(|&l| l == c).unwrap_or(0) as u8;
+                    let turn = (direction + 4 - previous) & 3;
+                    previous = direction;
+                    turn
+                })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn folds_print_absolute_directions() {
+        assert_eq!(fold("RULLDR").to_string(), "RULLDR");
+        assert_eq!(Fold::straight(4).to_string(), "RRR");
+    }
+
+    #[test]
+    fn moves_rotate_or_translate_the_tail_and_undo_exactly() {
+        let start = fold("RRUL");
+        let mut moved = start.clone();
+        let pivot = Move {
+            at: 1,
+            turn: 1,
+            bond_only: false,
+        };
+        pivot.apply(&mut moved);
+        assert_eq!(
+            moved.to_string(),
+            "RULD",
+            "tail after bond 1 turned a quarter"
+        );
+        pivot.undo(&mut moved);
+        assert_eq!(moved, start);
+        let bond = Move {
+            at: 1,
+            turn: 3,
+            bond_only: true,
+        };
+        bond.apply(&mut moved);
+        assert_eq!(moved.to_string(), "RDUL", "bond 1 turned, the rest kept");
+        bond.undo(&mut moved);
+        assert_eq!(moved, start);
+        let last = Move {
+            at: 3,
+            turn: 2,
+            bond_only: true,
+        };
+        last.apply(&mut moved);
+        assert_eq!(moved.to_string(), "RRUR");
     }
 
     #[test]
