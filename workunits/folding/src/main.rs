@@ -15,7 +15,7 @@
 mod model;
 
 use cobble_sdk::{Checkpointable, Steps};
-use model::{Chain, Fold};
+use model::Chain;
 use std::process::ExitCode;
 
 /// The best fold found so far: what a checkpoint carries between seeds.
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     if seeds.resumed() {
         eprintln!("resumed at seed {}", start + seeds.position());
     }
-    let straight = Fold::straight(chain.len());
+    let straight = chain.straight();
     let mut best = seeds.state_or(Best {
         energy: chain.energy(&straight).unwrap_or(0),
         seed: start,

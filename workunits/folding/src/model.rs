@@ -56,28 +56,30 @@ const STEPS: [u32; 4] = [1, ROW, CELL_MASK, CELL_MASK + 1 - ROW];
 struct Lattice {
     /// `stamp << 1 | hydrophobic` of the last evaluation that placed a
     /// residue here.
-    cells: Box<[u32; (CELL_MASK + 1) as usize]>,
+    /// Followed by the cell of each residue in the current evaluation, so
+    /// that one base address serves both (one register fewer in wasm).
+    cells: Box<[u32; CELLS + PLACED]>,
     stamp: u32,
-    /// Cell of each residue in the current evaluation.
-    placed: [u32; 256],
 }
+
+const CELLS: usize = (CELL_MASK + 1) as usize;
+const PLACED: usize = 256;
 
 impl Lattice {
     fn new() -> Self {
-        let cells = vec![0; (CELL_MASK + 1) as usize].into_boxed_slice();
+        let cells = vec![0; CELLS + PLACED].into_boxed_slice();
         Lattice {
             cells: cells
                 .try_into()
                 .unwrap_or_else(|_| unreachable!("sized above")),
             stamp: 0,
-            placed: [0; 256],
         }
     }
 
     /// A stamp no cell carries yet.
     fn next_stamp(&mut self) -> u32 {
         if self.stamp == u32::MAX >> 1 {
-            self.cells.fill(0);
+            self.cells[..CELLS].fill(0);
             self.stamp = 0;
         }
         self.stamp += 1;
@@ -92,17 +94,25 @@ impl Lattice {
 /// Relative turns make both Monte Carlo moves O(1): rotating the tail after
 /// a residue changes one turn, and turning one bond changes two, where
 /// absolute directions would have to be rewritten for the whole tail.
+///
+/// Bit 2 of each bond's byte is `HYDROPHOBIC`, set if the residue the bond
+/// leads to is H: energy evaluation then reads one array, not two, which
+/// keeps one register free in wasm's placement loop.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fold(Vec<u8>);
 
+/// Bit of a bond's byte in a `Fold`: the residue it leads to is H.
+const HYDROPHOBIC: u8 = 4;
+
 impl Fold {
-    pub fn straight(residues: usize) -> Fold {
-        Fold(vec![0; residues.saturating_sub(1)])
+    /// The turn of each bond: 0..4 quarter turns.
+    fn turns(&self) -> impl Iterator<Item = u8> + '_ {
+        self.0.iter().map(|&bond| bond & 3)
     }
 
     /// Absolute direction of each bond, indices into `LETTERS`.
     fn directions(&self) -> impl Iterator<Item = u8> + '_ {
-        self.0.iter().scan(0u8, |direction, &turn| {
+        self.turns().scan(0u8, |direction, turn| {
             *direction = (*direction + turn) & 3;
             Some(*direction)
         })
@@ -128,11 +138,30 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    /// Uniform in `0..n` for `n <= 2^32` (Lemire's multiply-shift): a
-    /// multiplication instead of a 64-bit division, which would cost more
-    /// than the rest of a move's bookkeeping.
-    fn below(&mut self, n: u64) -> u64 {
-        ((self.next() >> 32) * n) >> 32
+    /// A random move on a fold of `bonds` bonds, from one 64-bit draw:
+    /// the high half picks the bond (Lemire's multiply-shift, where a
+    /// 64-bit `%` would cost more than the rest of the move's bookkeeping),
+    /// bit 0 the kind, the bits above it the turn.
+    fn next_move(&mut self, bonds: u64) -> Move {
+        let bits = self.next();
+        let at = (((bits >> 32) * bonds) >> 32) as usize;
+        if bits & 1 == 0 {
+            // A pivot: one to three quarter turns of the whole tail.
+            let turn = 1 + (((bits & 0xFFFF_FFFF) >> 1) * 3 >> 31) as u8;
+            Move {
+                at,
+                turn,
+                bond_only: false,
+            }
+        } else {
+            // A bond move: bond `at` gets a uniformly random direction, a
+            // turn of 0..4, and the tail is translated.
+            Move {
+                at,
+                turn: (bits >> 1) as u8 & 3,
+                bond_only: true,
+            }
+        }
     }
 }
 
@@ -158,12 +187,13 @@ impl Move {
     }
 
     fn add(self, fold: &mut Fold, turn: u8) {
-        let turns = &mut fold.0;
-        turns[self.at] = (turns[self.at] + turn) & 3;
+        let bonds = &mut fold.0;
+        let turned = |bond: u8, by: u8| (bond & HYDROPHOBIC) | ((bond + by) & 3);
+        bonds[self.at] = turned(bonds[self.at], turn);
         if self.bond_only
-            && let Some(next) = turns.get_mut(self.at + 1)
+            && let Some(next) = bonds.get_mut(self.at + 1)
         {
-            *next = (*next + 4 - turn) & 3;
+            *next = turned(*next, 4 - turn);
         }
     }
 }
@@ -190,8 +220,14 @@ impl Chain {
             })
     }
 
-    pub fn len(&self) -> usize {
-        self.residues.len()
+    /// The chain laid out in a straight line.
+    pub fn straight(&self) -> Fold {
+        Fold(
+            self.residues[1..]
+                .iter()
+                .map(|&h| if h { HYDROPHOBIC } else { 0 })
+                .collect(),
+        )
     }
 
     /// The fold's energy, or None if it crosses itself.
@@ -205,28 +241,29 @@ impl Chain {
         let lattice = &mut *lattice;
         let stamp = lattice.next_stamp();
         let n = self.residues.len();
-        let (residues, turns) = (&self.residues[..n], &fold.0[..n - 1]);
+        let bonds = &fold.0[..n - 1];
         // Deref the box once: through `&mut Box` LLVM reloads its pointer
         // after every store.
-        let (placed, cells) = (&mut lattice.placed[..n], &mut *lattice.cells);
+        let cells = &mut *lattice.cells;
         // Place the residues, stopping at the first that lands on an
         // occupied cell. Each cell gets `stamp << 1 | hydrophobic`.
         let mark = stamp << 1;
         let (mut cell, mut direction) = (0, 0);
-        cells[0] = mark | u32::from(residues[0]);
-        placed[0] = 0;
+        cells[0] = mark | u32::from(self.residues[0]);
+        cells[CELLS] = 0;
         // A macro, not a closure: LLVM does not always inline a closure
         // called four times when it targets wasm, and a call per residue
         // costs more than the residue.
         macro_rules! place {
             ($i:expr) => {{
                 let i = $i;
-                direction = (direction + turns[i - 1]) & 3;
+                let bond = bonds[i - 1];
+                direction = (direction + bond) & 3;
                 cell = (cell + STEPS[direction as usize]) & CELL_MASK;
                 let occupant = &mut cells[cell as usize];
-                let free = *occupant >> 1 != stamp;
-                *occupant = mark | u32::from(residues[i]);
-                placed[i] = cell;
+                let free = (*occupant ^ mark) >> 1 != 0;
+                *occupant = mark | u32::from(bond >> 2);
+                cells[CELLS + (i & (PLACED - 1))] = cell;
                 free
             }};
         }
@@ -249,7 +286,7 @@ impl Chain {
         let h = stamp << 1 | 1;
         let mut neighbours = 0;
         for &i in &self.hydrophobic {
-            let cell = lattice.placed[i as usize];
+            let cell = cells[CELLS + i as usize];
             let right = cells[((cell + STEPS[0]) & CELL_MASK) as usize];
             let up = cells[((cell + STEPS[1]) & CELL_MASK) as usize];
             neighbours += i64::from(right == h) + i64::from(up == h);
@@ -262,28 +299,12 @@ impl Chain {
     /// energy seen and its fold.
     pub fn search(&self, seed: u64, steps: u64) -> (i64, Fold) {
         let mut rng = Rng(seed ^ 0xC0B_B1E5);
-        let mut fold = Fold::straight(self.len());
+        let mut fold = self.straight();
         let mut energy = self.energy(&fold).unwrap_or(0);
         let mut best = (energy, fold.clone());
         let bonds = fold.0.len() as u64;
         for _ in 0..steps {
-            let at = rng.below(bonds) as usize;
-            // A pivot rotates the tail after bond `at` by one to three
-            // quarter turns; a bond move gives bond `at` a random new
-            // direction (a uniform turn of 0..4) and translates the tail.
-            let change = if rng.below(2) == 0 {
-                Move {
-                    at,
-                    turn: 1 + rng.below(3) as u8,
-                    bond_only: false,
-                }
-            } else {
-                Move {
-                    at,
-                    turn: rng.below(4) as u8,
-                    bond_only: true,
-                }
-            };
+            let change = rng.next_move(bonds);
             change.apply(&mut fold);
             let Some(new_energy) = self.energy(&fold) else {
                 change.undo(&mut fold);
@@ -308,31 +329,29 @@ impl Chain {
 mod tests {
     use super::*;
 
-    /// A fold from its absolute directions, as `Display` prints it.
-    fn fold(letters: &str) -> Fold {
+    /// A fold of `chain` from its absolute directions, as `Display` prints it.
+    fn fold(chain: &Chain, letters: &str) -> Fold {
         let mut previous = 0;
-        Fold(
-            letters
-                .chars()
-                .map(|c| {
-                    let direction = LETTERS.iter().position(|&l| l == c).unwrap_or(0) as u8;
-                    let turn = (direction + 4 - previous) & 3;
-                    previous = direction;
-                    turn
-                })
-                .collect(),
-        )
+        let mut fold = chain.straight();
+        for (bond, c) in fold.0.iter_mut().zip(letters.chars()) {
+            let direction = LETTERS.iter().position(|&l| l == c).unwrap_or(0) as u8;
+            *bond |= (direction + 4 - previous) & 3;
+            previous = direction;
+        }
+        fold
     }
 
     #[test]
     fn folds_print_absolute_directions() {
-        assert_eq!(fold("RULLDR").to_string(), "RULLDR");
-        assert_eq!(Fold::straight(4).to_string(), "RRR");
+        let chain = Chain::parse("HPHHPPH").expect("chain");
+        assert_eq!(fold(&chain, "RULLDR").to_string(), "RULLDR");
+        assert_eq!(chain.straight().to_string(), "RRRRRR");
     }
 
     #[test]
     fn moves_rotate_or_translate_the_tail_and_undo_exactly() {
-        let start = fold("RRUL");
+        let chain = Chain::parse("HPHPH").expect("chain");
+        let start = fold(&chain, "RRUL");
         let mut moved = start.clone();
         let pivot = Move {
             at: 1,
@@ -363,25 +382,30 @@ mod tests {
         };
         last.apply(&mut moved);
         assert_eq!(moved.to_string(), "RRUR");
+        assert_eq!(
+            chain.energy(&moved),
+            chain.energy(&fold(&chain, "RRUR")),
+            "moves keep each residue's H flag"
+        );
     }
 
     #[test]
     fn energy_counts_non_bonded_hh_contacts() {
         let square = Chain::parse("HHHH").expect("chain");
         assert_eq!(
-            square.energy(&fold("RUL")),
+            square.energy(&fold(&square, "RUL")),
             Some(-1),
             "a closed square has one contact"
         );
-        assert_eq!(square.energy(&fold("RRR")), Some(0));
+        assert_eq!(square.energy(&fold(&square, "RRR")), Some(0));
         assert_eq!(
-            square.energy(&fold("RUD")),
+            square.energy(&fold(&square, "RUD")),
             None,
             "crossing itself is not a fold"
         );
         let mixed = Chain::parse("HPPH").expect("chain");
-        assert_eq!(mixed.energy(&fold("RUL")), Some(-1));
-        assert_eq!(Chain::parse("HPXH").map(|c| c.len()), None);
+        assert_eq!(mixed.energy(&fold(&mixed, "RUL")), Some(-1));
+        assert!(Chain::parse("HPXH").is_none(), "only H and P are residues");
     }
 
     /// Known answer: the 20-residue benchmark sequence of Unger and Moult
