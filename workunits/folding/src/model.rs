@@ -147,7 +147,7 @@ impl Rng {
         let at = (((bits >> 32) * bonds) >> 32) as usize;
         if bits & 1 == 0 {
             // A pivot: one to three quarter turns of the whole tail.
-            let turn = 1 + (((bits & 0xFFFF_FFFF) >> 1) * 3 >> 31) as u8;
+            let turn = 1 + ((((bits & 0xFFFF_FFFF) >> 1) * 3) >> 31) as u8;
             Move {
                 at,
                 turn,
