@@ -143,7 +143,8 @@ struct ExecArgs {
     #[arg(long)]
     output_dir: Option<PathBuf>,
     /// Offer /checkpoint from this directory; a second run with the same
-    /// directory resumes from the unit's checkpoint.
+    /// directory resumes from the unit's checkpoint. The fuel spent up to
+    /// the checkpoint is kept beside it, in `<DIR>.fuel`.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
     /// Run as a job with `[engine] nan_canonicalization = false` would.

@@ -9,11 +9,13 @@
 //! [`UnitFailure`], never a crash of the worker.
 
 mod clock;
+mod fuel_ledger;
 mod module_cache;
 mod supervise;
 
 use crate::error::{Error, Result};
 use clock::{VirtualMonotonicClock, VirtualWallClock};
+use fuel_ledger::FuelLedger;
 pub use module_cache::ModuleCache;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
@@ -22,7 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 pub use supervise::UnitControl;
 use wasmtime::{
-    Config, Engine, InstancePre, Linker, OptLevel, ResourceLimiter, Store, Trap, UpdateDeadline,
+    CallHook, Config, Engine, InstancePre, Linker, OptLevel, ResourceLimiter, Store, Trap,
+    UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
@@ -127,6 +130,8 @@ pub struct RunReport {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub files: Vec<OutputFile>,
+    /// Fuel of this run plus, for a unit resumed from its checkpoint, the
+    /// fuel earlier runs spent reaching that checkpoint (`fuel_ledger`).
     pub fuel_used: u64,
     /// From `run` being called to the unit's first instruction.
     pub startup: Duration,
@@ -137,6 +142,8 @@ pub struct RunReport {
 pub struct UnitState {
     wasi: WasiP1Ctx,
     memory: MemoryCap,
+    /// Fuel carried across passes of a unit that checkpoints.
+    ledger: Option<FuelLedger>,
 }
 
 struct MemoryCap {
@@ -304,6 +311,14 @@ impl Sandbox {
         let stdout = MemoryOutputPipe::new(stdout_capacity);
         let stderr = MemoryOutputPipe::new(STDERR_CAP);
         let wasi = build_wasi(&invocation, stdout.clone(), stderr.clone())?;
+        let ledger = invocation
+            .checkpoint_dir
+            .filter(|_| self.settings.fuel)
+            .map(FuelLedger::open);
+        let carried = ledger.as_ref().map_or(0, FuelLedger::carried);
+        // Earlier passes count against the budget: resuming is no way to
+        // run past it.
+        let budget = limits.fuel.saturating_sub(carried);
         let mut store = Store::new(
             &self.engine,
             UnitState {
@@ -313,14 +328,28 @@ impl Sandbox {
                     in_use: invocation.control.memory_bytes.clone(),
                     exceeded: false,
                 },
+                ledger,
             },
         );
         store.limiter(|state| &mut state.memory);
         if self.settings.fuel {
             store
-                .set_fuel(limits.fuel)
+                .set_fuel(budget)
                 .and_then(|()| store.fuel_async_yield_interval(Some(YIELD_EVERY_FUEL)))
                 .map_err(|e| Error::Engine(e.to_string()))?;
+        }
+        if store.data().ledger.is_some() {
+            // Checkpoints are written through host calls, so the fuel spent
+            // up to one is known exactly when that call returns.
+            store.call_hook(move |mut store, hook| {
+                if matches!(hook, CallHook::ReturningFromHost) {
+                    let spent = budget.saturating_sub(store.get_fuel()?);
+                    if let Some(ledger) = &mut store.data_mut().ledger {
+                        ledger.observe(spent);
+                    }
+                }
+                Ok(())
+            });
         }
         if self.settings.epoch_interruption {
             store.set_epoch_deadline(1);
@@ -347,7 +376,7 @@ impl Sandbox {
         let supervised = supervise::supervise(unit, &invocation.control, watch).await;
 
         let fuel_used = match store.get_fuel() {
-            Ok(left) => limits.fuel.saturating_sub(left),
+            Ok(left) => carried.saturating_add(budget.saturating_sub(left)),
             Err(_) => 0,
         };
         let memory_exceeded = store.data().memory.exceeded;

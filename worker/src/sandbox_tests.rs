@@ -132,7 +132,18 @@ async fn interrupt_and_resume(
         resumed.stdout, straight.stdout,
         "resuming changed the result"
     );
-    assert!(resumed.fuel_used < straight.fuel_used, "it started over");
+    // The resumed run counts the fuel spent up to its checkpoint, so its
+    // total is the straight run's plus what a second start repeats (about
+    // a million for folding, whose lattice is 1 MiB: 1% of these small
+    // runs). Starting over, or counting the first run whole, would add
+    // up to half the straight run's.
+    let extra = resumed.fuel_used as f64 / straight.fuel_used as f64 - 1.0;
+    assert!(
+        (-0.005..0.03).contains(&extra),
+        "resumed total {} against straight {}",
+        resumed.fuel_used,
+        straight.fuel_used
+    );
     [straight, interrupted, resumed]
 }
 
@@ -358,4 +369,47 @@ async fn the_folding_unit_resumes_through_the_sdk() {
         stdout(&straight)
     );
     assert!(String::from_utf8_lossy(&resumed.stderr).contains("resumed at seed"));
+}
+
+/// The fuel budget covers all runs of a unit together: resuming from a
+/// checkpoint gives no fresh budget, so a unit cannot outrun its limit by
+/// being interrupted (or by crashing on purpose).
+#[tokio::test]
+async fn resuming_does_not_renew_the_fuel_budget() {
+    let sandbox = Sandbox::new(None).expect("sandbox");
+    let bytes = std::fs::read(cobble_unit_artifacts::COLLATZ_C).expect("unit built");
+    let module = sandbox.prepare_bytes(&bytes).expect("module");
+    let dirs = dirs();
+    let args: Vec<String> = ["1", "1000000"].iter().map(|a| a.to_string()).collect();
+    let mut generous = limits();
+    generous.fuel = 50_000_000_000;
+    let straight = run_in(&sandbox, &module, &dirs, &args, generous, None).await;
+    assert_eq!(straight.outcome, Ok(()));
+    // Two runs of 60% each would finish if each had its own budget.
+    let mut tight = generous;
+    tight.fuel = straight.fuel_used * 6 / 10;
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        let run = run_in(
+            &sandbox,
+            &module,
+            &dirs,
+            &args,
+            tight,
+            Some(&dirs.checkpoint),
+        )
+        .await;
+        assert_eq!(
+            run.fuel_used, tight.fuel,
+            "each run reports the whole budget spent"
+        );
+        outcomes.push(run.outcome);
+    }
+    assert_eq!(
+        outcomes,
+        vec![
+            Err(UnitFailure::FuelExhausted(tight.fuel)),
+            Err(UnitFailure::FuelExhausted(tight.fuel))
+        ]
+    );
 }

@@ -1,8 +1,9 @@
 //! Invariant 7 on the worker's side: a worker killed with SIGKILL in the
 //! middle of a unit resumes it from the unit's checkpoint when it restarts,
 //! instead of the coordinator having to reissue it, and the result is the
-//! one an uninterrupted run gives.
+//! one an uninterrupted run gives, for the same credit.
 
+use cobble_coordinator::credit::FUEL_PER_CREDIT;
 use cobble_e2e::{Coordinator, binary, start_worker, submit_folding_job, wait_until};
 use std::path::Path;
 use std::process::Command;
@@ -66,4 +67,21 @@ fn a_killed_worker_resumes_its_unit_from_the_checkpoint() {
         .output()
         .expect("exec");
     assert_eq!(resumed, straight.stdout, "resuming changed the answer");
+
+    // Credit is fuel: the fuel spent before the kill, up to the checkpoint,
+    // counts, so the resumed unit earns what an uninterrupted one would.
+    let stderr = String::from_utf8_lossy(&straight.stderr);
+    let straight_fuel: f64 = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("fuel used: "))
+        .and_then(|fuel| fuel.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no fuel figure from exec: {stderr}"));
+    let status: serde_json::Value =
+        serde_json::from_str(&coordinator.cli_ok(&["status", &job, "--json"])).expect("json");
+    let credit = status["credit_granted"].as_f64().expect("credit");
+    let extra = credit * FUEL_PER_CREDIT / straight_fuel - 1.0;
+    assert!(
+        (-0.005..0.01).contains(&extra),
+        "credit {credit} for a resumed unit, against {straight_fuel} fuel straight through"
+    );
 }
