@@ -12,6 +12,14 @@
 //! Fuel spent after the last checkpoint is redone by the next pass and so
 //! not carried: the total matches an uninterrupted run's to within the
 //! little work a start repeats (parsing arguments, reading the checkpoint).
+//!
+//! Looking at the state file costs a `stat`, a few microseconds: on every
+//! host call that would make a unit that writes a byte at a time several
+//! times slower. So the ledger looks during the first host calls after a
+//! stretch of computing (where a checkpoint's open, write, close and rename
+//! come), and otherwise at most once per `LOOK_EVERY_FUEL`: a checkpoint
+//! written in the middle of a stream of host calls is recorded that much
+//! late, a few milliseconds of work over.
 
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};
@@ -19,6 +27,14 @@ use std::time::SystemTime;
 
 /// The unit's checkpoint file, as named by the protocol (workunits/README.md).
 const STATE: &str = "state";
+/// Fuel between two host calls that makes the second the start of a burst
+/// (about a millisecond of work).
+const QUIET_FUEL: u64 = 1_000_000;
+/// Host calls looked after at the start of a burst: saving a checkpoint and
+/// its progress through the SDK takes eight.
+const BURST_CALLS: u32 = 16;
+/// Otherwise the ledger looks once per this much fuel (about 10 ms of work).
+const LOOK_EVERY_FUEL: u64 = 10_000_000;
 
 #[derive(Debug)]
 pub struct FuelLedger {
@@ -29,6 +45,14 @@ pub struct FuelLedger {
     carried: u64,
     /// The state file as last seen, to notice when the unit replaces it.
     seen: Option<Version>,
+    /// Fuel (of this pass) at the last host call's return.
+    last_call: u64,
+    /// Fuel at the last look at the state file.
+    last_look: u64,
+    /// Host calls of the current burst still to be looked after.
+    burst_left: u32,
+    /// Looks taken, for tests.
+    looks: u64,
 }
 
 /// Enough of a file's metadata to tell one version of it from the next:
@@ -81,6 +105,11 @@ impl FuelLedger {
             state,
             carried,
             seen,
+            last_call: 0,
+            last_look: 0,
+            // A start reads its checkpoint: a burst.
+            burst_left: BURST_CALLS,
+            looks: 0,
         }
     }
 
@@ -93,6 +122,17 @@ impl FuelLedger {
     /// fuel this pass has used so far: if that call replaced the checkpoint,
     /// the total up to it is recorded.
     pub fn observe(&mut self, spent: u64) {
+        if spent.saturating_sub(self.last_call) >= QUIET_FUEL {
+            self.burst_left = BURST_CALLS;
+        }
+        self.last_call = spent;
+        if self.burst_left > 0 {
+            self.burst_left -= 1;
+        } else if spent.saturating_sub(self.last_look) < LOOK_EVERY_FUEL {
+            return;
+        }
+        self.last_look = spent;
+        self.looks += 1;
         let now = Version::read(&self.state);
         if now == self.seen {
             return;
@@ -146,6 +186,34 @@ mod tests {
         std::fs::rename(dir.join("state.partial"), dir.join("state")).expect("rename");
         second.observe(50);
         assert_eq!(FuelLedger::open(&dir).carried(), 300, "passes add up");
+    }
+
+    /// A unit that makes host calls without pause is looked after about
+    /// once per `LOOK_EVERY_FUEL`; one that computes between checkpoints is
+    /// looked after on each call of a save.
+    #[test]
+    fn streams_of_host_calls_are_looked_after_sparingly() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("checkpoint");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let mut chatty = FuelLedger::open(&dir);
+        for call in 1..=1_000_000 {
+            chatty.observe(call * 100);
+        }
+        let expected = u64::from(BURST_CALLS) + 100_000_000 / LOOK_EVERY_FUEL;
+        assert!(chatty.looks <= expected, "{} looks", chatty.looks);
+
+        // A save after a long computation is seen on its rename, the fourth
+        // call of the burst, and recorded at that call's fuel.
+        let mut computing = FuelLedger::open(&dir);
+        let start = 50 * QUIET_FUEL;
+        for call in 0..3 {
+            computing.observe(start + call * 10);
+        }
+        std::fs::write(dir.join("state"), b"saved").expect("write");
+        computing.observe(start + 30);
+        computing.observe(start + 2 * QUIET_FUEL);
+        assert_eq!(FuelLedger::open(&dir).carried(), start + 30);
     }
 
     #[test]
