@@ -142,8 +142,6 @@ pub struct RunReport {
 pub struct UnitState {
     wasi: WasiP1Ctx,
     memory: MemoryCap,
-    /// Fuel carried across passes of a unit that checkpoints.
-    ledger: Option<FuelLedger>,
 }
 
 struct MemoryCap {
@@ -328,7 +326,6 @@ impl Sandbox {
                     in_use: invocation.control.memory_bytes.clone(),
                     exceeded: false,
                 },
-                ledger,
             },
         );
         store.limiter(|state| &mut state.memory);
@@ -338,15 +335,12 @@ impl Sandbox {
                 .and_then(|()| store.fuel_async_yield_interval(Some(YIELD_EVERY_FUEL)))
                 .map_err(|e| Error::Engine(e.to_string()))?;
         }
-        if store.data().ledger.is_some() {
+        if let Some(mut ledger) = ledger {
             // Checkpoints are written through host calls, so the fuel spent
             // up to one is known exactly when that call returns.
-            store.call_hook(move |mut store, hook| {
+            store.call_hook(move |store, hook| {
                 if matches!(hook, CallHook::ReturningFromHost) {
-                    let spent = budget.saturating_sub(store.get_fuel()?);
-                    if let Some(ledger) = &mut store.data_mut().ledger {
-                        ledger.observe(spent);
-                    }
+                    ledger.observe(budget.saturating_sub(store.get_fuel()?));
                 }
                 Ok(())
             });

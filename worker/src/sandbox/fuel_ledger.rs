@@ -21,6 +21,7 @@
 //! written in the middle of a stream of host calls is recorded that much
 //! late, a few milliseconds of work over.
 
+use crate::durable;
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -143,13 +144,9 @@ impl FuelLedger {
         }
     }
 
-    /// Writes the record atomically: a torn record would read as zero.
+    /// Replaces the record crash-safely: a torn record would read as zero.
     fn write(&self, total: u64) {
-        let mut partial = self.record.as_os_str().to_owned();
-        partial.push(".partial");
-        let written = std::fs::write(&partial, total.to_string())
-            .and_then(|()| std::fs::rename(&partial, &self.record));
-        if let Err(error) = written {
+        if let Err(error) = durable::write_private(&self.record, total.to_string().as_bytes()) {
             tracing::warn!(%error, record = %self.record.display(), "cannot record fuel at checkpoint");
         }
     }
@@ -158,6 +155,12 @@ impl FuelLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Saves a checkpoint as the protocol says: write, then rename over.
+    fn save(dir: &Path, contents: &[u8]) {
+        std::fs::write(dir.join("state.partial"), contents).expect("write");
+        std::fs::rename(dir.join("state.partial"), dir.join("state")).expect("rename");
+    }
 
     #[test]
     fn fuel_is_recorded_when_the_state_is_replaced_and_carried_on_resume() {
@@ -171,8 +174,7 @@ mod tests {
             !root.path().join("checkpoint.fuel").exists(),
             "no checkpoint yet"
         );
-        std::fs::write(dir.join("state.partial"), b"one").expect("write");
-        std::fs::rename(dir.join("state.partial"), dir.join("state")).expect("rename");
+        save(&dir, b"one");
         first.observe(250);
         first.observe(400);
         assert_eq!(
@@ -182,8 +184,7 @@ mod tests {
         );
 
         let mut second = FuelLedger::open(&dir);
-        std::fs::write(dir.join("state.partial"), b"two").expect("write");
-        std::fs::rename(dir.join("state.partial"), dir.join("state")).expect("rename");
+        save(&dir, b"two");
         second.observe(50);
         assert_eq!(FuelLedger::open(&dir).carried(), 300, "passes add up");
     }

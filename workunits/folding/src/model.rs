@@ -146,21 +146,11 @@ impl Rng {
         let bits = self.next();
         let at = (((bits >> 32) * bonds) >> 32) as usize;
         if bits & 1 == 0 {
-            // A pivot: one to three quarter turns of the whole tail.
-            let turn = 1 + ((((bits & 0xFFFF_FFFF) >> 1) * 3) >> 31) as u8;
-            Move {
-                at,
-                turn,
-                bond_only: false,
-            }
+            // One to three quarter turns.
+            Move::pivot(at, 1 + ((((bits & 0xFFFF_FFFF) >> 1) * 3) >> 31) as u8)
         } else {
-            // A bond move: bond `at` gets a uniformly random direction, a
-            // turn of 0..4, and the tail is translated.
-            Move {
-                at,
-                turn: (bits >> 1) as u8 & 3,
-                bond_only: true,
-            }
+            // A uniformly random new direction: a turn of 0..4.
+            Move::bond(at, (bits >> 1) as u8 & 3)
         }
     }
 }
@@ -178,6 +168,24 @@ struct Move {
 }
 
 impl Move {
+    /// Rotates the tail after bond `at`, that bond included, by `turn`.
+    fn pivot(at: usize, turn: u8) -> Move {
+        Move {
+            at,
+            turn,
+            bond_only: false,
+        }
+    }
+
+    /// Turns bond `at` alone by `turn`: the tail after it is translated.
+    fn bond(at: usize, turn: u8) -> Move {
+        Move {
+            at,
+            turn,
+            bond_only: true,
+        }
+    }
+
     fn apply(self, fold: &mut Fold) {
         self.add(fold, self.turn);
     }
@@ -283,7 +291,7 @@ impl Chain {
         }
         // Count each H-H neighbour pair once: look right and up from every
         // H residue. Chain neighbours are among them; they are no contacts.
-        let h = stamp << 1 | 1;
+        let h = mark | 1;
         let mut neighbours = 0;
         for &i in &self.hydrophobic {
             let cell = cells[CELLS + i as usize];
@@ -353,11 +361,7 @@ mod tests {
         let chain = Chain::parse("HPHPH").expect("chain");
         let start = fold(&chain, "RRUL");
         let mut moved = start.clone();
-        let pivot = Move {
-            at: 1,
-            turn: 1,
-            bond_only: false,
-        };
+        let pivot = Move::pivot(1, 1);
         pivot.apply(&mut moved);
         assert_eq!(
             moved.to_string(),
@@ -366,20 +370,12 @@ mod tests {
         );
         pivot.undo(&mut moved);
         assert_eq!(moved, start);
-        let bond = Move {
-            at: 1,
-            turn: 3,
-            bond_only: true,
-        };
+        let bond = Move::bond(1, 3);
         bond.apply(&mut moved);
         assert_eq!(moved.to_string(), "RDUL", "bond 1 turned, the rest kept");
         bond.undo(&mut moved);
         assert_eq!(moved, start);
-        let last = Move {
-            at: 3,
-            turn: 2,
-            bond_only: true,
-        };
+        let last = Move::bond(3, 2);
         last.apply(&mut moved);
         assert_eq!(moved.to_string(), "RRUR");
         assert_eq!(
