@@ -3,7 +3,7 @@
 
 mod output;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cobble_client::{Connection, Credentials};
 use cobble_core::spec::LocalJob;
@@ -183,12 +183,16 @@ async fn upload_job(connection: &Connection, job: &LocalJob) -> anyhow::Result<p
     })
 }
 
-/// Downloads each done unit's stdout and files into `out/<index>/`.
+/// Downloads each done unit's stdout and files into `out/<index>/`. A file
+/// whose name is not a plain relative name (a coordinator from before names
+/// were checked may hold one) is skipped with a warning, so one bad name
+/// never keeps a researcher from the rest of the job's results.
 async fn write_results(
     connection: &Connection,
     results: &pb::JobResults,
     out: &Path,
 ) -> anyhow::Result<()> {
+    let mut skipped = 0;
     for unit in results.units.iter().filter(|u| u.state == "done") {
         let dir = out.join(unit.index.to_string());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -196,7 +200,14 @@ async fn write_results(
             fetch(connection, stdout, &dir.join("stdout")).await?;
         }
         for file in &unit.files {
-            let target = safe_join(&dir, &file.name)?;
+            let Some(target) = safe_join(&dir, &file.name) else {
+                eprintln!(
+                    "warning: unit {}: skipping output file {:?}: not a plain relative name",
+                    unit.index, file.name
+                );
+                skipped += 1;
+                continue;
+            };
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)?;
             }
@@ -204,6 +215,9 @@ async fn write_results(
                 fetch(connection, blob, &target).await?;
             }
         }
+    }
+    if skipped > 0 {
+        eprintln!("warning: {skipped} output files skipped for their names");
     }
     Ok(())
 }
@@ -218,13 +232,6 @@ async fn fetch(connection: &Connection, blob: &pb::BlobRef, target: &Path) -> an
 }
 
 /// Output names come from work units: never let one write outside `dir`.
-fn safe_join(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let relative = Path::new(name);
-    let plain = relative
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if !plain || name.is_empty() {
-        bail!("refusing output file name {name:?}: not a plain relative path");
-    }
-    Ok(dir.join(relative))
+fn safe_join(dir: &Path, name: &str) -> Option<PathBuf> {
+    cobble_core::output::is_plain_name(name).then(|| dir.join(name))
 }

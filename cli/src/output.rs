@@ -28,7 +28,31 @@ pub fn print_status(status: &pb::JobStatus, as_json: bool) -> anyhow::Result<()>
         status.results_timed_out,
         status.results_client_error
     );
+    if status.units_unreplicated > 0 {
+        println!(
+            "  {} done units accepted from one trusted host (adaptive replication)",
+            status.units_unreplicated
+        );
+    }
+    if status.units_waiting_network > 0 {
+        println!(
+            "  {} units wait for a host on another network: a replica is held on the network of every host that asked",
+            status.units_waiting_network
+        );
+    }
     println!("  credit granted: {:.3}", status.credit_granted);
+    if status.credit_pending > 0.0 {
+        println!(
+            "  credit pending (units accepted from one host, paid after its next check): {:.3}",
+            status.credit_pending
+        );
+    }
+    if status.credit_revoked > 0.0 {
+        println!(
+            "  credit taken back from results later found invalid: {:.3}",
+            status.credit_revoked
+        );
+    }
     Ok(())
 }
 
@@ -42,6 +66,8 @@ fn status_json(status: &pb::JobStatus) -> serde_json::Value {
             "done": status.units_done,
             "pending": status.units_pending,
             "errored": status.units_errored,
+            "unreplicated": status.units_unreplicated,
+            "waiting_network": status.units_waiting_network,
         },
         "results": {
             "valid": status.results_valid,
@@ -51,6 +77,8 @@ fn status_json(status: &pb::JobStatus) -> serde_json::Value {
             "client_error": status.results_client_error,
         },
         "credit_granted": status.credit_granted,
+        "credit_revoked": status.credit_revoked,
+        "credit_pending": status.credit_pending,
         "progress": status.progress,
         "created_ms": status.created_ms,
         "finished_ms": status.finished_ms,
@@ -70,6 +98,8 @@ pub fn print_results(results: &pb::JobResults, out: &Path, as_json: bool) -> any
                     "dir": (unit.state == "done").then(|| out.join(unit.index.to_string())),
                     "files": unit.files.iter().map(|f| &f.name).collect::<Vec<_>>(),
                     "error": (!unit.error.is_empty()).then_some(&unit.error),
+                    // Several hosts agreed, or one trusted host's word.
+                    "replicated": (unit.state == "done").then_some(unit.replicated),
                 })
             })
             .collect();

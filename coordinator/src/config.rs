@@ -35,6 +35,9 @@ pub struct Config {
     /// other.
     #[arg(long, env = "COBBLE_MAX_SERVE_BYTES_PER_SEC", default_value_t = 0)]
     pub max_serve_bytes_per_sec: u64,
+    /// Trust, spot-checks, quotas and replica placement.
+    #[command(flatten)]
+    pub integrity: crate::integrity::Policy,
 }
 
 /// Parses only the coordinator's flags, to build a config in code.

@@ -9,7 +9,12 @@ pub const RAC_HALF_LIFE_MS: f64 = 7.0 * 24.0 * 3600.0 * 1000.0;
 const DAY_MS: f64 = 24.0 * 3600.0 * 1000.0;
 
 pub fn for_fuel(fuel: u64) -> f64 {
-    fuel as f64 / FUEL_PER_CREDIT
+    for_fuel_f64(fuel as f64)
+}
+
+/// [`for_fuel`] of a sum of fuel that the database added up as a float.
+pub fn for_fuel_f64(fuel: f64) -> f64 {
+    fuel / FUEL_PER_CREDIT
 }
 
 /// RAC as of `now_ms`, decayed from its value at `rac_time_ms`.

@@ -77,11 +77,14 @@ impl Db {
     /// Row-lock suffix for a SELECT inside a write transaction. SQLite's
     /// `BEGIN IMMEDIATE` already serializes writers, PostgreSQL needs it.
     /// `tables` names the aliases to lock: locking a joined job row would
-    /// serialize every report of the job.
+    /// serialize every report of the job. `NO KEY UPDATE`, because no
+    /// transaction changes a key: a plain `FOR UPDATE` would also conflict
+    /// with the key-share locks that foreign-key checks take (inserting a
+    /// result of a unit, issuing a result to a host), and deadlock.
     pub fn for_update_of(&self, tables: &str) -> String {
         match self.backend {
             Backend::Sqlite => String::new(),
-            Backend::Postgres => format!(" FOR UPDATE OF {tables}"),
+            Backend::Postgres => format!(" FOR NO KEY UPDATE OF {tables}"),
         }
     }
 

@@ -39,6 +39,19 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Errors a retry cures: PostgreSQL's deadlock and serialization
+/// failures, SQLite's busy and locked, a pool with no free connection.
+fn transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(e) => matches!(
+            e.code().as_deref(),
+            Some("40001" | "40P01" | "5" | "6" | "517" | "262")
+        ),
+        _ => false,
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         use tonic::Status;
@@ -49,6 +62,10 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::Database(e) if transient(&e) => {
+                tracing::warn!(error = %e, "transient database error; the caller retries");
+                Status::unavailable("the coordinator's database is busy; try again")
+            }
             other => {
                 // Internal details go to the operator's log, not to callers.
                 tracing::error!(error = %other, "internal error");

@@ -10,6 +10,7 @@ pub mod config;
 pub mod credit;
 pub mod db;
 pub mod error;
+pub mod integrity;
 pub mod secrets;
 pub mod service;
 pub mod store;
@@ -28,7 +29,8 @@ use store::Store;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-/// How often overdue leases are swept, so their units are reissued.
+/// How often overdue leases are swept, so their units are reissued, and
+/// credit owed to hosts that passed a check is paid.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Opens (creating on first start) the database, blob store and key.
@@ -50,7 +52,7 @@ pub async fn start(config: &Config) -> Result<Store> {
     };
     let key = secrets::signing_key(&key_path, create)?;
     let token = secrets::ResearcherToken::load_or_create(&config.researcher_token_path())?;
-    Ok(Store::new(db, blobs, key, token))
+    Ok(Store::new(db, blobs, key, token).with_policy(config.integrity.clone()))
 }
 
 /// Serves every service on `listener` until `shutdown` resolves.
@@ -119,6 +121,9 @@ async fn sweep_overdue(store: Store) {
             Ok(expired) if expired > 0 => store.notify_work_added(),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "sweeping overdue leases failed"),
+        }
+        if let Err(error) = store.release_deferred_credit().await {
+            tracing::warn!(%error, "paying deferred credit failed");
         }
     }
 }

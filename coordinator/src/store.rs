@@ -9,15 +9,19 @@ mod leaderboard;
 mod reports;
 mod scheduler;
 mod transfers;
+mod transition;
 
 pub use accounts::{Attached, HostIdentity};
 pub use reports::ReportStatus;
 
 use crate::blob_store::BlobStore;
 use crate::db::Db;
+use crate::integrity::Policy;
 use crate::secrets::ResearcherToken;
 use ed25519_dalek::SigningKey;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 /// Shared state behind every service.
 #[derive(Debug, Clone)]
@@ -29,6 +33,13 @@ pub struct Store {
     /// Woken when results become available to send, so idle hosts waiting
     /// in `request_work` get them at once instead of polling.
     work_added: Arc<tokio::sync::Notify>,
+    /// The integrity policy: trust, spot-checks, quotas, replica placement.
+    policy: Arc<Policy>,
+    /// When a host trusted for a module last took a unit of it, by module
+    /// hash: while one is active, replicas that no trusted host holds are
+    /// kept for trusted hosts a while. Per process, which is enough for a
+    /// preference.
+    trusted_active: Arc<Mutex<HashMap<Vec<u8>, i64>>>,
 }
 
 impl Store {
@@ -44,7 +55,19 @@ impl Store {
             signing_key: Arc::new(signing_key),
             researcher_token,
             work_added: Arc::default(),
+            policy: Arc::default(),
+            trusted_active: Arc::default(),
         }
+    }
+
+    /// Replaces the default integrity policy.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// Wakes every host waiting for work.
@@ -55,24 +78,31 @@ impl Store {
     /// Hands out work like `request_work`, but when there is none, waits up
     /// to `wait` for some to appear (a long poll: an idle host then costs
     /// one request per `wait`, and still hears of new work at once).
+    /// Replicas held back for spacing become ready without a wake-up, so
+    /// the wait looks again at least this often.
     pub async fn request_work_waiting(
         &self,
         host: HostIdentity,
         slots: u32,
+        peer: Option<IpAddr>,
         wait: std::time::Duration,
     ) -> crate::Result<Vec<cobble_proto::v1::Assignment>> {
-        let added = self.work_added.notified();
-        tokio::pin!(added);
-        // Registered before looking, so work added meanwhile is not missed.
-        added.as_mut().enable();
-        let assignments = self.request_work(host, slots).await?;
-        if !assignments.is_empty() || wait.is_zero() {
-            return Ok(assignments);
+        let until = tokio::time::Instant::now() + wait;
+        let recheck = std::time::Duration::from_millis(
+            self.policy.replica_spacing_ms.clamp(100, 5_000) as u64,
+        );
+        loop {
+            let added = self.work_added.notified();
+            tokio::pin!(added);
+            // Registered before looking, so work added meanwhile is not missed.
+            added.as_mut().enable();
+            let assignments = self.request_work_from(host, slots, peer).await?;
+            let now = tokio::time::Instant::now();
+            if !assignments.is_empty() || now >= until {
+                return Ok(assignments);
+            }
+            let _ = tokio::time::timeout((until - now).min(recheck), added).await;
         }
-        if tokio::time::timeout(wait, added).await.is_err() {
-            return Ok(assignments);
-        }
-        self.request_work(host, slots).await
     }
 
     pub fn researcher_token(&self) -> &ResearcherToken {
@@ -82,6 +112,12 @@ impl Store {
     pub fn signing_key(&self) -> &SigningKey {
         &self.signing_key
     }
+}
+
+/// A uniform draw in [0, 1) from the OS random source: issue choices must
+/// not be predictable by hosts.
+fn random_fraction() -> f64 {
+    (u64::from_le_bytes(cobble_core::random_bytes::<8>()) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Stored secrets are kept as BLAKE3 hashes: a leaked database does not

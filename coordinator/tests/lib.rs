@@ -2,5 +2,6 @@
 
 mod cases {
     mod grpc;
+    mod integrity;
     mod store;
 }

@@ -31,6 +31,20 @@ fn add_blob(hasher: &mut blake3::Hasher, blob: &BlobRef) {
     hasher.update(&blob.size.to_le_bytes());
 }
 
+/// Whether a reported file name is a plain relative name: one or more
+/// normal path components, no `..`, no root, no control characters. Output
+/// names become file names on the researcher's machine.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.chars().any(char::is_control)
+        && !name.starts_with('/')
+        && !name.contains('\\')
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +72,28 @@ mod tests {
         assert_ne!(a, digest(&blob(1), &[file("x", 2), file("z", 3)]));
         assert_ne!(a, digest(&blob(9), &[file("x", 2), file("y", 3)]));
         assert_ne!(a, digest(&blob(1), &[file("x", 2)]));
+    }
+
+    #[test]
+    fn output_names() {
+        for good in ["out.png", "a/b.txt", "tile-0001.bin", "ünïcode"] {
+            assert!(is_plain_name(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "../../pwned",
+            "/etc/passwd",
+            "a/../b",
+            "a//b",
+            ".",
+            "a/./b",
+            "nul\0byte",
+            "tab\tname",
+            "win\\path",
+            "trailing/",
+        ] {
+            assert!(!is_plain_name(bad), "{bad:?}");
+        }
+        assert!(!is_plain_name(&"x".repeat(256)));
     }
 }

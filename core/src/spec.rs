@@ -14,6 +14,7 @@ pub const DEFAULT_REPLICATION: pb::Replication = pb::Replication {
     min_quorum: 2,
     target_results: 2,
     max_total_results: 5,
+    adaptive: None,
 };
 pub const DEFAULT_FUEL: u64 = 100_000_000_000;
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
@@ -80,6 +81,7 @@ struct ReplicationToml {
     min_quorum: Option<u32>,
     target_results: Option<u32>,
     max_total_results: Option<u32>,
+    adaptive: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +188,7 @@ impl LocalJob {
                 max_total_results: r
                     .max_total_results
                     .unwrap_or(target_results + DEFAULT_REPLICATION.max_total_results - 2),
+                adaptive: r.adaptive,
             }
         });
         let limits = raw.limits.map_or_else(default_limits, |l| pb::Limits {

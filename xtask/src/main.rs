@@ -6,7 +6,7 @@
 //! - `cargo xtask setup`: install what the build needs (wasm target, clang,
 //!   the pinned third-party WASI program); `.ci/run` calls it before clippy.
 //! - `cargo xtask units`: build the example work units for wasm32-wasip1.
-//! - `cargo xtask bench [units|volunteer|swarm]`: set up, then run the benchmarks.
+//! - `cargo xtask bench [units|volunteer|swarm|integrity]`: set up, then run the benchmarks.
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -52,13 +52,15 @@ fn main() -> anyhow::Result<()> {
             ensure_wasm_target()?;
             ensure_c_toolchain()?;
             // `units`: wasm against native; `volunteer`: what the worker
-            // costs its owner; `swarm`: peer-to-peer input delivery. All
-            // unless one is named.
+            // costs its owner; `swarm`: peer-to-peer input delivery;
+            // `integrity`: wrong results and replication cost under
+            // saboteurs. All unless one is named.
             let which = std::env::args().nth(2);
             let benches = [
                 ("cobble-worker", "units"),
                 ("cobble-e2e", "volunteer"),
                 ("cobble-e2e", "swarm"),
+                ("cobble-e2e", "integrity"),
             ];
             for (package, bench) in benches {
                 if which.as_deref().is_none_or(|name| name == bench) {
@@ -74,7 +76,9 @@ fn main() -> anyhow::Result<()> {
             build_units()?;
             demo(&root)
         }
-        _ => bail!("usage: cargo xtask <demo|test|setup|units|bench [units|volunteer|swarm]>"),
+        _ => bail!(
+            "usage: cargo xtask <demo|test|setup|units|bench [units|volunteer|swarm|integrity]>"
+        ),
     }
 }
 

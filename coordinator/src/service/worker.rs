@@ -71,9 +71,10 @@ impl WorkerService for WorkerApi {
         let wait = std::time::Duration::from_secs(u64::from(
             request.get_ref().wait_s.min(MAX_WORK_WAIT_S),
         ));
+        let peer = request.remote_addr().map(|address| address.ip());
         let assignments = self
             .store
-            .request_work_waiting(host, request.get_ref().slots, wait)
+            .request_work_waiting(host, request.get_ref().slots, peer, wait)
             .await?;
         let retry_after_s = if assignments.is_empty() {
             RETRY_AFTER_S

@@ -2,6 +2,7 @@
 //! status, results and cancellation.
 
 use super::Store;
+use super::scheduler::{NETWORK_WAIT_SHOWN_MS, Placement, random_key};
 use crate::error::{Error, Result};
 use cobble_core::{BlobHash, spec};
 use cobble_proto::v1 as pb;
@@ -22,8 +23,9 @@ impl Store {
 
         let mut tx = self.db.begin_write().await?;
         let job_id: i64 = sqlx::query_scalar(
-            "INSERT INTO jobs (name, state, spec, min_quorum, target_results, max_total_results, deadline_s, units_total, created_ms)
-             VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            "INSERT INTO jobs (name, state, spec, min_quorum, target_results, max_total_results, deadline_s, units_total, created_ms,
+                               module_hash, adaptive)
+             VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
         )
         .bind(&spec.name)
         .bind(spec.encode_to_vec())
@@ -33,6 +35,8 @@ impl Store {
         .bind(i64::from(limits.deadline_s))
         .bind(units.len() as i64)
         .bind(now)
+        .bind(spec.module.as_ref().map(|m| m.hash.clone()).unwrap_or_default())
+        .bind(i64::from(replication.adaptive.unwrap_or(true)))
         .fetch_one(&mut *tx)
         .await?;
         for unit in &units {
@@ -51,9 +55,9 @@ impl Store {
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
-            for _ in 0..replication.target_results {
-                insert_unsent(&mut tx, unit_id, now).await?;
-            }
+            // One replica first: how many more it gets is decided when it
+            // goes out, by who takes it (adaptive replication).
+            insert_unsent(&mut tx, unit_id, now, READY_NOW).await?;
         }
         tx.commit().await?;
         self.notify_work_added();
@@ -131,10 +135,13 @@ impl Store {
         let units = sqlx::query(
             "SELECT COUNT(*) FILTER (WHERE state = 'pending') AS pending,
                     COUNT(*) FILTER (WHERE state = 'done') AS done,
-                    COUNT(*) FILTER (WHERE state = 'errored') AS errored
+                    COUNT(*) FILTER (WHERE state = 'errored') AS errored,
+                    COUNT(*) FILTER (WHERE state = 'pending' AND network_wait_ms > $2) AS network_wait,
+                    COUNT(*) FILTER (WHERE state = 'done' AND replicated = 0) AS unreplicated
              FROM units WHERE job_id = $1",
         )
         .bind(job_id)
+        .bind(cobble_core::now_ms() - NETWORK_WAIT_SHOWN_MS)
         .fetch_one(self.db.pool())
         .await?;
         let results = sqlx::query(
@@ -143,7 +150,10 @@ impl Store {
                     COUNT(*) FILTER (WHERE r.validate_state = 'invalid') AS invalid,
                     COUNT(*) FILTER (WHERE r.state = 'timed_out') AS timed_out,
                     COUNT(*) FILTER (WHERE r.outcome = 'client_error') AS client_error,
-                    COALESCE(SUM(r.granted_credit), 0.0) AS credit
+                    COALESCE(SUM(r.granted_credit), 0.0) AS credit,
+                    COALESCE(SUM(r.revoked_credit), 0.0) AS revoked,
+                    COALESCE(SUM(CASE WHEN r.credit = 'deferred'
+                                 THEN CAST(r.fuel_used AS DOUBLE PRECISION) ELSE 0.0 END), 0.0) AS deferred_fuel
              FROM results r JOIN units u ON u.id = r.unit_id WHERE u.job_id = $1",
         )
         .bind(job_id)
@@ -179,6 +189,10 @@ impl Store {
             created_ms: job.try_get("created_ms")?,
             finished_ms: job.try_get::<Option<i64>, _>("finished_ms")?.unwrap_or(0),
             progress: progress_fraction(&units, &job, running)?,
+            units_waiting_network: count(&units, "network_wait")?,
+            credit_revoked: results.try_get("revoked")?,
+            units_unreplicated: count(&units, "unreplicated")?,
+            credit_pending: crate::credit::for_fuel_f64(results.try_get("deferred_fuel")?),
         })
     }
 
@@ -186,7 +200,7 @@ impl Store {
     pub async fn job_results(&self, job_id: i64) -> Result<pb::JobResults> {
         let status = self.job_status(job_id).await?;
         let rows = sqlx::query(
-            "SELECT u.idx, u.state, u.payload, u.error, r.output
+            "SELECT u.idx, u.state, u.payload, u.error, u.replicated, r.output
              FROM units u LEFT JOIN results r ON r.id = u.canonical_result_id
              WHERE u.job_id = $1 ORDER BY u.idx",
         )
@@ -216,6 +230,7 @@ impl Store {
                     .try_get::<Option<String>, _>("error")?
                     .unwrap_or_default(),
                 args: payload.args,
+                replicated: row.try_get::<Option<i64>, _>("replicated")? == Some(1),
             });
         }
         Ok(pb::JobResults {
@@ -263,11 +278,28 @@ fn progress_fraction(
     })
 }
 
-pub(super) async fn insert_unsent(tx: &mut crate::db::Tx, unit_id: i64, now: i64) -> Result<()> {
-    sqlx::query("INSERT INTO results (unit_id, state, created_ms) VALUES ($1, 'unsent', $2)")
-        .bind(unit_id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+/// A replica anyone may take at once.
+pub(super) const READY_NOW: Placement = Placement {
+    ready_ms: 0,
+    trusted_only_until_ms: 0,
+};
+
+pub(super) async fn insert_unsent(
+    tx: &mut crate::db::Tx,
+    unit_id: i64,
+    now: i64,
+    placement: Placement,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO results (unit_id, state, created_ms, rand_key, ready_ms, trusted_only_until_ms)
+         VALUES ($1, 'unsent', $2, $3, $4, $5)",
+    )
+    .bind(unit_id)
+    .bind(now)
+    .bind(random_key())
+    .bind(placement.ready_ms)
+    .bind(placement.trusted_only_until_ms)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

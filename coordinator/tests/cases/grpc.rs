@@ -167,3 +167,100 @@ async fn health_reflection_and_auth_over_grpc() {
     stop.send(()).ok();
     server.await.expect("server task").expect("clean shutdown");
 }
+
+/// A channel whose connections come from `source`, a loopback address of
+/// our choosing: how the tests put hosts on different networks.
+async fn channel_from(url: &str, source: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .local_address(Some(source.parse().expect("address")))
+        .connect()
+        .await
+        .expect("connect from a loopback address")
+}
+
+/// Replicas of a unit never go to two hosts on one /24 when the rule
+/// applies to loopback; a unit held back only by that rule says so in the
+/// job's status; a host on another network then gets it.
+#[tokio::test]
+async fn replicas_go_to_hosts_on_different_networks() {
+    use cobble_coordinator::integrity::{NetworkRule, Policy};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config {
+        integrity: Policy {
+            network_rule: NetworkRule::All,
+            ..super::store::test_policy()
+        },
+        ..Config::defaults_in(dir.path())
+    };
+    let store = cobble_coordinator::start(&config).await.expect("start");
+    let job = super::store::submit(&store, 1, (2, 2, 5), 600).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let store = store.clone();
+        async move {
+            cobble_coordinator::serve(store, &config, listener, async {
+                stopped.await.ok();
+            })
+            .await
+        }
+    });
+
+    let mut hosts = Vec::new();
+    for (name, source) in [
+        ("first", "127.0.0.2"),
+        ("neighbour", "127.0.0.3"),
+        ("elsewhere", "127.0.1.2"),
+    ] {
+        let channel = channel_from(&url, source).await;
+        let attached = WorkerServiceClient::new(channel.clone())
+            .register_host(pb::RegisterHostRequest {
+                account: name.into(),
+                host_name: name.into(),
+                cpus: 4,
+                ..Default::default()
+            })
+            .await
+            .expect("attach")
+            .into_inner();
+        let connection = Connection::from_channel(
+            channel,
+            Credentials::Host {
+                id: attached.host_id,
+                key: attached.host_key,
+            },
+        );
+        hosts.push(connection);
+    }
+    let ask = |connection: &Connection| {
+        let request = connection.request(pb::WorkRequest {
+            slots: 4,
+            wait_s: 0,
+        });
+        let mut client = WorkerServiceClient::new(connection.channel());
+        async move {
+            client
+                .request_work(request)
+                .await
+                .expect("request work")
+                .into_inner()
+                .assignments
+                .len()
+        }
+    };
+    assert_eq!(ask(&hosts[0]).await, 1, "the first host gets the unit");
+    assert_eq!(
+        ask(&hosts[1]).await,
+        0,
+        "a host on the same /24 never gets the other replica"
+    );
+    let status = store.job_status(job).await.expect("status");
+    assert_eq!(status.units_waiting_network, 1, "{status:?}");
+    assert_eq!(ask(&hosts[2]).await, 1, "a host on another network gets it");
+    stop.send(()).ok();
+    server.await.expect("server task").expect("clean shutdown");
+}

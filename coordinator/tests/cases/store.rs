@@ -2,6 +2,7 @@
 //! PostgreSQL when `COBBLE_TEST_POSTGRES_URL` is set (CI sets it). Each test
 //! runs the same scenario on every backend available.
 
+use cobble_coordinator::integrity::Policy;
 use cobble_coordinator::store::{HostIdentity, ReportStatus, Store};
 use cobble_coordinator::{Config, Error};
 use cobble_proto::v1::{self as pb, report_request::Outcome};
@@ -9,14 +10,14 @@ use sqlx::Executor;
 use std::path::Path;
 
 /// A store on a fresh database, and what to drop afterwards.
-struct Backend {
-    store: Store,
+pub(super) struct Backend {
+    pub(super) store: Store,
     _dir: tempfile::TempDir,
     postgres: Option<(String, String)>,
 }
 
 impl Backend {
-    async fn cleanup(self) {
+    pub(super) async fn cleanup(self) {
         self.store.db.close().await;
         if let Some((admin_url, database)) = self.postgres {
             let dropped = match sqlx::AnyPool::connect(&admin_url).await {
@@ -33,9 +34,25 @@ impl Backend {
     }
 }
 
-async fn open(database_url: Option<String>, dir: &Path) -> Store {
+/// The policy scenarios run under unless they are about it.
+pub(super) fn test_policy() -> Policy {
+    Policy {
+        // Scenarios hand a unit's replicas out one right after the other.
+        replica_spacing_ms: 0,
+        // Random spot-checks would make scenarios nondeterministic.
+        spot_check_untrusted: 0.0,
+        spot_check_trusted: 0.0,
+        // Hosts here stop asking when nothing is left for them; replicas
+        // kept for trusted hosts would wait for nobody.
+        trusted_replica_window_ms: 0,
+        ..Policy::default()
+    }
+}
+
+async fn open(database_url: Option<String>, dir: &Path, policy: &Policy) -> Store {
     let config = Config {
         database_url,
+        integrity: policy.clone(),
         ..Config::defaults_in(dir)
     };
     cobble_coordinator::start(&config)
@@ -44,10 +61,14 @@ async fn open(database_url: Option<String>, dir: &Path) -> Store {
 }
 
 /// Every backend this machine offers, each on an empty database.
-async fn backends() -> Vec<Backend> {
+pub(super) async fn backends() -> Vec<Backend> {
+    backends_with(&test_policy()).await
+}
+
+pub(super) async fn backends_with(policy: &Policy) -> Vec<Backend> {
     let sqlite_dir = tempfile::tempdir().expect("temp dir");
     let mut backends = vec![Backend {
-        store: open(None, sqlite_dir.path()).await,
+        store: open(None, sqlite_dir.path(), policy).await,
         _dir: sqlite_dir,
         postgres: None,
     }];
@@ -71,7 +92,7 @@ async fn backends() -> Vec<Backend> {
             };
             let dir = tempfile::tempdir().expect("temp dir");
             backends.push(Backend {
-                store: open(Some(url), dir.path()).await,
+                store: open(Some(url), dir.path(), policy).await,
                 _dir: dir,
                 postgres: Some((admin_url, database)),
             });
@@ -81,7 +102,7 @@ async fn backends() -> Vec<Backend> {
     backends
 }
 
-async fn attach(store: &Store, account: &str) -> HostIdentity {
+pub(super) async fn attach(store: &Store, account: &str) -> HostIdentity {
     let attached = store
         .register_host(&pb::RegisterHostRequest {
             account: account.into(),
@@ -96,11 +117,16 @@ async fn attach(store: &Store, account: &str) -> HostIdentity {
         .expect("fresh credentials work")
 }
 
-async fn submit(store: &Store, units: i64, replication: (u32, u32, u32), deadline_s: u32) -> i64 {
+pub(super) async fn submit(
+    store: &Store,
+    units: i64,
+    replication: (u32, u32, u32),
+    deadline_s: u32,
+) -> i64 {
     submit_with(store, units, replication, deadline_s, None).await
 }
 
-async fn submit_with(
+pub(super) async fn submit_with(
     store: &Store,
     units: i64,
     replication: (u32, u32, u32),
@@ -129,9 +155,10 @@ async fn submit_with(
             min_quorum: replication.0,
             target_results: replication.1,
             max_total_results: replication.2,
+            adaptive: None,
         }),
         limits: Some(pb::Limits {
-            fuel: 1_000,
+            fuel: FUEL_LIMIT,
             memory_mib: 16,
             deadline_s,
             max_output_bytes: 1_000,
@@ -142,7 +169,10 @@ async fn submit_with(
     store.submit_job(&spec).await.expect("submit").0
 }
 
-async fn take_one(store: &Store, host: HostIdentity) -> Option<pb::Manifest> {
+/// The fuel limit of test jobs: claims in these tests stay below it.
+pub(super) const FUEL_LIMIT: u64 = 100_000_000_000;
+
+pub(super) async fn take_one(store: &Store, host: HostIdentity) -> Option<pb::Manifest> {
     let assignments = store.request_work(host, 1).await.expect("request work");
     let key = store.signing_key().verifying_key();
     assignments
@@ -150,7 +180,7 @@ async fn take_one(store: &Store, host: HostIdentity) -> Option<pb::Manifest> {
         .map(|a| cobble_core::manifest::verify(a, &key).expect("coordinator signs what it issues"))
 }
 
-async fn success(store: &Store, stdout: &[u8], fuel: u64) -> pb::ReportRequest {
+pub(super) async fn success(store: &Store, stdout: &[u8], fuel: u64) -> pb::ReportRequest {
     let hash = store.blobs.put(stdout).await.expect("blob");
     pb::ReportRequest {
         lease_id: String::new(),
@@ -167,7 +197,7 @@ async fn success(store: &Store, stdout: &[u8], fuel: u64) -> pb::ReportRequest {
     }
 }
 
-async fn report(
+pub(super) async fn report(
     store: &Store,
     host: HostIdentity,
     lease: &str,
@@ -177,7 +207,7 @@ async fn report(
     store.report_result(host, &request).await
 }
 
-async fn credit_of(store: &Store, account: &str) -> (f64, u64) {
+pub(super) async fn credit_of(store: &Store, account: &str) -> (f64, u64) {
     let board = store.leaderboard("users", 100).await.expect("leaderboard");
     board
         .entries
@@ -326,10 +356,15 @@ async fn expired_leases_are_reissued_and_late_reports_change_nothing() {
         );
         let status = store.job_status(job).await.expect("status");
         assert_eq!(
-            (status.state.as_str(), status.results_timed_out),
-            ("done", 1)
+            (
+                status.state.as_str(),
+                status.results_timed_out,
+                status.results_valid
+            ),
+            ("done", 1, 1)
         );
-        assert_eq!(credit_of(store, "fast").await, (1.0, 1));
+        // Accepted on one host's word: its credit waits for a passed check.
+        assert_eq!(credit_of(store, "fast").await, (0.0, 0));
         backend.cleanup().await;
     }
 }
@@ -558,15 +593,22 @@ async fn concurrent_hosts_keep_every_invariant() {
             ("done", UNITS as u32),
             "{status:?}"
         );
+        // Hosts turn trusted on the way (adaptive replication): units they
+        // got alone have one valid result, the rest exactly a quorum.
+        let alone = status.units_unreplicated;
         assert_eq!(
             status.results_valid,
-            2 * UNITS as u32,
-            "exactly a quorum per unit"
+            2 * (UNITS as u32 - alone) + alone,
+            "exactly a quorum per replicated unit: {status:?}"
         );
         let board = store.leaderboard("users", 100).await.expect("leaderboard");
         let credit: f64 = board.entries.iter().map(|e| e.total_credit).sum();
         let valid: u64 = board.entries.iter().map(|e| e.valid_results).sum();
-        assert_eq!(valid, 2 * UNITS as u64);
+        assert!(
+            valid >= 2 * u64::from(UNITS as u32 - alone)
+                && valid <= u64::from(status.results_valid),
+            "credited results {valid} of {status:?}"
+        );
         assert!(
             (credit - status.credit_granted).abs() < 1e-9,
             "{credit} vs {}",
@@ -585,7 +627,7 @@ async fn an_idle_host_waiting_for_work_gets_a_job_submitted_meanwhile() {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .request_work_waiting(host, 1, std::time::Duration::from_secs(30))
+                    .request_work_waiting(host, 1, None, std::time::Duration::from_secs(30))
                     .await
             })
         };

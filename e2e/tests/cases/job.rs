@@ -167,7 +167,8 @@ fn job_completes_with_a_cheater_and_a_crash() {
     let teams = json(&coordinator.cli_ok(&["leaderboard", "--teams", "--json"]));
     assert_eq!(teams["entries"][0]["name"], "liars");
     assert_eq!(teams["entries"][0]["total_credit"], 0.0);
-    // Total credit equals what the job says it granted, counted once each.
+    // Total credit equals what the job says it granted, counted once each
+    // (credit still pending for units returned alone is on no board yet).
     let granted = status["credit_granted"].as_f64().unwrap_or(0.0);
     let total: f64 = ["alice", "bob", "carol", "mallory"]
         .iter()
@@ -177,10 +178,13 @@ fn job_completes_with_a_cheater_and_a_crash() {
         (granted - total).abs() < 1e-6,
         "granted {granted}, leaderboard {total}"
     );
+    // Honest hosts may earn trust on the way and get units alone
+    // (adaptive replication): those have one valid result, the rest two.
+    let alone = status["units"]["unreplicated"].as_u64().unwrap_or(0);
     assert_eq!(
         status["results"]["valid"].as_u64(),
-        Some(UNITS * 2),
-        "exactly a quorum of two per unit is valid: {status}"
+        Some(2 * (UNITS - alone) + alone),
+        "exactly a quorum of two per replicated unit is valid: {status}"
     );
 }
 

@@ -1,0 +1,588 @@
+//! The transitioner: re-decides a unit from all its results and applies the
+//! decision, with its consequences for the hosts involved: trust and daily
+//! quota move with each outcome, credit is granted (or deferred, for a unit
+//! accepted on one trusted host's word, until that host next passes a
+//! check), and a host caught in disagreement has every result it returned
+//! unreplicated verified again, with credit taken back where a check
+//! overturns it (BOINC's punitive validation).
+
+use super::Store;
+use crate::credit;
+use crate::db::Tx;
+use crate::error::{Error, Result};
+use crate::integrity::{self, Outcome};
+use crate::validate::{self, Decision, ResultState, ResultView};
+use cobble_core::BlobHash;
+use cobble_core::agreement::Agreement;
+use cobble_proto::v1 as pb;
+use prost::Message;
+use sqlx::Row;
+use std::collections::BTreeMap;
+
+/// What a decision does to hosts, accounts and teams, gathered first and
+/// applied in one global order (hosts, accounts, teams, each by id) so that
+/// concurrent transitions on PostgreSQL cannot deadlock on those rows.
+#[derive(Debug, Default)]
+pub(super) struct Ledger {
+    /// Per host: outcomes in order, per module.
+    outcomes: BTreeMap<i64, Vec<(Vec<u8>, Outcome)>>,
+    /// (result id, credit) to grant.
+    grants: Vec<(i64, f64)>,
+    /// Results whose granted credit is taken back.
+    revokes: Vec<i64>,
+    /// Hosts caught returning a wrong result.
+    caught: Vec<i64>,
+    /// Hosts that passed a check: what they returned alone before it is
+    /// paid by [`Store::release_deferred_credit`].
+    passed: Vec<i64>,
+}
+
+impl Ledger {
+    pub(super) fn outcome(&mut self, host_id: i64, module: &[u8], outcome: Outcome) {
+        self.outcomes
+            .entry(host_id)
+            .or_default()
+            .push((module.to_vec(), outcome));
+        if outcome == Outcome::Invalid && !self.caught.contains(&host_id) {
+            self.caught.push(host_id);
+        }
+    }
+}
+
+/// One result row as the transitioner reads it.
+struct ResultRow {
+    view: ResultView,
+    host_id: Option<i64>,
+    credit: String,
+}
+
+impl Store {
+    /// Re-decides a pending unit from all its results and applies the decision.
+    /// What it does to hosts, accounts and teams goes into `ledger`, which
+    /// the caller settles once per transaction ([`Store::settle_in`]).
+    pub(super) async fn transition_in(
+        &self,
+        tx: &mut Tx,
+        unit_id: i64,
+        now: i64,
+        ledger: &mut Ledger,
+    ) -> Result<()> {
+        let unit = sqlx::query(&format!(
+            "SELECT u.state, u.job_id, u.quorum, j.min_quorum, j.max_total_results, j.spec, j.module_hash
+             FROM units u JOIN jobs j ON j.id = u.job_id WHERE u.id = $1{}",
+            self.db.for_update_of("u")
+        ))
+        .bind(unit_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        if unit.try_get::<String, _>("state")? != "pending" {
+            return Ok(());
+        }
+        let job_id: i64 = unit.try_get("job_id")?;
+        let module: Vec<u8> = unit.try_get("module_hash")?;
+        let min_quorum = unit
+            .try_get::<Option<i64>, _>("quorum")?
+            .unwrap_or(unit.try_get("min_quorum")?);
+        let replication = validate::Replication {
+            min_quorum: min_quorum.clamp(1, 1000) as u32,
+            max_total_results: unit.try_get::<i64, _>("max_total_results")?.clamp(1, 1000) as u32,
+        };
+        let spec: Vec<u8> = unit.try_get("spec")?;
+        let spec = pb::JobSpec::decode(spec.as_slice())
+            .map_err(|e| Error::Corrupt(format!("job spec: {e}")))?;
+        let agreement = Agreement::of(spec.validator.as_ref());
+        let rows = self.result_rows_in(tx, unit_id, agreement).await?;
+        let views: Vec<ResultView> = rows.iter().map(|r| r.view.clone()).collect();
+        let row_of = |id: i64| rows.iter().find(|r| r.view.id == id);
+
+        match validate::decide(replication, agreement, &views) {
+            Decision::Wait { new_results } => {
+                if new_results > 0 {
+                    let live = views
+                        .iter()
+                        .filter(|v| {
+                            matches!(
+                                v.state,
+                                ResultState::Unsent
+                                    | ResultState::InProgress
+                                    | ResultState::Success
+                            )
+                        })
+                        .count() as u32;
+                    self.add_replicas_in(tx, unit_id, &module, live + new_results, now)
+                        .await?;
+                }
+            }
+            Decision::Done {
+                canonical,
+                valid,
+                invalid,
+                credit,
+            } => {
+                let replicated = valid.len() >= 2;
+                for result_id in &invalid {
+                    sqlx::query("UPDATE results SET validate_state = 'invalid' WHERE id = $1")
+                        .bind(result_id)
+                        .execute(&mut **tx)
+                        .await?;
+                    if let Some(row) = row_of(*result_id) {
+                        if row.credit == "granted" {
+                            ledger.revokes.push(*result_id);
+                        }
+                        if let Some(host_id) = row.host_id {
+                            ledger.outcome(host_id, &module, Outcome::Invalid);
+                        }
+                    }
+                }
+                for result_id in &valid {
+                    sqlx::query("UPDATE results SET validate_state = 'valid' WHERE id = $1")
+                        .bind(result_id)
+                        .execute(&mut **tx)
+                        .await?;
+                    let Some(row) = row_of(*result_id) else {
+                        continue;
+                    };
+                    if row.credit == "none"
+                        && let Some(host_id) = row.host_id
+                    {
+                        ledger.outcome(host_id, &module, Outcome::Valid);
+                    }
+                    match (row.credit.as_str(), replicated) {
+                        ("none" | "deferred", true) => ledger.grants.push((*result_id, credit)),
+                        ("none", false) => {
+                            // One host's word: paid after its next passed check.
+                            sqlx::query("UPDATE results SET credit = 'deferred' WHERE id = $1")
+                                .bind(result_id)
+                                .execute(&mut **tx)
+                                .await?;
+                        }
+                        _ => {}
+                    }
+                }
+                if replicated {
+                    // Every valid host passed a check.
+                    ledger.passed.extend(
+                        valid
+                            .iter()
+                            .filter_map(|id| row_of(*id).and_then(|r| r.host_id)),
+                    );
+                }
+                sqlx::query(
+                    "UPDATE units SET state = 'done', canonical_result_id = $1, finished_ms = $2, replicated = $3
+                     WHERE id = $4",
+                )
+                .bind(canonical)
+                .bind(now)
+                .bind(i64::from(replicated))
+                .bind(unit_id)
+                .execute(&mut **tx)
+                .await?;
+                self.close_unit_in(tx, unit_id, job_id, now).await?;
+                tracing::debug!(
+                    unit_id,
+                    valid = valid.len(),
+                    invalid = invalid.len(),
+                    replicated,
+                    "unit done"
+                );
+            }
+            Decision::Errored { reason } => {
+                sqlx::query(
+                    "UPDATE units SET state = 'errored', error = $1, finished_ms = $2 WHERE id = $3",
+                )
+                .bind(&reason)
+                .bind(now)
+                .bind(unit_id)
+                .execute(&mut **tx)
+                .await?;
+                self.close_unit_in(tx, unit_id, job_id, now).await?;
+                tracing::warn!(unit_id, %reason, "unit errored");
+            }
+        }
+        Ok(())
+    }
+
+    async fn result_rows_in(
+        &self,
+        tx: &mut Tx,
+        unit_id: i64,
+        agreement: Agreement,
+    ) -> Result<Vec<ResultRow>> {
+        let rows = sqlx::query(
+            "SELECT id, state, outcome, validate_state, digest, output, fuel_used, host_id, credit
+             FROM results WHERE unit_id = $1 ORDER BY id",
+        )
+        .bind(unit_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut results = Vec::with_capacity(rows.len());
+        for row in rows {
+            let state = match (
+                row.try_get::<String, _>("state")?.as_str(),
+                row.try_get::<Option<String>, _>("outcome")?.as_deref(),
+                row.try_get::<String, _>("validate_state")?.as_str(),
+            ) {
+                ("unsent", _, _) => ResultState::Unsent,
+                ("in_progress", _, _) => ResultState::InProgress,
+                // A claim refused at report time (fuel above the limit)
+                // counts as a failed result.
+                ("reported", Some("success"), "invalid") => ResultState::ClientError,
+                ("reported", Some("success"), _) => ResultState::Success,
+                ("reported", _, _) => ResultState::ClientError,
+                ("timed_out", _, _) => ResultState::TimedOut,
+                _ => ResultState::Aborted,
+            };
+            let (digest, stdout) = match (state, agreement) {
+                (ResultState::Success, Agreement::Numeric { .. }) => {
+                    self.numeric_view(row.try_get("output")?).await?
+                }
+                _ => (row.try_get("digest")?, None),
+            };
+            let fuel_used = row
+                .try_get::<Option<i64>, _>("fuel_used")?
+                .unwrap_or(0)
+                .max(0) as u64;
+            results.push(ResultRow {
+                view: ResultView {
+                    id: row.try_get("id")?,
+                    state,
+                    digest,
+                    stdout,
+                    fuel_used,
+                },
+                host_id: row.try_get("host_id")?,
+                credit: row.try_get("credit")?,
+            });
+        }
+        Ok(results)
+    }
+
+    /// For a numeric validator: the digest of a success's files alone, and
+    /// its stdout, read from the blob store (capped: a huge stdout is not a
+    /// table of numbers, and then compares by its hash only).
+    async fn numeric_view(
+        &self,
+        output: Option<Vec<u8>>,
+    ) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+        const MAX_NUMERIC_STDOUT: u64 = 16 << 20;
+        let Some(output) = output else {
+            return Ok((None, None));
+        };
+        let output = pb::Success::decode(output.as_slice())
+            .map_err(|e| Error::Corrupt(format!("result output: {e}")))?;
+        let Some(stdout) = output.stdout else {
+            return Ok((None, None));
+        };
+        let files_digest = cobble_core::output::digest(&pb::BlobRef::default(), &output.files);
+        let text = if stdout.size <= MAX_NUMERIC_STDOUT {
+            self.blobs
+                .read(&BlobHash::from_slice(&stdout.hash)?)
+                .await?
+        } else {
+            stdout.hash
+        };
+        Ok((Some(files_digest.to_vec()), Some(text)))
+    }
+
+    /// Pays what hosts earned on their word alone before they last passed
+    /// a check. Its own transaction (the sweep calls it every second), so
+    /// a transition never locks other units' results for it.
+    pub async fn release_deferred_credit(&self) -> Result<u64> {
+        let mut tx = self.db.begin_write().await?;
+        let owed = sqlx::query(
+            "SELECT r.id, r.fuel_used FROM results r JOIN hosts h ON h.id = r.host_id
+             WHERE r.credit = 'deferred' AND r.validate_state = 'valid' AND r.reported_ms <= h.checked_ms
+             ORDER BY r.id LIMIT 1000",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut ledger = Ledger::default();
+        for row in &owed {
+            let fuel = row
+                .try_get::<Option<i64>, _>("fuel_used")?
+                .unwrap_or(0)
+                .max(0) as u64;
+            ledger
+                .grants
+                .push((row.try_get("id")?, credit::for_fuel(fuel)));
+        }
+        let now = cobble_core::now_ms();
+        self.settle_in(&mut tx, ledger, now).await?;
+        tx.commit().await?;
+        Ok(owed.len() as u64)
+    }
+
+    /// Settles a transaction's ledger: applies it, then verifies again what
+    /// the hosts it caught returned alone. Called once per transaction, last.
+    pub(super) async fn settle_in(&self, tx: &mut Tx, ledger: Ledger, now: i64) -> Result<()> {
+        self.apply_ledger_in(tx, &ledger, now).await?;
+        for host_id in &ledger.caught {
+            self.reverify_host_in(tx, *host_id, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies a ledger: result rows first, then hosts, accounts and teams
+    /// each in id order.
+    async fn apply_ledger_in(&self, tx: &mut Tx, ledger: &Ledger, now: i64) -> Result<()> {
+        // (rank, id) -> (credit delta, valid-results delta, rac delta source)
+        let mut owners: BTreeMap<(usize, i64), (f64, i64, f64)> = BTreeMap::new();
+        let mut add_owner =
+            |owner: &sqlx::any::AnyRow, amount: f64, count: i64, grant: f64| -> Result<()> {
+                for (rank, column) in ["host_id", "account_id", "team_id"].iter().enumerate() {
+                    if let Some(id) = owner.try_get::<Option<i64>, _>(*column)? {
+                        let entry = owners.entry((rank, id)).or_default();
+                        entry.0 += amount;
+                        entry.1 += count;
+                        entry.2 += grant;
+                    }
+                }
+                Ok(())
+            };
+        for (result_id, amount) in &ledger.grants {
+            let granted = sqlx::query(
+                "UPDATE results SET credit = 'granted', granted_credit = $1
+                 WHERE id = $2 AND credit IN ('none', 'deferred')",
+            )
+            .bind(amount)
+            .bind(result_id)
+            .execute(&mut **tx)
+            .await?;
+            if granted.rows_affected() == 1 {
+                add_owner(&owner_of(tx, *result_id).await?, *amount, 1, *amount)?;
+            }
+        }
+        for result_id in &ledger.revokes {
+            let amount: Option<f64> = sqlx::query_scalar(
+                "UPDATE results SET credit = 'revoked', revoked_credit = granted_credit, granted_credit = 0
+                 WHERE id = $1 AND credit = 'granted' RETURNING revoked_credit",
+            )
+            .bind(result_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(amount) = amount {
+                tracing::warn!(
+                    result_id,
+                    amount,
+                    "credit taken back from a result found invalid"
+                );
+                add_owner(&owner_of(tx, *result_id).await?, -amount, -1, 0.0)?;
+            }
+        }
+        // Hosts' trust and quota first, in host order, beside their credit.
+        let mut hosts: Vec<i64> = ledger.outcomes.keys().copied().collect();
+        hosts.extend(
+            owners
+                .keys()
+                .filter(|(rank, _)| *rank == 0)
+                .map(|(_, id)| *id),
+        );
+        hosts.extend(&ledger.passed);
+        hosts.sort_unstable();
+        hosts.dedup();
+        for host_id in hosts {
+            if let Some(outcomes) = ledger.outcomes.get(&host_id) {
+                self.host_outcomes_in(tx, host_id, outcomes).await?;
+            }
+            if ledger.passed.contains(&host_id) {
+                sqlx::query("UPDATE hosts SET checked_ms = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(host_id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            if let Some(delta) = owners.remove(&(0, host_id)) {
+                apply_credit_in(tx, "hosts", host_id, delta, now).await?;
+            }
+        }
+        for ((rank, id), delta) in owners {
+            apply_credit_in(tx, ["hosts", "accounts", "teams"][rank], id, delta, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves a host's trust for a module and its daily quota with outcomes.
+    async fn host_outcomes_in(
+        &self,
+        tx: &mut Tx,
+        host_id: i64,
+        outcomes: &[(Vec<u8>, Outcome)],
+    ) -> Result<()> {
+        let row = sqlx::query(&format!(
+            "SELECT cpus, daily_quota FROM hosts WHERE id = $1{}",
+            self.db.for_update_of("hosts")
+        ))
+        .bind(host_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let cpus = u32::try_from(row.try_get::<i64, _>("cpus")?.max(0)).unwrap_or(u32::MAX);
+        let mut quota =
+            u32::try_from(row.try_get::<i64, _>("daily_quota")?.max(1)).unwrap_or(u32::MAX);
+        for (module, outcome) in outcomes {
+            quota = self.policy.quota_after(quota, cpus, *outcome);
+            let current: Option<i64> = sqlx::query_scalar(
+                "SELECT consecutive_valid FROM host_trust WHERE host_id = $1 AND module = $2",
+            )
+            .bind(host_id)
+            .bind(module)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let next = integrity::trust_after(
+                current.map_or(0, |c| u32::try_from(c.max(0)).unwrap_or(u32::MAX)),
+                *outcome,
+            );
+            sqlx::query(
+                "INSERT INTO host_trust (host_id, module, consecutive_valid) VALUES ($1, $2, $3)
+                 ON CONFLICT (host_id, module) DO UPDATE SET consecutive_valid = excluded.consecutive_valid",
+            )
+            .bind(host_id)
+            .bind(module)
+            .bind(i64::from(next))
+            .execute(&mut **tx)
+            .await?;
+        }
+        sqlx::query("UPDATE hosts SET daily_quota = $1 WHERE id = $2")
+            .bind(i64::from(quota))
+            .bind(host_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Punitive validation: every unit accepted on this host's word alone
+    /// goes back to pending with one more replica; its job runs again
+    /// until the check is decided.
+    async fn reverify_host_in(&self, tx: &mut Tx, host_id: i64, now: i64) -> Result<()> {
+        let rows = sqlx::query(
+            "SELECT u.id AS unit_id, u.job_id, r.id AS result_id, j.min_quorum, j.module_hash
+             FROM results r JOIN units u ON u.canonical_result_id = r.id JOIN jobs j ON j.id = u.job_id
+             WHERE r.host_id = $1 AND u.state = 'done' AND u.replicated = 0 AND j.state IN ('running', 'done')",
+        )
+        .bind(host_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in &rows {
+            let unit_id: i64 = row.try_get("unit_id")?;
+            let job_id: i64 = row.try_get("job_id")?;
+            let min_quorum: i64 = row.try_get("min_quorum")?;
+            let module: Vec<u8> = row.try_get("module_hash")?;
+            let quorum = min_quorum.max(2);
+            sqlx::query(
+                "UPDATE units SET state = 'pending', quorum = $1, replicated = NULL, finished_ms = NULL
+                 WHERE id = $2 AND state = 'done'",
+            )
+            .bind(quorum)
+            .bind(unit_id)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query("UPDATE results SET validate_state = 'pending' WHERE id = $1")
+                .bind(row.try_get::<i64, _>("result_id")?)
+                .execute(&mut **tx)
+                .await?;
+            self.add_replicas_in(tx, unit_id, &module, quorum as u32, now)
+                .await?;
+            sqlx::query(
+                "UPDATE jobs SET state = 'running', finished_ms = NULL WHERE id = $1 AND state = 'done'",
+            )
+            .bind(job_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !rows.is_empty() {
+            tracing::warn!(
+                host_id,
+                units = rows.len(),
+                "host caught: its unreplicated results are verified again"
+            );
+            self.notify_work_added();
+        }
+        Ok(())
+    }
+
+    /// After a unit ends: drop its unsent replicas, end the job if it was the last.
+    pub(super) async fn close_unit_in(
+        &self,
+        tx: &mut Tx,
+        unit_id: i64,
+        job_id: i64,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query("UPDATE results SET state = 'aborted' WHERE unit_id = $1 AND state = 'unsent'")
+            .bind(unit_id)
+            .execute(&mut **tx)
+            .await?;
+        // Two transactions closing a job's last two units must not each see
+        // the other's unit still pending (write skew under PostgreSQL's read
+        // committed): the job row lock makes the second wait for the first.
+        sqlx::query(&format!(
+            "SELECT id FROM jobs WHERE id = $1{}",
+            self.db.for_update_of("jobs")
+        ))
+        .bind(job_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM units WHERE job_id = $1 AND state = 'pending'",
+        )
+        .bind(job_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        if pending == 0 {
+            sqlx::query(
+                "UPDATE jobs SET state = 'done', finished_ms = $1 WHERE id = $2 AND state = 'running'",
+            )
+            .bind(now)
+            .bind(job_id)
+            .execute(&mut **tx)
+            .await?;
+            tracing::info!(job_id, "job done");
+        }
+        Ok(())
+    }
+}
+
+async fn owner_of(tx: &mut Tx, result_id: i64) -> Result<sqlx::any::AnyRow> {
+    Ok(sqlx::query(
+        "SELECT r.host_id, r.account_id, a.team_id FROM results r
+         JOIN accounts a ON a.id = r.account_id WHERE r.id = $1",
+    )
+    .bind(result_id)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// Adds (or, negative, takes back) credit on one host, account or team.
+/// RAC grows only with grants; a take-back lowers the total at once and
+/// lets RAC decay.
+async fn apply_credit_in(
+    tx: &mut Tx,
+    table: &str,
+    id: i64,
+    (amount, count, granted): (f64, i64, f64),
+    now: i64,
+) -> Result<()> {
+    let row = sqlx::query(&format!(
+        "SELECT rac, rac_time_ms FROM {table} WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let rac = credit::rac_after_grant(
+        row.try_get("rac")?,
+        row.try_get("rac_time_ms")?,
+        now,
+        granted,
+    );
+    sqlx::query(&format!(
+        "UPDATE {table} SET total_credit = total_credit + $1, rac = $2, rac_time_ms = $3,
+                valid_results = valid_results + $4 WHERE id = $5"
+    ))
+    .bind(amount)
+    .bind(rac)
+    .bind(now)
+    .bind(count)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

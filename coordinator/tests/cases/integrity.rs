@@ -1,0 +1,351 @@
+//! Result integrity under sabotage, on every backend: what a cheater with a
+//! stock client tried against quorum 2 must now fail, and adaptive
+//! replication, spot-checks and punitive validation must catch a host that
+//! turns bad after earning trust.
+
+use super::store::{
+    FUEL_LIMIT, attach, backends, backends_with, credit_of, report, submit, success, take_one,
+    test_policy,
+};
+use cobble_coordinator::Error;
+use cobble_coordinator::integrity::Policy;
+use cobble_coordinator::store::{HostIdentity, ReportStatus, Store};
+use cobble_proto::v1::{self as pb, report_request::Outcome};
+use std::collections::HashSet;
+
+async fn take(store: &Store, host: HostIdentity, slots: u32) -> Vec<pb::Manifest> {
+    let key = store.signing_key().verifying_key();
+    store
+        .request_work(host, slots)
+        .await
+        .expect("request work")
+        .iter()
+        .map(|a| cobble_core::manifest::verify(a, &key).expect("signed"))
+        .collect()
+}
+
+/// The right answer for a unit: its first argument, echoed.
+fn answer_of(manifest: &pb::Manifest) -> Vec<u8> {
+    format!("{}\n", manifest.args.first().map_or("", String::as_str)).into_bytes()
+}
+
+#[tokio::test]
+async fn two_fresh_accounts_asking_back_to_back_share_no_unit() {
+    // The default policy, as shipped: replicas spaced in time.
+    let policy = Policy {
+        spot_check_untrusted: 0.0,
+        ..Policy::default()
+    };
+    for backend in backends_with(&policy).await {
+        let store = &backend.store;
+        submit(store, 6, (2, 2, 5), 600).await;
+        let (mallory, trudy) = (attach(store, "mallory").await, attach(store, "trudy").await);
+        let first = take(store, mallory, 16).await;
+        let second = take(store, trudy, 16).await;
+        let units: HashSet<i64> = first.iter().map(|m| m.unit_id).collect();
+        assert!(
+            second.iter().all(|m| !units.contains(&m.unit_id)),
+            "back-to-back askers hold both replicas of a unit"
+        );
+        // New hosts with no valid result get few units.
+        assert!(
+            first.len() <= 2 && second.len() <= 2,
+            "{} {}",
+            first.len(),
+            second.len()
+        );
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn one_host_holds_only_what_its_cpus_justify() {
+    for backend in backends().await {
+        let store = &backend.store;
+        submit(store, 64, (1, 1, 3), 600).await;
+        let attached = store
+            .register_host(&pb::RegisterHostRequest {
+                account: "hoarder".into(),
+                host_name: "one-cpu".into(),
+                cpus: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("attach");
+        let hoarder = store
+            .authenticate_host(attached.host_id, &attached.host_key)
+            .await
+            .expect("credentials");
+        let mut held = 0;
+        for _ in 0..5 {
+            held += take(store, hoarder, u32::MAX).await.len();
+        }
+        assert_eq!(held, 2, "a new one-CPU host holds at most two units");
+        let status = store.job_status(1).await.expect("status");
+        assert_eq!(status.results_in_progress, 2);
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn fuel_claimed_above_the_limit_is_an_invalid_result() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let job = submit(store, 1, (2, 2, 5), 600).await;
+        let (mallory, trudy) = (attach(store, "mallory").await, attach(store, "trudy").await);
+        let (alice, bob) = (attach(store, "alice").await, attach(store, "bob").await);
+        let m = take_one(store, mallory).await.expect("unit");
+        let t = take_one(store, trudy).await.expect("replica");
+        let greedy = success(store, b"42\n", u64::MAX).await;
+        for (host, lease) in [(mallory, &m.lease_id), (trudy, &t.lease_id)] {
+            assert_eq!(
+                report(store, host, lease, greedy.clone()).await.ok(),
+                Some(ReportStatus::Accepted)
+            );
+        }
+        let status = store.job_status(job).await.expect("status");
+        assert_eq!(
+            (status.units_done, status.credit_granted),
+            (0, 0.0),
+            "{status:?}"
+        );
+        // Honest hosts finish the unit; the liars get nothing.
+        for host in [alice, bob] {
+            let manifest = take_one(store, host).await.expect("new replicas");
+            let honest = success(store, b"42\n", 3_000_000_000).await;
+            report(store, host, &manifest.lease_id, honest)
+                .await
+                .expect("report");
+        }
+        let status = store.job_status(job).await.expect("status");
+        assert_eq!((status.state.as_str(), status.results_valid), ("done", 2));
+        assert_eq!(credit_of(store, "mallory").await, (0.0, 0));
+        assert_eq!(credit_of(store, "alice").await, (3.0, 1));
+        assert!(status.credit_granted <= 2.0 * FUEL_LIMIT as f64 / 1e9);
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn output_names_must_be_plain_and_a_refusal_loses_nothing() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let job = submit(store, 1, (1, 1, 3), 600).await;
+        let host = attach(store, "mallory").await;
+        let manifest = take_one(store, host).await.expect("unit");
+        let good = success(store, b"7\n", 1_000_000).await;
+        let blob = match &good.outcome {
+            Some(Outcome::Success(s)) => s.stdout.clone(),
+            _ => None,
+        };
+        for name in [
+            "../../pwned",
+            "/etc/passwd",
+            "nul\0byte",
+            "a/../../b",
+            "",
+            "line\nbreak",
+        ] {
+            let mut bad = good.clone();
+            if let Some(Outcome::Success(s)) = &mut bad.outcome {
+                s.files = vec![pb::OutputFile {
+                    name: name.into(),
+                    blob: blob.clone(),
+                }];
+            }
+            let refused = report(store, host, &manifest.lease_id, bad).await;
+            assert!(
+                matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains("plain")),
+                "{name:?}: {refused:?}"
+            );
+        }
+        let mut twice = good.clone();
+        if let Some(Outcome::Success(s)) = &mut twice.outcome {
+            let file = pb::OutputFile {
+                name: "out.txt".into(),
+                blob: blob.clone(),
+            };
+            s.files = vec![file.clone(), file];
+        }
+        assert!(matches!(
+            report(store, host, &manifest.lease_id, twice).await,
+            Err(Error::InvalidArgument(_))
+        ));
+        // The lease is untouched: the honest report still goes through.
+        assert_eq!(
+            report(store, host, &manifest.lease_id, good).await.ok(),
+            Some(ReportStatus::Accepted)
+        );
+        let results = store.job_results(job).await.expect("results");
+        assert_eq!(results.units[0].state, "done");
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn always_failing_hosts_stop_getting_work() {
+    for backend in backends().await {
+        let store = &backend.store;
+        submit(store, 200, (1, 1, 3), 600).await;
+        let host = attach(store, "broken").await;
+        let error = pb::ReportRequest {
+            lease_id: String::new(),
+            outcome: Some(Outcome::ClientError(pb::ClientError {
+                kind: "trap".into(),
+                message: "always".into(),
+            })),
+        };
+        let mut taken = 0;
+        for _ in 0..100 {
+            let Some(manifest) = take_one(store, host).await else {
+                break;
+            };
+            taken += 1;
+            report(store, host, &manifest.lease_id, error.clone())
+                .await
+                .expect("report");
+        }
+        // Quota 16, halved with each error: the host runs dry within the day.
+        assert!(taken < 16, "an always-failing host took {taken} units");
+        assert!(take_one(store, host).await.is_none());
+        backend.cleanup().await;
+    }
+}
+
+/// Whether the cheater's wrong answer has been paid (after a passed check).
+async fn cheated_paid(store: &Store, unit_id: Option<i64>) -> bool {
+    let Some(unit_id) = unit_id else {
+        return false;
+    };
+    let paid: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM results WHERE unit_id = $1 AND credit = 'granted'",
+    )
+    .bind(unit_id)
+    .fetch_one(store.db.pool())
+    .await
+    .expect("count");
+    paid > 0
+}
+
+/// Whether a unit has more than one result (the test peeks; hosts cannot).
+async fn replicated(store: &Store, unit_id: i64) -> bool {
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM results WHERE unit_id = $1")
+        .bind(unit_id)
+        .fetch_one(store.db.pool())
+        .await
+        .expect("count");
+    count > 1
+}
+
+/// A host earns trust, is given units alone, slips one wrong answer in
+/// among them, is paid for it after passing a check, and is then caught:
+/// every unit it returned alone is verified again, the wrong canonical
+/// result is replaced and its credit taken back.
+#[tokio::test]
+async fn a_host_that_turns_bad_after_earning_trust_is_caught_and_undone() {
+    let policy = Policy {
+        trust_after: 2,
+        ..test_policy()
+    };
+    const UNITS: i64 = 40;
+    for backend in backends_with(&policy).await {
+        let store = &backend.store;
+        let job = submit(store, UNITS, (2, 2, 8), 600).await;
+        let tricky = attach(store, "tricky").await;
+        let honest = [
+            attach(store, "h1").await,
+            attach(store, "h2").await,
+            attach(store, "h3").await,
+        ];
+        // 0: honest until it has cheated alone; 1: honest until paid for
+        // it; 2: wrong on the next replicated unit; 3: honest again.
+        let mut phase = 0;
+        let mut cheated_unit = None;
+        for _ in 0..2_000 {
+            if store.job_status(job).await.expect("status").state == "done" {
+                break;
+            }
+            if let Some(manifest) = take_one(store, tricky).await {
+                let alone = !replicated(store, manifest.unit_id).await;
+                let wrong = match phase {
+                    0 if alone => {
+                        cheated_unit = Some(manifest.unit_id);
+                        phase = 1;
+                        true
+                    }
+                    2 if !alone => {
+                        phase = 3;
+                        true
+                    }
+                    _ => false,
+                };
+                let stdout = if wrong {
+                    b"wrong\n".to_vec()
+                } else {
+                    answer_of(&manifest)
+                };
+                let request = success(store, &stdout, 1_000_000_000).await;
+                report(store, tricky, &manifest.lease_id, request)
+                    .await
+                    .expect("report");
+            }
+            for host in honest {
+                if let Some(manifest) = take_one(store, host).await {
+                    let request = success(store, &answer_of(&manifest), 1_000_000_000).await;
+                    report(store, host, &manifest.lease_id, request)
+                        .await
+                        .expect("report");
+                }
+            }
+            store
+                .release_deferred_credit()
+                .await
+                .expect("pay deferred credit");
+            if phase == 1 && cheated_paid(store, cheated_unit).await {
+                phase = 2;
+            }
+        }
+        assert_eq!(phase, 3, "the script did not run to its end");
+        let status = store.job_status(job).await.expect("status");
+        assert_eq!(status.state, "done", "{status:?}");
+        assert!(status.credit_revoked > 0.0, "{status:?}");
+        let results = store.job_results(job).await.expect("results");
+        for unit in &results.units {
+            let stdout = unit.stdout.as_ref().expect("stdout");
+            let bytes = store
+                .blobs
+                .read(&cobble_core::BlobHash::from_slice(&stdout.hash).expect("hash"))
+                .await
+                .expect("blob");
+            assert_eq!(
+                bytes,
+                format!("{}\n", unit.args[0]).into_bytes(),
+                "unit {} has a wrong canonical result",
+                unit.index
+            );
+        }
+        let cheated = cheated_unit.expect("cheated alone");
+        let verified: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM results WHERE unit_id = $1 AND validate_state = 'valid'",
+        )
+        .bind(cheated)
+        .fetch_one(store.db.pool())
+        .await
+        .expect("count");
+        assert!(
+            verified >= 2,
+            "the cheated unit was verified again by a quorum"
+        );
+        let trust: i64 =
+            sqlx::query_scalar("SELECT consecutive_valid FROM host_trust WHERE host_id = $1")
+                .bind(tricky.host_id)
+                .fetch_one(store.db.pool())
+                .await
+                .expect("trust row");
+        assert!(
+            trust < 10,
+            "trust was reset, then rebuilt at most a little: {trust}"
+        );
+        backend.cleanup().await;
+    }
+}
