@@ -111,13 +111,18 @@ impl Coordinator {
     }
 
     /// Starts on a given data dir; `extra` flags override the defaults
-    /// (a later `--listen` wins over the random port).
+    /// (a later `--listen` wins over the random port, a later
+    /// `--spot-check-*` over the tests' zero).
     pub fn start_at(dir: &Path, data_dir: &Path, extra: &[&str]) -> Coordinator {
         let data_dir = data_dir.to_path_buf();
         let mut command = Command::new(binary("cobble-coordinator"));
+        // No random spot-checks: a test with one worker and a quorum-1 job
+        // would wait for a second host that never comes. The store tests
+        // cover spot-checks with their rate set.
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
+            .args(["--spot-check-untrusted", "0", "--spot-check-trusted", "0"])
             .args(extra)
             .stdout(Stdio::piped());
         let log = dir.join(format!("coordinator-{}.log", unique_suffix()));

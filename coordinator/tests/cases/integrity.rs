@@ -243,11 +243,13 @@ async fn replicated(store: &Store, unit_id: i64) -> bool {
 /// result is replaced and its credit taken back.
 #[tokio::test]
 async fn a_host_that_turns_bad_after_earning_trust_is_caught_and_undone() {
+    // Checks often enough that the script's steps come within the job.
     let policy = Policy {
         trust_after: 2,
+        spot_check_trusted: 0.3,
         ..test_policy()
     };
-    const UNITS: i64 = 40;
+    const UNITS: i64 = 80;
     for backend in backends_with(&policy).await {
         let store = &backend.store;
         let job = submit(store, UNITS, (2, 2, 8), 600).await;
