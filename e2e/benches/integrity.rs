@@ -69,7 +69,7 @@ fn stdout_for(scenario: &Scenario, saboteur: bool, host: u64, start: u64, nonce:
     if saboteur {
         if scenario.colluding {
             // All colluders cheat on the same units, with the same answer.
-            if unit_fraction(start ^ 0xc011_0de) < scenario.rate {
+            if unit_fraction(start ^ 0x0c01_10de) < scenario.rate {
                 return format!("colluded {start}\n").into_bytes();
             }
         } else if unit_fraction(host << 40 ^ start ^ nonce << 20) < scenario.rate {
