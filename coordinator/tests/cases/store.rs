@@ -563,7 +563,18 @@ async fn concurrent_hosts_keep_every_invariant() {
             let (store, answer) = (store.clone(), answer.clone());
             tasks.push(tokio::spawn(async move {
                 let mut units = Vec::new();
-                while let Some(manifest) = take_one(&store, host).await {
+                // Like a worker, a host keeps asking until the job is done:
+                // a unit's further replicas appear only once its first is out.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while std::time::Instant::now() < deadline {
+                    let Some(manifest) = take_one(&store, host).await else {
+                        let status = store.job_status(job).await.expect("status");
+                        if status.state == "done" {
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        continue;
+                    };
                     units.push(manifest.unit_id);
                     let status = report(&store, host, &manifest.lease_id, answer.clone())
                         .await
