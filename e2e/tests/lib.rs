@@ -6,6 +6,7 @@ mod cases {
     mod exec;
     mod floating_point;
     mod install;
+    mod integrity;
     mod job;
     mod peers;
     mod prefs;

@@ -28,6 +28,13 @@ struct Args {
     /// Preference overrides, as for cobble-worker.
     #[arg(long = "pref")]
     prefs: Vec<String>,
+    /// Report this many units honestly before forging: a host that turns
+    /// bad after earning trust.
+    #[arg(long, default_value_t = 0)]
+    honest_for: u64,
+    /// Units computed at once.
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
 }
 
 #[tokio::main]
@@ -54,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
             account_key: None,
             project_key: None,
         },
-        slots: 1,
+        slots: args.slots,
         prefs,
         peer_listen: Some(args.peer_listen),
     };
@@ -71,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
             serve_only: false,
         }
     } else {
-        forging_hooks()
+        forging_hooks(args.honest_for)
     };
     hooks.serve_only = args.serve_only;
     cobble_worker::run(config, monitor, hooks, async {
@@ -81,12 +88,17 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reports a forged stdout for every unit.
-fn forging_hooks() -> cobble_worker::Hooks {
+/// Reports a forged stdout for every unit after the first `honest_for`.
+fn forging_hooks(honest_for: u64) -> cobble_worker::Hooks {
+    let seen = std::sync::atomic::AtomicU64::new(0);
     cobble_worker::Hooks {
         served_chunk_filter: None,
         serve_only: false,
-        stdout_filter: Some(Arc::new(|stdout: &mut Vec<u8>| {
+        stdout_filter: Some(Arc::new(move |stdout: &mut Vec<u8>| {
+            if seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < honest_for {
+                return;
+            }
+            eprintln!("cobble-cheater: forging a unit's stdout");
             // Claim one prime fewer than computed: plausible, and wrong.
             let text = String::from_utf8_lossy(stdout).into_owned();
             let forged = match text.trim_end().rsplit_once(": ") {

@@ -13,7 +13,7 @@ const RANGE_START: u64 = 1_000_000_000;
 
 /// Counts primes in `[start, end)` with a segmented sieve: an independent
 /// check of the unit's trial division.
-fn count_primes(start: u64, end: u64) -> usize {
+pub(super) fn count_primes(start: u64, end: u64) -> usize {
     let root = (end as f64).sqrt() as usize + 1;
     let mut small = vec![true; root + 1];
     let mut base = Vec::new();
