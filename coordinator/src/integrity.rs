@@ -49,12 +49,18 @@ pub struct Policy {
     /// take both.
     #[arg(long, default_value_t = 2_000)]
     pub replica_spacing_ms: i64,
-    /// While trusted hosts are asking for work, a further replica of a
-    /// unit that no trusted host holds is kept for trusted hosts this long:
-    /// untrusted hosts (new accounts, saboteurs) then rarely validate each
-    /// other. Afterwards anyone may take it, so nothing stalls.
+    /// Consecutive valid results (per module) that make a host proven: a
+    /// lower bar than trust, reached by honest hosts soon after they join
+    /// and rarely by saboteurs.
+    #[arg(long, default_value_t = 3)]
+    pub proven_after: u32,
+    /// While proven hosts are asking for work, a further replica of a unit
+    /// that no proven host holds (or a tie-break after a disagreement) is
+    /// kept for proven hosts this long: new accounts and saboteurs then
+    /// rarely validate each other. Afterwards anyone may take it, so
+    /// nothing stalls.
     #[arg(long, default_value_t = 60_000)]
-    pub trusted_replica_window_ms: i64,
+    pub proven_replica_window_ms: i64,
     /// Results one CPU of a host may hold at once (BOINC's
     /// `max_wus_in_progress`): its cores plus a work buffer.
     #[arg(long, default_value_t = 2)]
@@ -65,7 +71,7 @@ pub struct Policy {
     /// A new host's daily result quota; it doubles with each valid result
     /// (up to `max_daily_quota_per_cpu` per CPU) and halves with each
     /// invalid, failed or timed-out one, down to one a day.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     pub initial_daily_quota: u32,
     #[arg(long, default_value_t = 2_000)]
     pub max_daily_quota_per_cpu: u32,
@@ -79,10 +85,11 @@ impl Default for Policy {
             spot_check_trusted: 0.01,
             network_rule: NetworkRule::Public,
             replica_spacing_ms: 2_000,
-            trusted_replica_window_ms: 60_000,
+            proven_after: 3,
+            proven_replica_window_ms: 60_000,
             max_in_progress_per_cpu: 2,
             new_host_max_in_progress: 2,
-            initial_daily_quota: 16,
+            initial_daily_quota: 64,
             max_daily_quota_per_cpu: 2_000,
         }
     }
@@ -105,6 +112,11 @@ pub enum Issue {
 impl Policy {
     pub fn is_trusted(&self, consecutive_valid: u32) -> bool {
         consecutive_valid >= self.trust_after.max(1)
+    }
+
+    /// Whether a host may take replicas kept for proven hosts.
+    pub fn is_proven(&self, consecutive_valid: u32) -> bool {
+        consecutive_valid >= self.proven_after.max(1)
     }
 
     /// Chooses how a unit's first replica goes out. `adaptive` is the job's

@@ -35,11 +35,11 @@ pub struct Store {
     work_added: Arc<tokio::sync::Notify>,
     /// The integrity policy: trust, spot-checks, quotas, replica placement.
     policy: Arc<Policy>,
-    /// When a host trusted for a module last took a unit of it, by module
-    /// hash: while one is active, replicas that no trusted host holds are
-    /// kept for trusted hosts a while. Per process, which is enough for a
-    /// preference.
-    trusted_active: Arc<Mutex<HashMap<Vec<u8>, i64>>>,
+    /// When a host trusted, and one proven, for a module last took a unit
+    /// of it, by module hash: while such hosts are active, replicas that
+    /// none of them holds are kept for them a while. Per process, which is
+    /// enough for a preference.
+    proven_active: Arc<Mutex<HashMap<Vec<u8>, [i64; 2]>>>,
 }
 
 impl Store {
@@ -56,7 +56,7 @@ impl Store {
             researcher_token,
             work_added: Arc::default(),
             policy: Arc::default(),
-            trusted_active: Arc::default(),
+            proven_active: Arc::default(),
         }
     }
 

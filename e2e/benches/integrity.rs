@@ -37,6 +37,8 @@ struct Scenario {
 struct Figures {
     units: u64,
     wrong: u64,
+    /// Wrong canonical results accepted from one host.
+    wrong_alone: u64,
     results_issued: u64,
     saboteur_results: u64,
     saboteur_valid: u64,
@@ -183,19 +185,27 @@ async fn run(scenario: Scenario, units: u64, hosts: u64, database_url: Option<&s
     for index in 0..hosts {
         // Saboteurs spread evenly among the honest.
         let saboteur = index * saboteurs / hosts != (index + 1) * saboteurs / hosts;
-        tasks.push(tokio::spawn(simulated_host(
+        let host = simulated_host(
             coordinator.url.clone(),
             index,
             saboteur,
             scenario,
             done.clone(),
             errors.clone(),
-        )));
+        );
+        tasks.push(tokio::spawn(async move {
+            let outcome = host.await;
+            if let Err(error) = &outcome {
+                eprintln!("simulated host {index} failed: {error:#}");
+            }
+            outcome
+        }));
     }
     let channel = cobble_client::connect(&coordinator.url)
         .await
         .expect("connect");
     let mut jobs = JobServiceClient::new(channel);
+    let mut last_report = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let status = jobs
@@ -206,13 +216,26 @@ async fn run(scenario: Scenario, units: u64, hosts: u64, database_url: Option<&s
         if status.state == "done" || began.elapsed() > Duration::from_secs(3_600) {
             break;
         }
+        if last_report.elapsed() > Duration::from_secs(15) {
+            last_report = Instant::now();
+            eprintln!(
+                "  {:.0} s: {} of {} units done, {} results in progress, {} failed calls",
+                began.elapsed().as_secs_f64(),
+                status.units_done,
+                status.units_total,
+                status.results_in_progress,
+                errors.load(Ordering::Relaxed)
+            );
+            if status.units_done == 0 && std::env::var("COBBLE_BENCH_DEBUG").is_ok() {
+                eprintln!("  data dir {}", coordinator.data_dir.display());
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        }
     }
     let seconds = began.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     for task in tasks {
-        if let Ok(Err(error)) = task.await {
-            eprintln!("simulated host failed: {error}");
-        }
+        let _ = task.await;
     }
     let mut figures = figures_from_database(database_url.map_or_else(
         || {
@@ -259,8 +282,15 @@ async fn figures_from_database(url: String) -> Figures {
             .and_then(|s| s.stdout)
             .map(|b| b.hash)
             .unwrap_or_default();
+        let alone = row
+            .try_get::<Option<i64>, _>("replicated")
+            .expect("replicated")
+            == Some(0);
         if stdout != right.as_bytes() {
             figures.wrong += 1;
+            if alone {
+                figures.wrong_alone += 1;
+            }
         }
         if row
             .try_get::<Option<i64>, _>("replicated")
@@ -312,9 +342,13 @@ async fn main() {
             }
             (other, _) => panic!("unknown backend {other}"),
         };
-        for fraction in [0.05, 0.1, 0.2] {
+        // f = 0 first: the cost of integrity with honest hosts only.
+        for fraction in [0.0, 0.05, 0.1, 0.2] {
             for colluding in [false, true] {
                 for rate in [1.0, 0.3] {
+                    if fraction == 0.0 && (colluding || rate < 1.0) {
+                        continue;
+                    }
                     let scenario = Scenario {
                         fraction,
                         colluding,
@@ -343,13 +377,14 @@ async fn main() {
                         0.0
                     };
                     println!(
-                        "| {backend} | {fraction} | {} | {rate} | {} | {:.4}% | {:.2}% | {:.3} | {} | {} ({}) | {:.0} s |",
+                        "| {backend} | {fraction} | {} | {rate} | {} ({} alone) | {:.4}% | {:.2}% | {:.3} | {} | {} ({}) | {:.0} s |",
                         if colluding {
                             "colluding"
                         } else {
                             "independent"
                         },
                         figures.wrong,
+                        figures.wrong_alone,
                         100.0 * figures.wrong as f64 / figures.units.max(1) as f64,
                         100.0 * baseline,
                         figures.results_issued as f64 / figures.units.max(1) as f64,

@@ -12,7 +12,7 @@ CREATE TABLE host_trust (
 
 -- Results a host may take per day, and what it took on `quota_day`
 -- (days since the epoch).
-ALTER TABLE hosts ADD COLUMN daily_quota INTEGER NOT NULL DEFAULT 16;
+ALTER TABLE hosts ADD COLUMN daily_quota INTEGER NOT NULL DEFAULT 64;
 ALTER TABLE hosts ADD COLUMN quota_day INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE hosts ADD COLUMN sent_today INTEGER NOT NULL DEFAULT 0;
 -- When the host last passed a check (a replicated result found valid):
@@ -36,19 +36,24 @@ ALTER TABLE units ADD COLUMN network_wait_ms INTEGER NOT NULL DEFAULT 0;
 
 -- Random order of issue, so back-to-back askers do not pair up.
 ALTER TABLE results ADD COLUMN rand_key INTEGER NOT NULL DEFAULT 0;
+-- 1 for a further replica of a unit already issued: these go first, so
+-- units finish rather than all start.
+ALTER TABLE results ADD COLUMN further INTEGER NOT NULL DEFAULT 0;
 -- Not issued before this time (replica spacing).
 ALTER TABLE results ADD COLUMN ready_ms INTEGER NOT NULL DEFAULT 0;
--- Until this time only hosts trusted for the module may take it.
-ALTER TABLE results ADD COLUMN trusted_only_until_ms INTEGER NOT NULL DEFAULT 0;
+-- Until this time only hosts with at least `reserved_min_valid`
+-- consecutive valid results for the module may take it.
+ALTER TABLE results ADD COLUMN reserved_until_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE results ADD COLUMN reserved_min_valid INTEGER NOT NULL DEFAULT 0;
 -- The network (/24 or /48) the holder asked from; NULL where exempt.
 ALTER TABLE results ADD COLUMN network TEXT;
--- 1 if the holder was trusted for the module when it took the result.
-ALTER TABLE results ADD COLUMN host_trusted INTEGER NOT NULL DEFAULT 0;
+-- The holder's consecutive valid results for the module when it took it.
+ALTER TABLE results ADD COLUMN host_valid INTEGER NOT NULL DEFAULT 0;
 -- none | deferred (valid on one host's word, paid after its next passed
 -- check) | granted | revoked (granted, then found invalid).
 ALTER TABLE results ADD COLUMN credit TEXT NOT NULL DEFAULT 'none';
 ALTER TABLE results ADD COLUMN revoked_credit REAL NOT NULL DEFAULT 0;
 UPDATE results SET credit = 'granted' WHERE validate_state = 'valid';
-CREATE INDEX results_unsent_random ON results(state, rand_key);
+CREATE INDEX results_unsent_random ON results(state, further, rand_key);
 CREATE INDEX results_deferred ON results(host_id) WHERE credit = 'deferred';
 CREATE INDEX units_by_canonical ON units(canonical_result_id);

@@ -121,8 +121,8 @@ impl Store {
 
         let host_key = cobble_core::random_token();
         let host_id: i64 = sqlx::query_scalar(
-            "INSERT INTO hosts (account_id, name, key_hash, cpus, memory_bytes, os, created_ms, last_contact_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+            "INSERT INTO hosts (account_id, name, key_hash, cpus, memory_bytes, os, created_ms, last_contact_ms, daily_quota)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING id",
         )
         .bind(account_id)
         .bind(host_name)
@@ -131,6 +131,7 @@ impl Store {
         .bind(i64::try_from(request.memory_bytes).unwrap_or(i64::MAX))
         .bind(&request.os)
         .bind(now)
+        .bind(i64::from(self.policy().initial_daily_quota.max(1)))
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -278,10 +278,12 @@ fn progress_fraction(
     })
 }
 
-/// A replica anyone may take at once.
+/// A unit's first replica: anyone may take it at once.
 pub(super) const READY_NOW: Placement = Placement {
     ready_ms: 0,
-    trusted_only_until_ms: 0,
+    reserved_until_ms: 0,
+    reserved_min_valid: 0,
+    further: false,
 };
 
 pub(super) async fn insert_unsent(
@@ -291,14 +293,17 @@ pub(super) async fn insert_unsent(
     placement: Placement,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO results (unit_id, state, created_ms, rand_key, ready_ms, trusted_only_until_ms)
-         VALUES ($1, 'unsent', $2, $3, $4, $5)",
+        "INSERT INTO results (unit_id, state, created_ms, rand_key, ready_ms, reserved_until_ms,
+                              reserved_min_valid, further)
+         VALUES ($1, 'unsent', $2, $3, $4, $5, $6, $7)",
     )
     .bind(unit_id)
     .bind(now)
     .bind(random_key())
     .bind(placement.ready_ms)
-    .bind(placement.trusted_only_until_ms)
+    .bind(placement.reserved_until_ms)
+    .bind(i64::from(placement.reserved_min_valid))
+    .bind(i64::from(placement.further))
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -73,13 +73,29 @@ impl Store {
         let mut assignments = Vec::new();
         let mut trust: HashMap<Vec<u8>, u32> = HashMap::new();
         let mut taken_units = HashSet::new();
-        // From a random point of the random order to its end, then from
-        // its start: every unsent result can be reached, none is favoured.
+        // Further replicas of units already out first, so that units finish
+        // rather than all start (and hosts' quotas, which grow with valid
+        // results, are not spent on first replicas alone). Within each, from
+        // a random point of the random order to its end, then from its
+        // start: every unsent result can be reached, none is favoured.
         let from = random_key();
-        for (low, high) in [(from, i64::MAX), (i64::MIN, from)] {
+        let passes = [
+            (true, from, i64::MAX),
+            (true, i64::MIN, from),
+            (false, from, i64::MAX),
+            (false, i64::MIN, from),
+        ];
+        for (further, low, high) in passes {
             while assignments.len() < room {
                 let batch = self
-                    .candidates_in(&mut tx, host, network.as_deref(), now, (low, high), room)
+                    .candidates_in(
+                        &mut tx,
+                        host,
+                        network.as_deref(),
+                        now,
+                        (further, low, high),
+                        room,
+                    )
                     .await?;
                 let fetched = batch.len();
                 let mut claimed_any = false;
@@ -171,8 +187,8 @@ impl Store {
         })
     }
 
-    /// Unsent results this host may take, in random-key order within
-    /// `[low, high)`: ready (spacing over), not kept for trusted hosts
+    /// Unsent results this host may take, first or further replicas, in
+    /// random-key order within `[low, high)`: ready (spacing over), not kept for proven hosts
     /// unless it is one, of no unit it, its account or its network holds.
     async fn candidates_in(
         &self,
@@ -180,7 +196,7 @@ impl Store {
         host: HostIdentity,
         network: Option<&str>,
         now: i64,
-        (low, high): (i64, i64),
+        (further, low, high): (bool, i64, i64),
         limit: usize,
     ) -> Result<Vec<Candidate>> {
         let rows = sqlx::query(
@@ -192,14 +208,15 @@ impl Store {
              JOIN jobs j ON j.id = u.job_id
              WHERE r.state = 'unsent' AND r.rand_key >= $1 AND r.rand_key < $2
                AND r.ready_ms <= $3 AND u.state = 'pending' AND j.state = 'running'
-               AND (r.trusted_only_until_ms <= $3 OR EXISTS (
-                       SELECT 1 FROM host_trust t
-                       WHERE t.host_id = $4 AND t.module = j.module_hash AND t.consecutive_valid >= $7))
+               AND (r.reserved_until_ms <= $3 OR COALESCE((
+                       SELECT t.consecutive_valid FROM host_trust t
+                       WHERE t.host_id = $4 AND t.module = j.module_hash), 0) >= r.reserved_min_valid)
                AND NOT EXISTS (
                    SELECT 1 FROM results o
                    WHERE o.unit_id = r.unit_id AND o.host_id IS NOT NULL
                      AND (o.host_id = $4 OR o.account_id = $5 OR o.network = $6))
-             ORDER BY r.rand_key LIMIT $8",
+               AND r.further = $8
+             ORDER BY r.rand_key LIMIT $7",
         )
         .bind(low)
         .bind(high)
@@ -207,8 +224,8 @@ impl Store {
         .bind(host.host_id)
         .bind(host.account_id)
         .bind(network)
-        .bind(i64::from(self.policy.trust_after))
         .bind(limit as i64)
+        .bind(i64::from(further))
         .fetch_all(&mut **tx)
         .await?;
         rows.iter()
@@ -241,12 +258,11 @@ impl Store {
         consecutive_valid: u32,
         now: i64,
     ) -> Result<Option<pb::Assignment>> {
-        let trusted = self.policy.is_trusted(consecutive_valid);
         let lease_id = cobble_core::random_token();
         let deadline_ms = now + candidate.deadline_s * 1000;
         let claimed = sqlx::query(
             "UPDATE results SET state = 'in_progress', host_id = $1, account_id = $2,
-                    lease_id = $3, sent_ms = $4, deadline_ms = $5, network = $6, host_trusted = $7
+                    lease_id = $3, sent_ms = $4, deadline_ms = $5, network = $6, host_valid = $7
              WHERE id = $8 AND state = 'unsent'",
         )
         .bind(host.host_id)
@@ -255,16 +271,14 @@ impl Store {
         .bind(now)
         .bind(deadline_ms)
         .bind(network)
-        .bind(i64::from(trusted))
+        .bind(i64::from(consecutive_valid))
         .bind(candidate.result_id)
         .execute(&mut **tx)
         .await?;
         if claimed.rows_affected() != 1 {
             return Ok(None);
         }
-        if trusted {
-            self.note_trusted_active(&candidate.module, now);
-        }
+        self.note_active(&candidate.module, consecutive_valid, now);
         // Whoever takes this unit's other replicas asks at another time.
         sqlx::query(
             "UPDATE results SET ready_ms = $1 WHERE unit_id = $2 AND state = 'unsent' AND ready_ms < $1",
@@ -300,8 +314,15 @@ impl Store {
                     candidate.min_quorum.max(2)
                 }
             };
-            self.add_replicas_in(tx, candidate.unit_id, &candidate.module, replicas, now)
-                .await?;
+            self.add_replicas_in(
+                tx,
+                candidate.unit_id,
+                &candidate.module,
+                replicas,
+                Reserve::UnlessProvenHolds,
+                now,
+            )
+            .await?;
         }
         let manifest = build_manifest(candidate, lease_id, now, deadline_ms)?;
         Ok(Some(cobble_core::manifest::sign(
@@ -311,58 +332,83 @@ impl Store {
     }
 
     /// Brings a unit's live results (unsent, in progress, or successes not
-    /// refused) up to `wanted`. New replicas wait out the spacing, and while trusted
-    /// hosts are active they are kept for them when no trusted host holds
-    /// one of the unit's results.
+    /// refused) up to `wanted`. New replicas wait out the spacing, and while
+    /// proven hosts are active they are kept for them as `reserve` says.
     pub(super) async fn add_replicas_in(
         &self,
         tx: &mut Tx,
         unit_id: i64,
         module: &[u8],
         wanted: u32,
+        reserve: Reserve,
         now: i64,
     ) -> Result<()> {
         let row = sqlx::query(
             "SELECT COUNT(*) FILTER (WHERE state IN ('unsent', 'in_progress')
                         OR (state = 'reported' AND outcome = 'success' AND validate_state <> 'invalid')) AS live,
-                    COUNT(*) FILTER (WHERE host_trusted = 1 AND state IN ('in_progress', 'reported')) AS trusted
+                    COALESCE(MAX(host_valid) FILTER (WHERE state IN ('in_progress', 'reported')), 0) AS held_valid
              FROM results WHERE unit_id = $1",
         )
         .bind(unit_id)
         .fetch_one(&mut **tx)
         .await?;
         let live: i64 = row.try_get("live")?;
-        let trusted: i64 = row.try_get("trusted")?;
+        let held_valid: i64 = row.try_get("held_valid")?;
         let missing = i64::from(wanted) - live;
-        let placement = self.placement(module, trusted > 0, now);
+        let held_valid = match reserve {
+            Reserve::UnlessProvenHolds => u32::try_from(held_valid.max(0)).unwrap_or(u32::MAX),
+            Reserve::Always => 0,
+        };
+        let placement = self.placement(module, held_valid, now);
         for _ in 0..missing.max(0) {
             super::jobs::insert_unsent(tx, unit_id, now, placement).await?;
         }
         Ok(())
     }
 
-    /// When a new replica may go out, and until when only to trusted hosts.
-    pub(super) fn placement(&self, module: &[u8], held_by_trusted: bool, now: i64) -> Placement {
-        let window = self.policy.trusted_replica_window_ms.max(0);
-        let trusted_active = self
-            .trusted_active
+    /// When a new replica may go out, and until when it is kept for hosts
+    /// more credible than any that holds the unit (`held_valid`, their best
+    /// run of valid results): trusted hosts if one is active, else proven
+    /// ones if one is active, else nobody in particular.
+    pub(super) fn placement(&self, module: &[u8], held_valid: u32, now: i64) -> Placement {
+        let window = self.policy.proven_replica_window_ms.max(0);
+        let active = self
+            .proven_active
             .lock()
             .ok()
             .and_then(|active| active.get(module).copied())
-            .is_some_and(|seen| now - seen < window);
+            .unwrap_or([i64::MIN; 2]);
+        let tiers = [
+            (self.policy.trust_after.max(1), active[0]),
+            (self.policy.proven_after.max(1), active[1]),
+        ];
+        let reserved = tiers
+            .iter()
+            .find(|(level, seen)| held_valid < *level && now.saturating_sub(*seen) < window)
+            .map(|(level, _)| *level);
         Placement {
             ready_ms: now + self.policy.replica_spacing_ms.max(0),
-            trusted_only_until_ms: if trusted_active && !held_by_trusted {
-                now + window
-            } else {
-                0
-            },
+            reserved_until_ms: if reserved.is_some() { now + window } else { 0 },
+            reserved_min_valid: reserved.unwrap_or(0),
+            further: true,
         }
     }
 
-    fn note_trusted_active(&self, module: &[u8], now: i64) {
-        if let Ok(mut active) = self.trusted_active.lock() {
-            active.insert(module.to_vec(), now);
+    /// Notes that a host with this run of valid results took a unit.
+    fn note_active(&self, module: &[u8], consecutive_valid: u32, now: i64) {
+        let trusted = self.policy.is_trusted(consecutive_valid);
+        let proven = self.policy.is_proven(consecutive_valid);
+        if !(trusted || proven) {
+            return;
+        }
+        if let Ok(mut active) = self.proven_active.lock() {
+            let seen = active.entry(module.to_vec()).or_insert([i64::MIN; 2]);
+            if trusted {
+                seen[0] = now;
+            }
+            if proven {
+                seen[1] = now;
+            }
         }
     }
 
@@ -412,11 +458,26 @@ impl Store {
     }
 }
 
+/// When a further replica is kept for proven hosts (while any is active).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reserve {
+    /// Unless a proven host holds one of the unit's results: a unit going
+    /// out replicated for the first time.
+    UnlessProvenHolds,
+    /// Always: a tie-break after results disagreed (a proven host may be
+    /// the one outvoted by colluders), or a check of a caught host's word.
+    Always,
+}
+
 /// Timing of a new unsent result.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Placement {
     pub ready_ms: i64,
-    pub trusted_only_until_ms: i64,
+    pub reserved_until_ms: i64,
+    /// Consecutive valid results a host needs to take it before then.
+    pub reserved_min_valid: u32,
+    /// A further replica of a unit already out: issued before first ones.
+    pub further: bool,
 }
 
 /// A random key for the order of issue, uniform over [0, 2^62).

@@ -7,6 +7,7 @@
 //! overturns it (BOINC's punitive validation).
 
 use super::Store;
+use super::scheduler::Reserve;
 use crate::credit;
 use crate::db::Tx;
 use crate::error::{Error, Result};
@@ -109,8 +110,15 @@ impl Store {
                             )
                         })
                         .count() as u32;
-                    self.add_replicas_in(tx, unit_id, &module, live + new_results, now)
-                        .await?;
+                    self.add_replicas_in(
+                        tx,
+                        unit_id,
+                        &module,
+                        live + new_results,
+                        Reserve::Always,
+                        now,
+                    )
+                    .await?;
                 }
             }
             Decision::Done {
@@ -479,7 +487,7 @@ impl Store {
                 .bind(row.try_get::<i64, _>("result_id")?)
                 .execute(&mut **tx)
                 .await?;
-            self.add_replicas_in(tx, unit_id, &module, quorum as u32, now)
+            self.add_replicas_in(tx, unit_id, &module, quorum as u32, Reserve::Always, now)
                 .await?;
             sqlx::query(
                 "UPDATE jobs SET state = 'running', finished_ms = NULL WHERE id = $1 AND state = 'done'",

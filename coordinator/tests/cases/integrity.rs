@@ -205,7 +205,7 @@ async fn always_failing_hosts_stop_getting_work() {
                 .await
                 .expect("report");
         }
-        // Quota 16, halved with each error: the host runs dry within the day.
+        // Quota 64, halved with each error: the host runs dry within the day.
         assert!(taken < 16, "an always-failing host took {taken} units");
         assert!(take_one(store, host).await.is_none());
         backend.cleanup().await;

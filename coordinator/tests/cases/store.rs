@@ -44,7 +44,7 @@ pub(super) fn test_policy() -> Policy {
         spot_check_trusted: 0.0,
         // Hosts here stop asking when nothing is left for them; replicas
         // kept for trusted hosts would wait for nobody.
-        trusted_replica_window_ms: 0,
+        proven_replica_window_ms: 0,
         ..Policy::default()
     }
 }
