@@ -88,6 +88,17 @@ impl Db {
         }
     }
 
+    /// Suffix for a SELECT that picks rows to claim or touch: on
+    /// PostgreSQL it locks them and skips rows another transaction holds
+    /// (that one is claiming them), so claimers neither queue behind each
+    /// other nor deadlock. SQLite's one writer needs none.
+    pub fn skip_locked(&self, tables: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => String::new(),
+            Backend::Postgres => format!(" FOR NO KEY UPDATE OF {tables} SKIP LOCKED"),
+        }
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

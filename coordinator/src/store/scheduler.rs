@@ -199,7 +199,7 @@ impl Store {
         (further, low, high): (bool, i64, i64),
         limit: usize,
     ) -> Result<Vec<Candidate>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "SELECT r.id, r.unit_id, u.payload, j.id AS job_id, j.spec, j.deadline_s,
                     j.min_quorum, j.target_results, j.adaptive, j.module_hash,
                     (SELECT COUNT(*) FROM results i WHERE i.unit_id = r.unit_id AND i.host_id IS NOT NULL) AS issued
@@ -216,8 +216,9 @@ impl Store {
                    WHERE o.unit_id = r.unit_id AND o.host_id IS NOT NULL
                      AND (o.host_id = $4 OR o.account_id = $5 OR o.network = $6))
                AND r.further = $8
-             ORDER BY r.rand_key LIMIT $7",
-        )
+             ORDER BY r.rand_key LIMIT $7{}",
+            self.db.skip_locked("r")
+        ))
         .bind(low)
         .bind(high)
         .bind(now)
@@ -279,10 +280,14 @@ impl Store {
             return Ok(None);
         }
         self.note_active(&candidate.module, consecutive_valid, now);
-        // Whoever takes this unit's other replicas asks at another time.
-        sqlx::query(
-            "UPDATE results SET ready_ms = $1 WHERE unit_id = $2 AND state = 'unsent' AND ready_ms < $1",
-        )
+        // Whoever takes this unit's other replicas asks at another time. A
+        // replica another request is claiming right now is skipped, not
+        // waited for: both waiting on each other's row would deadlock.
+        sqlx::query(&format!(
+            "UPDATE results SET ready_ms = $1 WHERE id IN (
+                 SELECT id FROM results WHERE unit_id = $2 AND state = 'unsent' AND ready_ms < $1{})",
+            self.db.skip_locked("results")
+        ))
         .bind(now + self.policy.replica_spacing_ms.max(0))
         .bind(candidate.unit_id)
         .execute(&mut **tx)
