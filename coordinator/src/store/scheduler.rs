@@ -106,7 +106,9 @@ impl Store {
                     let consecutive_valid = match trust.get(&candidate.module) {
                         Some(count) => *count,
                         None => {
-                            let count = self.trust_in(&mut tx, host, &candidate.module).await?;
+                            let count = self
+                                .trust_in(&mut tx, host.host_id, &candidate.module)
+                                .await?;
                             trust.insert(candidate.module.clone(), count);
                             count
                         }
@@ -418,16 +420,11 @@ impl Store {
     }
 
     /// Consecutive valid results of the host for a module.
-    pub(super) async fn trust_in(
-        &self,
-        tx: &mut Tx,
-        host: HostIdentity,
-        module: &[u8],
-    ) -> Result<u32> {
+    pub(super) async fn trust_in(&self, tx: &mut Tx, host_id: i64, module: &[u8]) -> Result<u32> {
         let count: Option<i64> = sqlx::query_scalar(
             "SELECT consecutive_valid FROM host_trust WHERE host_id = $1 AND module = $2",
         )
-        .bind(host.host_id)
+        .bind(host_id)
         .bind(module)
         .fetch_optional(&mut **tx)
         .await?;

@@ -428,17 +428,8 @@ impl Store {
             u32::try_from(row.try_get::<i64, _>("daily_quota")?.max(1)).unwrap_or(u32::MAX);
         for (module, outcome) in outcomes {
             quota = self.policy.quota_after(quota, cpus, *outcome);
-            let current: Option<i64> = sqlx::query_scalar(
-                "SELECT consecutive_valid FROM host_trust WHERE host_id = $1 AND module = $2",
-            )
-            .bind(host_id)
-            .bind(module)
-            .fetch_optional(&mut **tx)
-            .await?;
-            let next = integrity::trust_after(
-                current.map_or(0, |c| u32::try_from(c.max(0)).unwrap_or(u32::MAX)),
-                *outcome,
-            );
+            let current = self.trust_in(tx, host_id, module).await?;
+            let next = integrity::trust_after(current, *outcome);
             sqlx::query(
                 "INSERT INTO host_trust (host_id, module, consecutive_valid) VALUES ($1, $2, $3)
                  ON CONFLICT (host_id, module) DO UPDATE SET consecutive_valid = excluded.consecutive_valid",
