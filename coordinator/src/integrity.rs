@@ -33,11 +33,11 @@ pub struct Policy {
     pub trust_after: u32,
     /// Fraction of units that would go to an untrusted host alone (jobs
     /// with `min_quorum = 1`) that are secretly replicated to check it.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = fraction)]
     pub spot_check_untrusted: f64,
     /// Fraction of units that would go to a trusted host alone that are
     /// secretly replicated to check it.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = fraction)]
     pub spot_check_trusted: f64,
     /// Replicas of one unit go to different /24 (IPv4) or /48 (IPv6)
     /// networks, so one person's accounts on one network cannot fill a
@@ -92,6 +92,15 @@ impl Default for Policy {
             initial_daily_quota: 64,
             max_daily_quota_per_cpu: 2_000,
         }
+    }
+}
+
+/// Parses a spot-check rate: a number from 0 to 1 (NaN or 5 would make
+/// every unit, or none, a check without saying so).
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("{text:?} is not a fraction from 0 to 1")),
     }
 }
 
@@ -329,6 +338,16 @@ mod tests {
         check(64, 5, 0, 15, 16, 1);
         check(64, 5, 0, 16, 16, 0);
         check(64, 5, 0, 99, 16, 0);
+    }
+
+    #[test]
+    fn spot_check_rates_are_fractions() {
+        assert_eq!(fraction("0.25"), Ok(0.25));
+        assert_eq!(fraction("0"), Ok(0.0));
+        assert_eq!(fraction("1"), Ok(1.0));
+        for bad in ["-0.1", "1.5", "NaN", "inf", "", "five"] {
+            assert!(fraction(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
