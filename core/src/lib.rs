@@ -6,6 +6,7 @@ pub mod agreement;
 pub mod auth;
 pub mod blob;
 pub mod chunk;
+pub mod durable;
 pub mod error;
 pub mod manifest;
 pub mod output;

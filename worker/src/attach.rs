@@ -55,7 +55,7 @@ fn save(data_dir: &Path, attachment: &Attachment) -> Result<()> {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    crate::durable::write_private(&path, text.as_bytes())
+    cobble_core::durable::write_private(&path, text.as_bytes())
         .map_err(Error::io(format!("writing {}", path.display())))
 }
 

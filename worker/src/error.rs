@@ -12,8 +12,8 @@ pub enum Error {
     },
     #[error("not a valid WebAssembly module: {0}")]
     InvalidModule(String),
-    #[error("module is not a WASI command: it exports no `_start` function")]
-    NotACommand,
+    #[error(transparent)]
+    Sandbox(#[from] cobble_sandbox::Error),
     #[error("wasm engine: {0}")]
     Engine(String),
     #[error("blob {hash} failed verification: expected {expected}, got {actual}")]

@@ -3,7 +3,7 @@
 //! submit it, and benchmarks can time the real execution path.
 
 use crate::error::{Error, Result};
-use crate::sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitControl, UnitLimits};
+use cobble_sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitControl, UnitLimits};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -64,7 +64,7 @@ pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
             std::fs::copy(input, input_dir.join(name))
                 .map_err(Error::io(format!("copying input {}", input.display())))?;
         }
-        sandbox
+        let report = sandbox
             .run(
                 &prepared,
                 Invocation {
@@ -78,7 +78,8 @@ pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
                     control: UnitControl::unpaused(),
                 },
             )
-            .await
+            .await?;
+        Ok::<_, Error>(report)
     }
     .await;
     std::fs::remove_dir_all(&input_dir).ok();

@@ -13,7 +13,7 @@
 //! checkpoint; a lease past its deadline, or anything unreadable, is
 //! dropped. Every file is written atomically (`durable::write_private`).
 
-use crate::durable;
+use cobble_core::durable;
 use cobble_proto::v1 as pb;
 use ed25519_dalek::VerifyingKey;
 use prost::Message;

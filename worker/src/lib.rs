@@ -4,7 +4,6 @@
 pub mod activity;
 pub mod attach;
 pub mod cache;
-mod durable;
 pub mod error;
 pub mod exec;
 pub mod install;
@@ -12,7 +11,6 @@ pub mod journal;
 pub mod peer;
 pub mod prefs;
 pub mod runner;
-pub mod sandbox;
 pub mod status;
 pub mod sys;
 pub mod tasks;

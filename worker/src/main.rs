@@ -5,12 +5,12 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use cobble_sandbox::UnitLimits;
 use cobble_worker::activity::{FileLoad, LoadSource, Monitor, SystemLoad};
 use cobble_worker::attach::Volunteer;
 use cobble_worker::exec::{ExecRequest, exec};
 use cobble_worker::install::Layout;
 use cobble_worker::prefs::Prefs;
-use cobble_worker::sandbox::UnitLimits;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -17,7 +17,6 @@ use crate::error::{Error, Result};
 use crate::journal::{Journal, Recovered};
 use crate::peer::{self, ChunkFilter, Sharing, SharingPrefs};
 use crate::prefs::Prefs;
-use crate::sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitControl, UnitLimits};
 use crate::status::Transfers;
 use crate::tasks::{TaskSignals, TaskState, Tasks};
 use cobble_client::{Connection, Credentials};
@@ -25,6 +24,7 @@ use cobble_core::BlobHash;
 use cobble_proto::v1::{
     self as pb, report_request::Outcome, worker_service_client::WorkerServiceClient,
 };
+use cobble_sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitControl, UnitLimits};
 use ed25519_dalek::VerifyingKey;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -324,7 +324,11 @@ impl Worker {
                 tracing::error!(unit_id = manifest.unit_id, %error, "unit could not run");
                 let kind = match error {
                     Error::BlobMismatch { .. } => "bad_blob",
-                    Error::InvalidModule(_) | Error::NotACommand => "bad_module",
+                    Error::InvalidModule(_)
+                    | Error::Sandbox(
+                        cobble_sandbox::Error::InvalidModule(_)
+                        | cobble_sandbox::Error::NotACommand,
+                    ) => "bad_module",
                     _ => "internal",
                 };
                 Some(client_error(kind, &error.to_string()))

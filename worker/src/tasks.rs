@@ -218,7 +218,7 @@ impl Tasks {
                 progress: task
                     .checkpoint_dir
                     .as_deref()
-                    .and_then(crate::sandbox::read_progress),
+                    .and_then(cobble_sandbox::read_progress),
                 memory_bytes: match task.state {
                     TaskState::WaitingForMemory => task.memory_needed,
                     _ => task.memory_bytes.load(Ordering::Relaxed),

@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
             // saboteurs. All unless one is named.
             let which = std::env::args().nth(2);
             let benches = [
-                ("cobble-worker", "units"),
+                ("cobble-sandbox", "units"),
                 ("cobble-e2e", "volunteer"),
                 ("cobble-e2e", "swarm"),
                 ("cobble-e2e", "integrity"),

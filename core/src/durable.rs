@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Atomically replaces `path` with `contents`, readable by the owner only.
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let temporary = path.with_extension(format!("{}.partial", cobble_core::random_token()));
+    let temporary = path.with_extension(format!("{}.partial", crate::random_token()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -21,7 +21,7 @@
 //! written in the middle of a stream of host calls is recorded that much
 //! late, a few milliseconds of work over.
 
-use crate::durable;
+use cobble_core::durable;
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;

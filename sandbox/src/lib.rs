@@ -9,11 +9,12 @@
 //! [`UnitFailure`], never a crash of the worker.
 
 mod clock;
+pub mod error;
 mod fuel_ledger;
 mod module_cache;
 mod supervise;
 
-use crate::error::{Error, Result};
+pub use crate::error::{Error, Result};
 use clock::{VirtualMonotonicClock, VirtualWallClock};
 use fuel_ledger::FuelLedger;
 pub use module_cache::ModuleCache;
@@ -548,5 +549,4 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 #[cfg(test)]
-#[path = "sandbox_tests.rs"]
 mod tests;

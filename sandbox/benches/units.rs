@@ -13,10 +13,10 @@
 //! the production settings are also compared with a build for this CPU
 //! (`target-cpu=native`), which may use instructions wasm lacks.
 //!
-//! `cargo bench -p cobble-worker --bench units` (COBBLE_BENCH_ROUNDS=N for
+//! `cargo bench -p cobble-sandbox --bench units` (COBBLE_BENCH_ROUNDS=N for
 //! more rounds, COBBLE_BENCH_ONLY=NAME for the examples whose name contains NAME).
 
-use cobble_worker::sandbox::{
+use cobble_sandbox::{
     EngineSettings, Invocation, PreparedModule, Sandbox, UnitControl, UnitLimits,
 };
 use std::path::Path;
