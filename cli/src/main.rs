@@ -161,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
 /// Uploads every file the job names (each once) and builds the spec.
 async fn upload_job(connection: &Connection, job: &LocalJob) -> anyhow::Result<pb::JobSpec> {
     let mut paths: Vec<&Path> = vec![job.module.as_path()];
+    paths.extend(job.validator_module.as_deref());
     paths.extend(job.inputs.iter().map(|(_, p)| p.as_path()));
     if let cobble_core::spec::LocalSplit::Files(files) = &job.split {
         paths.extend(files.iter().map(|(_, p)| p.as_path()));

@@ -104,6 +104,12 @@ impl BlobStore {
         Ok(data)
     }
 
+    /// Where temporary files go: on the blob store's file system, so a
+    /// blob can be hard-linked there rather than copied.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
     pub fn path_of(&self, hash: &BlobHash) -> PathBuf {
         let hex = hash.to_hex();
         self.root.join(&hex[..2]).join(hex)

@@ -14,6 +14,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Core(#[from] cobble_core::Error),
+    /// The sandbox refused a researcher's validator module, or failed.
+    #[error("validator module: {0}")]
+    Sandbox(#[from] cobble_sandbox::Error),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -58,6 +61,9 @@ impl From<Error> for tonic::Status {
         match error {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::Core(e) => Status::invalid_argument(e.to_string()),
+            Error::Sandbox(
+                e @ (cobble_sandbox::Error::InvalidModule(_) | cobble_sandbox::Error::NotACommand),
+            ) => Status::invalid_argument(format!("validator module: {e}")),
             Error::NotFound(m) => Status::not_found(m),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),

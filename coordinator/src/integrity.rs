@@ -75,6 +75,15 @@ pub struct Policy {
     pub initial_daily_quota: u32,
     #[arg(long, default_value_t = 2_000)]
     pub max_daily_quota_per_cpu: u32,
+    /// Fuel one run of a researcher's validator module may burn (about
+    /// ten seconds of work): a validator compares outputs, it does not
+    /// compute them.
+    #[arg(long, default_value_t = 10_000_000_000)]
+    pub validator_fuel: u64,
+    #[arg(long, default_value_t = 256)]
+    pub validator_memory_mib: u32,
+    #[arg(long, default_value_t = 60_000)]
+    pub validator_wall_ms: u64,
 }
 
 impl Default for Policy {
@@ -91,6 +100,9 @@ impl Default for Policy {
             new_host_max_in_progress: 2,
             initial_daily_quota: 64,
             max_daily_quota_per_cpu: 2_000,
+            validator_fuel: 10_000_000_000,
+            validator_memory_mib: 256,
+            validator_wall_ms: 60_000,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod service;
 pub mod store;
 pub mod tracker;
 pub mod validate;
+pub mod validator;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -80,6 +81,7 @@ pub async fn serve(
         .map_err(|e| Error::InvalidArgument(format!("reflection descriptors: {e}")))?;
 
     let sweeper = tokio::spawn(sweep_overdue(store.clone()));
+    let validator = tokio::spawn(run_validators(store.clone()));
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -108,6 +110,7 @@ pub async fn serve(
         })
         .await;
     sweeper.abort();
+    validator.abort();
     store.db.close().await;
     result.map_err(|e| Error::InvalidArgument(format!("gRPC server: {e}")))
 }
@@ -124,6 +127,22 @@ async fn sweep_overdue(store: Store) {
         }
         if let Err(error) = store.release_deferred_credit().await {
             tracing::warn!(%error, "paying deferred credit failed");
+        }
+    }
+}
+
+/// Runs researchers' validator modules on the units waiting for them, one
+/// unit at a time: a validator is CPU work, and the coordinator's first job
+/// is answering hosts.
+async fn run_validators(store: Store) {
+    loop {
+        match store.run_validators().await {
+            Ok(0) => store.validation_wanted().await,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "running validators failed");
+                store.validation_wanted().await;
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ mod reports;
 mod scheduler;
 mod transfers;
 mod transition;
+mod validation;
 
 pub use accounts::{Attached, HostIdentity};
 pub use reports::ReportStatus;
@@ -40,6 +41,10 @@ pub struct Store {
     /// none of them holds are kept for them a while. Per process, which is
     /// enough for a preference.
     proven_active: Arc<Mutex<HashMap<Vec<u8>, [i64; 2]>>>,
+    /// Researchers' validator modules, run outside transactions.
+    validators: Arc<crate::validator::Validators>,
+    /// Woken when a unit starts waiting for its job's validator module.
+    validation_wanted: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -57,6 +62,8 @@ impl Store {
             work_added: Arc::default(),
             policy: Arc::default(),
             proven_active: Arc::default(),
+            validators: Arc::default(),
+            validation_wanted: Arc::default(),
         }
     }
 

@@ -29,6 +29,10 @@ pub struct ResultView {
     pub stdout: Option<Vec<u8>>,
     /// Fuel the reporting host measured for a successful result.
     pub fuel_used: u64,
+    /// Under a module validator: the group the researcher's validator put
+    /// this success in (negative: it rejected the output), None until it
+    /// has seen it.
+    pub group: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,6 +55,9 @@ pub enum Decision {
     Wait { new_results: u32 },
     /// No quorum is possible within `max_total_results`.
     Errored { reason: String },
+    /// A success awaits the job's validator module, which runs outside the
+    /// transaction (`store/validation.rs`); decide again once it has.
+    Validate,
 }
 
 /// Whether two successful results agree under the job's validator.
@@ -68,12 +75,20 @@ fn agree(agreement: Agreement, a: &ResultView, b: &ResultView) -> bool {
                     _ => false,
                 }
         }
+        Agreement::Module => matches!((a.group, b.group), (Some(x), Some(y)) if x == y && x >= 0),
     }
 }
 
 /// Decides the fate of a pending unit. `results` lists every result of the
 /// unit, in the order they were created.
 pub fn decide(replication: Replication, agreement: Agreement, results: &[ResultView]) -> Decision {
+    if agreement == Agreement::Module
+        && results
+            .iter()
+            .any(|r| r.state == ResultState::Success && r.group.is_none())
+    {
+        return Decision::Validate;
+    }
     // Group successful results: each joins the first group whose first
     // member it agrees with (tolerance is not transitive, so members are
     // compared with that representative only), keeping report order.
@@ -177,6 +192,7 @@ mod tests {
                     digest,
                     stdout: None,
                     fuel_used: 1_000_000_000 + i as u64,
+                    group: None,
                 }
             })
             .collect()
@@ -260,6 +276,7 @@ mod tests {
             digest: Some(files.as_bytes().to_vec()),
             stdout: Some(stdout.as_bytes().to_vec()),
             fuel_used: 1_000_000_000,
+            group: None,
         };
         let close = [
             result(1, "mean 0.5000000000001", "f"),
@@ -291,5 +308,45 @@ mod tests {
         };
         let decision = decide(replication, Agreement::Bitwise, &results(&["a"]));
         assert!(matches!(decision, Decision::Done { canonical: 1, .. }));
+    }
+
+    #[test]
+    fn module_validation_groups_by_the_validators_verdict() {
+        let result = |id: i64, group: Option<i64>| ResultView {
+            id,
+            state: Success,
+            digest: Some(vec![id as u8]),
+            stdout: None,
+            fuel_used: 1_000_000_000 + id as u64,
+            group,
+        };
+        let module = |results: &[ResultView]| decide(QUORUM_2_OF_5, Agreement::Module, results);
+        // An output the validator has not seen: nothing is decided without it.
+        assert_eq!(
+            module(&[result(1, Some(1)), result(2, None)]),
+            Decision::Validate
+        );
+        // Different digests, one group: they agree.
+        assert_eq!(
+            module(&[result(1, Some(1)), result(2, Some(1))]),
+            Decision::Done {
+                canonical: 1,
+                valid: vec![1, 2],
+                invalid: vec![],
+                credit: credit::for_fuel(1_000_000_001),
+            }
+        );
+        assert_eq!(module(&[result(1, Some(1)), result(2, Some(2))]), wait(1));
+        // Rejected outputs agree with nothing, not even with each other.
+        assert_eq!(module(&[result(1, Some(-1)), result(2, Some(-1))]), wait(1));
+        assert_eq!(
+            module(&[result(1, Some(-1)), result(2, Some(2)), result(3, Some(2))]),
+            Decision::Done {
+                canonical: 2,
+                valid: vec![2, 3],
+                invalid: vec![1],
+                credit: credit::for_fuel(1_000_000_002),
+            }
+        );
     }
 }

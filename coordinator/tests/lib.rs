@@ -4,4 +4,5 @@ mod cases {
     mod grpc;
     mod integrity;
     mod store;
+    mod validators;
 }

@@ -14,6 +14,9 @@ pub enum Agreement {
         rel_tolerance: f64,
         abs_tolerance: f64,
     },
+    /// The researcher's validator module groups the outputs; results agree
+    /// when it put them in one group.
+    Module,
 }
 
 impl Agreement {
@@ -23,6 +26,7 @@ impl Agreement {
                 rel_tolerance: v.rel_tolerance,
                 abs_tolerance: v.abs_tolerance,
             },
+            Some(v) if v.kind == "module" => Agreement::Module,
             _ => Agreement::Bitwise,
         }
     }

@@ -58,6 +58,7 @@ struct ValidatorToml {
     kind: String,
     rel_tolerance: Option<f64>,
     abs_tolerance: Option<f64>,
+    module: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +115,8 @@ pub struct LocalJob {
     pub replication: pb::Replication,
     pub limits: pb::Limits,
     pub validator: pb::Validator,
+    /// `[validator] module`, for `kind = "module"`.
+    pub validator_module: Option<PathBuf>,
     /// `[engine] nan_canonicalization`; true unless the spec turns it off.
     pub nan_canonicalization: bool,
 }
@@ -197,10 +200,25 @@ impl LocalJob {
             deadline_s: l.deadline_s.unwrap_or(DEFAULT_DEADLINE_S),
             max_output_bytes: l.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
         });
+        let validator_module = match raw.validator.as_ref().and_then(|v| v.module.as_ref()) {
+            Some(path) => {
+                let path = base.join(path);
+                if !path.is_file() {
+                    return Err(Error::field(
+                        "validator.module",
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+                Some(path)
+            }
+            None => None,
+        };
         let validator = raw.validator.map_or_else(bitwise, |v| pb::Validator {
             kind: v.kind,
             rel_tolerance: v.rel_tolerance.unwrap_or(0.0),
             abs_tolerance: v.abs_tolerance.unwrap_or(0.0),
+            // The blob is known once uploaded; `check` needs to know one is named.
+            module: v.module.map(|_| pb::BlobRef::default()),
         });
         let job = LocalJob {
             name: raw.name,
@@ -211,6 +229,7 @@ impl LocalJob {
             replication,
             limits,
             validator,
+            validator_module,
             nan_canonicalization: raw
                 .engine
                 .and_then(|e| e.nan_canonicalization)
@@ -242,7 +261,7 @@ impl LocalJob {
             &self.replication,
             &self.limits,
         )?;
-        check_validator(&self.validator)
+        check_validator(&self.validator, false)
     }
 
     /// Builds the protocol spec once the blobs are known by hash.
@@ -276,7 +295,13 @@ impl LocalJob {
             split: Some(pb::SplitRule { rule: Some(rule) }),
             replication: Some(self.replication),
             limits: Some(self.limits),
-            validator: Some(self.validator.clone()),
+            validator: Some(pb::Validator {
+                module: match &self.validator_module {
+                    Some(path) => Some(blob_of(path)?),
+                    None => None,
+                },
+                ..self.validator.clone()
+            }),
             nan_canonicalization_off: !self.nan_canonicalization,
         })
     }
@@ -287,12 +312,31 @@ fn bitwise() -> pb::Validator {
         kind: "bitwise".into(),
         rel_tolerance: 0.0,
         abs_tolerance: 0.0,
+        module: None,
     }
 }
 
-fn check_validator(v: &pb::Validator) -> Result<(), Error> {
+/// `blob_known`: the module must name a well-formed blob (a spec on the
+/// wire), not merely be present (a spec read from disk, not yet uploaded).
+fn check_validator(v: &pb::Validator, blob_known: bool) -> Result<(), Error> {
+    if v.kind != "module" && v.module.is_some() {
+        return Err(Error::field(
+            "validator.module",
+            "only a validator of kind = \"module\" runs a module",
+        ));
+    }
     match v.kind.as_str() {
         "" | "bitwise" => Ok(()),
+        "module" => match &v.module {
+            None => Err(Error::field(
+                "validator.module",
+                "a module validator needs module = \"<file>.wasm\"",
+            )),
+            Some(blob) if blob_known => crate::BlobHash::from_slice(&blob.hash)
+                .map(|_| ())
+                .map_err(|e| Error::field("validator.module", e.to_string())),
+            Some(_) => Ok(()),
+        },
         "numeric" => {
             if !v.rel_tolerance.is_finite() || !(0.0..=1.0).contains(&v.rel_tolerance) {
                 return Err(Error::field(
@@ -316,7 +360,7 @@ fn check_validator(v: &pb::Validator) -> Result<(), Error> {
         }
         other => Err(Error::field(
             "validator.kind",
-            format!("unknown validator {other:?}; use \"bitwise\" or \"numeric\""),
+            format!("unknown validator {other:?}; use \"bitwise\", \"numeric\" or \"module\""),
         )),
     }
 }
@@ -576,7 +620,9 @@ pub fn check_spec(spec: &pb::JobSpec) -> Result<(), Error> {
         .limits
         .ok_or_else(|| Error::field("limits", "missing"))?;
     check_common(&spec.args, &input_names, rule, &replication, &limits)?;
-    spec.validator.as_ref().map_or(Ok(()), check_validator)
+    spec.validator
+        .as_ref()
+        .map_or(Ok(()), |v| check_validator(v, true))
 }
 
 /// One work unit as the split rule defines it.

@@ -211,6 +211,47 @@ fn invalid_fields_are_named() {
         &with_validator("kind = \"numeric\"\nrel_tolerance = 2.0"),
         &["validator.rel_tolerance", "between 0 and 1"],
     );
+    check(
+        "deadline_s = 60",
+        &with_validator("kind = \"module\""),
+        &["validator.module", "needs module"],
+    );
+    check(
+        "deadline_s = 60",
+        &with_validator("kind = \"module\"\nmodule = \"nowhere.wasm\""),
+        &["validator.module", "nowhere.wasm"],
+    );
+    check(
+        "deadline_s = 60",
+        &with_validator("kind = \"bitwise\"\nmodule = \"unit.wasm\""),
+        &["validator.module", "only a validator of kind"],
+    );
+}
+
+#[test]
+fn a_validator_module_is_uploaded_with_the_job() {
+    let dir = fixture();
+    let text = format!("{VALID}[validator]\nkind = \"module\"\nmodule = \"table.bin\"\n");
+    let job = LocalJob::parse(&text, dir.path()).expect("parses");
+    assert_eq!(job.validator_module, Some(dir.path().join("table.bin")));
+    let spec = job
+        .to_spec(|path| {
+            Ok::<_, ()>(pb::BlobRef {
+                hash: blake3::hash(path.to_string_lossy().as_bytes())
+                    .as_bytes()
+                    .to_vec(),
+                size: 1,
+                chunk_root: Vec::new(),
+            })
+        })
+        .expect("spec");
+    check_spec(&spec).expect("a module validator naming an uploaded blob is valid");
+    let mut unnamed = spec.clone();
+    if let Some(validator) = unnamed.validator.as_mut() {
+        validator.module = Some(pb::BlobRef::default());
+    }
+    let error = check_spec(&unnamed).expect_err("no hash").to_string();
+    assert!(error.contains("validator.module"), "{error}");
 }
 
 #[test]

@@ -15,6 +15,7 @@ const UNITS: &[(&str, &str)] = &[
     ("folding", "folding"),
     ("mandelbrot", "mandelbrot"),
     ("montecarlo", "montecarlo"),
+    ("montecarlo-validator", "montecarlo-validator"),
     ("sandbox-probe", "sandbox-probe"),
 ];
 

@@ -16,7 +16,13 @@ use std::time::{Duration, Instant};
 
 const WASM_TARGET: &str = "wasm32-wasip1";
 /// Rust example units built by `units`, by package (and binary) name.
-const UNIT_PACKAGES: &[&str] = &["primes", "folding", "mandelbrot", "montecarlo"];
+const UNIT_PACKAGES: &[&str] = &[
+    "primes",
+    "folding",
+    "mandelbrot",
+    "montecarlo",
+    "montecarlo-validator",
+];
 /// C example units: (source, module name).
 const C_UNITS: &[(&str, &str)] = &[("workunits/collatz-c/collatz.c", "collatz.wasm")];
 /// Where `units` puts every built module; the job specs point here.

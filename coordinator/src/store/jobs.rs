@@ -15,6 +15,7 @@ impl Store {
     pub async fn submit_job(&self, spec: &pb::JobSpec) -> Result<(i64, u32)> {
         spec::check_spec(spec)?;
         self.require_blobs(spec).await?;
+        self.prepare_validator(spec).await?;
         let spec = &self.with_chunk_roots(spec).await?;
         let units = spec::split(spec);
         let replication = spec.replication.unwrap_or(spec::DEFAULT_REPLICATION);
@@ -89,6 +90,9 @@ impl Store {
         let mut refs: Vec<(&str, &pb::BlobRef)> = Vec::new();
         if let Some(module) = &spec.module {
             refs.push(("module", module));
+        }
+        if let Some(module) = spec.validator.as_ref().and_then(|v| v.module.as_ref()) {
+            refs.push(("validator.module", module));
         }
         for input in &spec.inputs {
             if let Some(blob) = &input.blob {

@@ -194,17 +194,16 @@ impl Store {
                     "unit done"
                 );
             }
+            Decision::Validate => {
+                sqlx::query("UPDATE units SET needs_validator = 1 WHERE id = $1")
+                    .bind(unit_id)
+                    .execute(&mut **tx)
+                    .await?;
+                self.validation_wanted.notify_one();
+            }
             Decision::Errored { reason } => {
-                sqlx::query(
-                    "UPDATE units SET state = 'errored', error = $1, finished_ms = $2 WHERE id = $3",
-                )
-                .bind(&reason)
-                .bind(now)
-                .bind(unit_id)
-                .execute(&mut **tx)
-                .await?;
-                self.close_unit_in(tx, unit_id, job_id, now).await?;
-                tracing::warn!(unit_id, %reason, "unit errored");
+                self.error_unit_in(tx, unit_id, job_id, &reason, now)
+                    .await?;
             }
         }
         Ok(())
@@ -217,7 +216,8 @@ impl Store {
         agreement: Agreement,
     ) -> Result<Vec<ResultRow>> {
         let rows = sqlx::query(
-            "SELECT id, state, outcome, validate_state, digest, output, fuel_used, host_id, credit
+            "SELECT id, state, outcome, validate_state, digest, output, fuel_used, host_id, credit,
+                    agreement_group
              FROM results WHERE unit_id = $1 ORDER BY id",
         )
         .bind(unit_id)
@@ -257,6 +257,7 @@ impl Store {
                     digest,
                     stdout,
                     fuel_used,
+                    group: row.try_get("agreement_group")?,
                 },
                 host_id: row.try_get("host_id")?,
                 credit: row.try_get("credit")?,
@@ -499,6 +500,28 @@ impl Store {
     }
 
     /// After a unit ends: drop its unsent replicas, end the job if it was the last.
+    /// Gives up on a unit: no quorum can form, or its validator fails.
+    pub(super) async fn error_unit_in(
+        &self,
+        tx: &mut Tx,
+        unit_id: i64,
+        job_id: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE units SET state = 'errored', error = $1, finished_ms = $2 WHERE id = $3",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(unit_id)
+        .execute(&mut **tx)
+        .await?;
+        self.close_unit_in(tx, unit_id, job_id, now).await?;
+        tracing::warn!(unit_id, %reason, "unit errored");
+        Ok(())
+    }
+
     pub(super) async fn close_unit_in(
         &self,
         tx: &mut Tx,

@@ -133,9 +133,22 @@ pub(super) async fn submit_with(
     deadline_s: u32,
     validator: Option<pb::Validator>,
 ) -> i64 {
+    let spec = job_spec(store, units, replication, deadline_s, validator).await;
+    store.submit_job(&spec).await.expect("submit").0
+}
+
+/// A test job's spec: `units` units of a pretend module (only hosts in
+/// these tests "run" it), its blob stored.
+pub(super) async fn job_spec(
+    store: &Store,
+    units: i64,
+    replication: (u32, u32, u32),
+    deadline_s: u32,
+    validator: Option<pb::Validator>,
+) -> pb::JobSpec {
     let bytes = b"\0asm\x01\0\0\0 pretend module";
     let module = store.blobs.put(bytes).await.expect("blob");
-    let spec = pb::JobSpec {
+    pb::JobSpec {
         name: "t".into(),
         module: Some(pb::BlobRef {
             hash: module.0.to_vec(),
@@ -165,8 +178,7 @@ pub(super) async fn submit_with(
         }),
         validator,
         nan_canonicalization_off: false,
-    };
-    store.submit_job(&spec).await.expect("submit").0
+    }
 }
 
 /// The fuel limit of test jobs: claims in these tests stay below it.
@@ -522,6 +534,7 @@ async fn a_numeric_validator_accepts_results_within_tolerance() {
             kind: "numeric".into(),
             rel_tolerance: 1e-9,
             abs_tolerance: 0.0,
+            module: None,
         };
         let job = submit_with(store, 1, (2, 2, 4), 600, Some(numeric)).await;
         let (a, b) = (attach(store, "a").await, attach(store, "b").await);

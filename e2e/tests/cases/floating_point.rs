@@ -86,3 +86,46 @@ fn monte_carlo_replicas_agree_bit_for_bit() {
         spec,
     );
 }
+
+/// A researcher's validator module through the whole platform: the CLI
+/// uploads it with the job, the coordinator refuses nothing, runs it over
+/// each unit's outputs (in its sandbox, never the unit itself) and accepts
+/// the estimates it groups together.
+#[test]
+fn monte_carlo_results_are_judged_by_the_researchers_validator_module() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let coordinator = Coordinator::start(dir);
+    let spec = "name = \"mc-validated\"\nmodule = \"montecarlo.wasm\"\nargs = [\"{index}\", \"300000\"]\n\
+        [split]\nrange = { start = 0, end = 4, per_unit = 1 }\n\
+        [replication]\nmin_quorum = 2\ntarget_results = 2\n\
+        [validator]\nkind = \"module\"\nmodule = \"montecarlo-validator.wasm\"\n";
+    let spec_path = write_job(
+        dir,
+        cobble_unit_artifacts::MONTECARLO,
+        "montecarlo.wasm",
+        spec,
+    );
+    std::fs::copy(
+        cobble_unit_artifacts::MONTECARLO_VALIDATOR,
+        dir.join("job/montecarlo-validator.wasm"),
+    )
+    .expect("copying the validator");
+    let job = coordinator.submit(&spec_path);
+    let _volunteers = start_volunteers(&coordinator, dir, &["one", "two"]);
+    let (done, status) = coordinator.wait_done(&job, Duration::from_secs(120));
+    assert!(
+        done && status.contains("8 valid") && status.contains("0 invalid"),
+        "{status}"
+    );
+    let out = dir.join("results");
+    coordinator.cli_ok(&["results", &job, "--out", out.to_str().expect("utf-8")]);
+    for index in 0..4 {
+        let stdout = std::fs::read_to_string(out.join(index.to_string()).join("stdout"))
+            .expect("each unit's validated stdout");
+        assert!(
+            stdout.starts_with("pi ") && stdout.contains("samples 300000"),
+            "{stdout}"
+        );
+    }
+}

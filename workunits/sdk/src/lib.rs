@@ -7,6 +7,8 @@
 //! A unit's result must not depend on whether it was resumed from a
 //! checkpoint: replicas on other hosts may run straight through.
 
+pub mod validator;
+
 use std::io;
 use std::path::{Path, PathBuf};
 
