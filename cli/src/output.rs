@@ -40,6 +40,12 @@ pub fn print_status(status: &pb::JobStatus, as_json: bool) -> anyhow::Result<()>
             status.units_waiting_network
         );
     }
+    if status.known_answer_passed + status.known_answer_failed > 0 {
+        println!(
+            "  known-answer checks: {} passed, {} failed (each failure a host caught)",
+            status.known_answer_passed, status.known_answer_failed
+        );
+    }
     println!("  credit granted: {:.3}", status.credit_granted);
     if status.credit_pending > 0.0 {
         println!(
@@ -75,6 +81,10 @@ fn status_json(status: &pb::JobStatus) -> serde_json::Value {
             "in_progress": status.results_in_progress,
             "timed_out": status.results_timed_out,
             "client_error": status.results_client_error,
+        },
+        "known_answer_checks": {
+            "passed": status.known_answer_passed,
+            "failed": status.known_answer_failed,
         },
         "credit_granted": status.credit_granted,
         "credit_revoked": status.credit_revoked,

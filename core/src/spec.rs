@@ -25,6 +25,11 @@ pub const MAX_MEMORY_MIB: u32 = 4_096;
 pub const MAX_DEADLINE_S: u32 = 30 * 24 * 3_600;
 pub const MAX_UNITS: u64 = 1_000_000;
 pub const MAX_REPLICAS: u32 = 100;
+/// Known-answer units a job may carry, and hosts each may check.
+pub const MAX_KNOWN_ANSWERS: usize = 1_000;
+pub const MAX_KNOWN_ANSWER_COPIES: u32 = 1_000;
+/// Hosts each known-answer unit checks when the spec does not say.
+pub const DEFAULT_KNOWN_ANSWER_COPIES: u32 = 10;
 
 /// The placeholders an argument template may use.
 pub const PLACEHOLDERS: [&str; 4] = ["{start}", "{end}", "{index}", "{file}"];
@@ -44,6 +49,22 @@ struct SpecToml {
     limits: Option<LimitsToml>,
     validator: Option<ValidatorToml>,
     engine: Option<EngineToml>,
+    spot_check: Option<SpotCheckToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpotCheckToml {
+    copies: Option<u32>,
+    units: Vec<KnownAnswerToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KnownAnswerToml {
+    args: Vec<String>,
+    digest: String,
+    fuel: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +138,10 @@ pub struct LocalJob {
     pub validator: pb::Validator,
     /// `[validator] module`, for `kind = "module"`.
     pub validator_module: Option<PathBuf>,
+    /// `[spot_check] units`: known-answer units.
+    pub known_answers: Vec<pb::KnownAnswer>,
+    /// `[spot_check] copies`: hosts each known-answer unit checks.
+    pub known_answer_copies: u32,
     /// `[engine] nan_canonicalization`; true unless the spec turns it off.
     pub nan_canonicalization: bool,
 }
@@ -220,6 +245,35 @@ impl LocalJob {
             // The blob is known once uploaded; `check` needs to know one is named.
             module: v.module.map(|_| pb::BlobRef::default()),
         });
+        let (known_answers, known_answer_copies) = match raw.spot_check {
+            Some(spot_check) => (
+                spot_check
+                    .units
+                    .into_iter()
+                    .map(|known| {
+                        let digest = hex::decode(&known.digest)
+                            .ok()
+                            .filter(|d| d.len() == 32)
+                            .ok_or_else(|| {
+                                Error::field(
+                                    "spot_check.units.digest",
+                                    format!(
+                                        "{:?} is not a digest: 64 hex digits, as `cobble-worker exec` prints",
+                                        known.digest
+                                    ),
+                                )
+                            })?;
+                        Ok(pb::KnownAnswer {
+                            args: known.args,
+                            digest,
+                            fuel: known.fuel.unwrap_or(0),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?,
+                spot_check.copies.unwrap_or(DEFAULT_KNOWN_ANSWER_COPIES),
+            ),
+            None => (Vec::new(), 0),
+        };
         let job = LocalJob {
             name: raw.name,
             module,
@@ -230,6 +284,8 @@ impl LocalJob {
             limits,
             validator,
             validator_module,
+            known_answers,
+            known_answer_copies,
             nan_canonicalization: raw
                 .engine
                 .and_then(|e| e.nan_canonicalization)
@@ -261,7 +317,8 @@ impl LocalJob {
             &self.replication,
             &self.limits,
         )?;
-        check_validator(&self.validator, false)
+        check_validator(&self.validator, false)?;
+        check_known_answers(&self.known_answers, self.known_answer_copies, &self.limits)
     }
 
     /// Builds the protocol spec once the blobs are known by hash.
@@ -303,6 +360,8 @@ impl LocalJob {
                 ..self.validator.clone()
             }),
             nan_canonicalization_off: !self.nan_canonicalization,
+            known_answers: self.known_answers.clone(),
+            known_answer_copies: self.known_answer_copies,
         })
     }
 }
@@ -363,6 +422,64 @@ fn check_validator(v: &pb::Validator, blob_known: bool) -> Result<(), Error> {
             format!("unknown validator {other:?}; use \"bitwise\", \"numeric\" or \"module\""),
         )),
     }
+}
+
+/// Known answers must be checkable: a digest of 32 bytes, arguments a
+/// unit could take, a fuel figure the job's limit allows, and copies for
+/// at least one host each when there are any.
+fn check_known_answers(
+    known: &[pb::KnownAnswer],
+    copies: u32,
+    limits: &pb::Limits,
+) -> Result<(), Error> {
+    if known.len() > MAX_KNOWN_ANSWERS {
+        return Err(Error::field(
+            "spot_check.units",
+            format!("at most {MAX_KNOWN_ANSWERS} known-answer units"),
+        ));
+    }
+    if !known.is_empty() && !(1..=MAX_KNOWN_ANSWER_COPIES).contains(&copies) {
+        return Err(Error::field(
+            "spot_check.copies",
+            format!("must be from 1 to {MAX_KNOWN_ANSWER_COPIES}"),
+        ));
+    }
+    for unit in known {
+        if unit.digest.len() != 32 {
+            return Err(Error::field(
+                "spot_check.units.digest",
+                "must be 32 bytes (64 hex digits)",
+            ));
+        }
+        if unit.fuel > limits.fuel {
+            return Err(Error::field(
+                "spot_check.units.fuel",
+                format!(
+                    "{} is above the job's fuel limit of {}",
+                    unit.fuel, limits.fuel
+                ),
+            ));
+        }
+        if unit.args.len() > 1_000 || unit.args.iter().any(|a| a.len() > 4_096) {
+            return Err(Error::field(
+                "spot_check.units.args",
+                "at most 1000 arguments of at most 4096 bytes each",
+            ));
+        }
+        if let Some(arg) = unit
+            .args
+            .iter()
+            .find(|a| PLACEHOLDERS.iter().any(|p| a.contains(p)))
+        {
+            return Err(Error::field(
+                "spot_check.units.args",
+                format!(
+                    "{arg:?}: a known-answer unit's arguments are literal, without placeholders"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn default_limits() -> pb::Limits {
@@ -622,7 +739,8 @@ pub fn check_spec(spec: &pb::JobSpec) -> Result<(), Error> {
     check_common(&spec.args, &input_names, rule, &replication, &limits)?;
     spec.validator
         .as_ref()
-        .map_or(Ok(()), |v| check_validator(v, true))
+        .map_or(Ok(()), |v| check_validator(v, true))?;
+    check_known_answers(&spec.known_answers, spec.known_answer_copies, &limits)
 }
 
 /// One work unit as the split rule defines it.

@@ -229,6 +229,51 @@ fn invalid_fields_are_named() {
 }
 
 #[test]
+fn known_answers_must_be_checkable() {
+    let digest = "ab".repeat(32);
+    let with = |table: &str| format!("deadline_s = 60\n[spot_check]\n{table}");
+    let known = |fields: &str| with(&format!("units = [{{ {fields} }}]"));
+    check(
+        "deadline_s = 60",
+        &known("args = [\"1\"], digest = \"abc\""),
+        &["spot_check.units.digest", "64 hex digits"],
+    );
+    check(
+        "deadline_s = 60",
+        &known(&format!("args = [\"{{start}}\"], digest = \"{digest}\"")),
+        &["spot_check.units.args", "literal"],
+    );
+    check(
+        "deadline_s = 60",
+        &known(&format!("args = [], digest = \"{digest}\", fuel = 5000")),
+        &["spot_check.units.fuel", "above the job's fuel limit"],
+    );
+    check(
+        "deadline_s = 60",
+        &with(&format!(
+            "copies = 0\nunits = [{{ args = [], digest = \"{digest}\" }}]"
+        )),
+        &["spot_check.copies", "from 1"],
+    );
+    let dir = fixture();
+    let text = VALID.replace(
+        "deadline_s = 60",
+        &known(&format!(
+            "args = [\"0\", \"7\"], digest = \"{digest}\", fuel = 900"
+        )),
+    );
+    let job = LocalJob::parse(&text, dir.path()).expect("a checkable known answer");
+    assert_eq!(
+        (
+            job.known_answers.len(),
+            job.known_answer_copies,
+            job.known_answers[0].fuel
+        ),
+        (1, DEFAULT_KNOWN_ANSWER_COPIES, 900)
+    );
+}
+
+#[test]
 fn a_validator_module_is_uploaded_with_the_job() {
     let dir = fixture();
     let text = format!("{VALID}[validator]\nkind = \"module\"\nmodule = \"table.bin\"\n");

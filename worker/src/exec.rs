@@ -89,3 +89,27 @@ pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
         output_dir,
     })
 }
+
+/// The output digest a coordinator computes for this run's result (stdout
+/// and files by hash and size): what a job's `[spot_check]` known answer
+/// is, so a researcher gets it from a trusted local run.
+pub fn output_digest(run: &RunReport) -> Result<[u8; 32]> {
+    let blob = |hash: blake3::Hash, size: u64| cobble_proto::v1::BlobRef {
+        hash: hash.as_bytes().to_vec(),
+        size,
+        chunk_root: Vec::new(),
+    };
+    let stdout = blob(blake3::hash(&run.stdout), run.stdout.len() as u64);
+    let mut files = Vec::with_capacity(run.files.len());
+    for file in &run.files {
+        let mut hasher = blake3::Hasher::new();
+        std::fs::File::open(&file.path)
+            .and_then(|f| hasher.update_reader(f).map(|_| ()))
+            .map_err(Error::io(format!("hashing output {}", file.path.display())))?;
+        files.push(cobble_proto::v1::OutputFile {
+            name: file.name.clone(),
+            blob: Some(blob(hasher.finalize(), file.size)),
+        });
+    }
+    Ok(cobble_core::output::digest(&stdout, &files))
+}

@@ -307,6 +307,11 @@ async fn run_exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
             file.size
         )?;
     }
+    if run.outcome.is_ok() {
+        // Hashing the outputs reads files: off the async runtime.
+        let digest = tokio::task::block_in_place(|| cobble_worker::exec::output_digest(run))?;
+        writeln!(err, "digest: {}", hex::encode(digest))?;
+    }
     Ok(match &run.outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

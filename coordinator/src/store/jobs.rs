@@ -60,6 +60,30 @@ impl Store {
             // goes out, by who takes it (adaptive replication).
             insert_unsent(&mut tx, unit_id, now, READY_NOW).await?;
         }
+        // Known-answer units look like any other (numbered after the
+        // job's own, with its shared inputs); only this row knows the answer.
+        for (offset, known) in spec.known_answers.iter().enumerate() {
+            let payload = pb::Manifest {
+                args: known.args.clone(),
+                inputs: spec.inputs.clone(),
+                ..Default::default()
+            };
+            let unit_id: i64 = sqlx::query_scalar(
+                "INSERT INTO units (job_id, idx, payload, state, created_ms, known_digest, known_fuel)
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6) RETURNING id",
+            )
+            .bind(job_id)
+            .bind((units.len() + offset) as i64)
+            .bind(payload.encode_to_vec())
+            .bind(now)
+            .bind(&known.digest)
+            .bind(i64::try_from(known.fuel).unwrap_or(i64::MAX))
+            .fetch_one(&mut *tx)
+            .await?;
+            for _ in 0..spec.known_answer_copies {
+                insert_unsent(&mut tx, unit_id, now, READY_NOW).await?;
+            }
+        }
         tx.commit().await?;
         self.notify_work_added();
         tracing::info!(job_id, name = %spec.name, units = units.len(), "job submitted");
@@ -142,7 +166,7 @@ impl Store {
                     COUNT(*) FILTER (WHERE state = 'errored') AS errored,
                     COUNT(*) FILTER (WHERE state = 'pending' AND network_wait_ms > $2) AS network_wait,
                     COUNT(*) FILTER (WHERE state = 'done' AND replicated = 0) AS unreplicated
-             FROM units WHERE job_id = $1",
+             FROM units WHERE job_id = $1 AND known_digest IS NULL",
         )
         .bind(job_id)
         .bind(cobble_core::now_ms() - NETWORK_WAIT_SHOWN_MS)
@@ -157,7 +181,9 @@ impl Store {
                     COALESCE(SUM(r.granted_credit), 0.0) AS credit,
                     COALESCE(SUM(r.revoked_credit), 0.0) AS revoked,
                     COALESCE(SUM(CASE WHEN r.credit = 'deferred'
-                                 THEN CAST(r.fuel_used AS DOUBLE PRECISION) ELSE 0.0 END), 0.0) AS deferred_fuel
+                                 THEN CAST(r.fuel_used AS DOUBLE PRECISION) ELSE 0.0 END), 0.0) AS deferred_fuel,
+                    COUNT(*) FILTER (WHERE u.known_digest IS NOT NULL AND r.validate_state = 'valid') AS known_passed,
+                    COUNT(*) FILTER (WHERE u.known_digest IS NOT NULL AND r.validate_state = 'invalid') AS known_failed
              FROM results r JOIN units u ON u.id = r.unit_id WHERE u.job_id = $1",
         )
         .bind(job_id)
@@ -197,6 +223,8 @@ impl Store {
             credit_revoked: results.try_get("revoked")?,
             units_unreplicated: count(&units, "unreplicated")?,
             credit_pending: crate::credit::for_fuel_f64(results.try_get("deferred_fuel")?),
+            known_answer_passed: count(&results, "known_passed")?,
+            known_answer_failed: count(&results, "known_failed")?,
         })
     }
 
@@ -206,7 +234,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT u.idx, u.state, u.payload, u.error, u.replicated, r.output
              FROM units u LEFT JOIN results r ON r.id = u.canonical_result_id
-             WHERE u.job_id = $1 ORDER BY u.idx",
+             WHERE u.job_id = $1 AND u.known_digest IS NULL ORDER BY u.idx",
         )
         .bind(job_id)
         .fetch_all(self.db.pool())

@@ -57,7 +57,7 @@ impl Store {
         let mut tx = self.db.begin_write().await?;
         let row = sqlx::query(&format!(
             "SELECT r.id, r.unit_id, r.state, r.host_id, r.deadline_ms, u.state AS unit_state,
-                    j.state AS job_state, j.spec, j.module_hash
+                    j.state AS job_state, j.spec, j.module_hash, u.known_digest, u.known_fuel
              FROM results r JOIN units u ON u.id = r.unit_id JOIN jobs j ON j.id = u.job_id
              WHERE r.lease_id = $1{}",
             self.db.for_update_of("r, u")
@@ -98,6 +98,9 @@ impl Store {
             .limits
             .map_or(cobble_core::spec::DEFAULT_FUEL, |l| l.fuel);
 
+        let known_digest: Option<Vec<u8>> = row.try_get("known_digest")?;
+        let known_fuel = row.try_get::<i64, _>("known_fuel")?.max(0) as u64;
+
         let mut ledger = Ledger::default();
         match (outcome, success) {
             (Outcome::Success(reported), Some((output, digest))) => {
@@ -105,10 +108,14 @@ impl Store {
                 // cannot burn more fuel than its limit, so such a claim is a
                 // lie, refused like a wrong answer.
                 let overclaim = reported.fuel_used > fuel_limit;
-                let validate_state = match (overclaim, unit_open) {
-                    (true, _) => "invalid",
-                    (false, true) => "pending",
-                    (false, false) => "not_needed",
+                // A known answer is judged at once, even after the job ends:
+                // the host did the work, and its answer tells on it.
+                let known_match = known_digest.as_ref().map(|k| k[..] == digest[..]);
+                let validate_state = match (overclaim, known_match, unit_open) {
+                    (true, _, _) | (false, Some(false), _) => "invalid",
+                    (false, Some(true), _) => "valid",
+                    (false, None, true) => "pending",
+                    (false, None, false) => "not_needed",
                 };
                 sqlx::query(
                     "UPDATE results SET state = 'reported', outcome = 'success', validate_state = $1,
@@ -139,6 +146,26 @@ impl Store {
                         "fuel claim above the limit refused"
                     );
                     ledger.outcome(host.host_id, &module, integrity::Outcome::Invalid);
+                } else if let Some(matched) = known_match {
+                    let passed = match matched {
+                        true => Some(
+                            self.known_answer_credit_in(
+                                &mut tx,
+                                unit_id,
+                                reported.fuel_used,
+                                known_fuel,
+                            )
+                            .await?,
+                        ),
+                        false => None,
+                    };
+                    tracing::info!(
+                        host_id = host.host_id,
+                        result_id,
+                        passed = matched,
+                        "known-answer check"
+                    );
+                    ledger.known_answer(host.host_id, &module, result_id, passed);
                 }
             }
             (Outcome::ClientError(error), _) => {
@@ -157,7 +184,7 @@ impl Store {
             }
             (Outcome::Success(_), None) => unreachable!("success outputs are checked above"),
         }
-        if unit_open {
+        if unit_open && known_digest.is_none() {
             self.transition_in(&mut tx, unit_id, now, &mut ledger)
                 .await?;
         }
@@ -168,6 +195,30 @@ impl Store {
         } else {
             ReportStatus::TooLate
         })
+    }
+
+    /// Credit for a passed known-answer check: from the host's fuel claim,
+    /// capped at the fuel the researcher gave, else at the lowest claim any
+    /// host that passed this check made, so one host cannot inflate it.
+    async fn known_answer_credit_in(
+        &self,
+        tx: &mut Tx,
+        unit_id: i64,
+        claimed: u64,
+        known_fuel: u64,
+    ) -> Result<f64> {
+        let cap = if known_fuel > 0 {
+            known_fuel
+        } else {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT MIN(fuel_used) FROM results WHERE unit_id = $1 AND validate_state = 'valid'",
+            )
+            .bind(unit_id)
+            .fetch_one(&mut **tx)
+            .await?
+            .map_or(u64::MAX, |fuel| fuel.max(0) as u64)
+        };
+        Ok(crate::credit::for_fuel(claimed.min(cap)))
     }
 
     /// Verifies that every blob a success names is stored with that size

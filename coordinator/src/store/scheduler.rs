@@ -32,6 +32,9 @@ struct Candidate {
     job_id: i64,
     /// Results of the unit already issued to some host.
     issued: i64,
+    /// A known-answer unit: its copies are all made at submit, and each is
+    /// judged alone.
+    known: bool,
     min_quorum: u32,
     target_results: u32,
     adaptive: bool,
@@ -204,7 +207,8 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT r.id, r.unit_id, u.payload, j.id AS job_id, j.spec, j.deadline_s,
                     j.min_quorum, j.target_results, j.adaptive, j.module_hash,
-                    (SELECT COUNT(*) FROM results i WHERE i.unit_id = r.unit_id AND i.host_id IS NOT NULL) AS issued
+                    (SELECT COUNT(*) FROM results i WHERE i.unit_id = r.unit_id AND i.host_id IS NOT NULL) AS issued,
+                    CASE WHEN u.known_digest IS NULL THEN 0 ELSE 1 END AS known
              FROM results r
              JOIN units u ON u.id = r.unit_id
              JOIN jobs j ON j.id = u.job_id
@@ -238,6 +242,7 @@ impl Store {
                     unit_id: row.try_get("unit_id")?,
                     job_id: row.try_get("job_id")?,
                     issued: row.try_get("issued")?,
+                    known: row.try_get::<i64, _>("known")? != 0,
                     min_quorum: row.try_get::<i64, _>("min_quorum")?.clamp(1, 1000) as u32,
                     target_results: row.try_get::<i64, _>("target_results")?.clamp(1, 1000) as u32,
                     adaptive: row.try_get::<i64, _>("adaptive")? != 0,
@@ -294,7 +299,7 @@ impl Store {
         .bind(candidate.unit_id)
         .execute(&mut **tx)
         .await?;
-        if candidate.issued == 0 {
+        if candidate.issued == 0 && !candidate.known {
             let issue = self.policy.issue(
                 candidate.min_quorum,
                 candidate.adaptive,

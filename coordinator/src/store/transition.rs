@@ -39,6 +39,25 @@ pub(super) struct Ledger {
 }
 
 impl Ledger {
+    /// A result of a known-answer unit, judged against the known answer:
+    /// a check the host passed (credited) or failed (caught).
+    pub(super) fn known_answer(
+        &mut self,
+        host_id: i64,
+        module: &[u8],
+        result_id: i64,
+        passed: Option<f64>,
+    ) {
+        match passed {
+            Some(credit) => {
+                self.outcome(host_id, module, Outcome::Valid);
+                self.grants.push((result_id, credit));
+                self.passed.push(host_id);
+            }
+            None => self.outcome(host_id, module, Outcome::Invalid),
+        }
+    }
+
     pub(super) fn outcome(&mut self, host_id: i64, module: &[u8], outcome: Outcome) {
         self.outcomes
             .entry(host_id)
@@ -69,14 +88,21 @@ impl Store {
         ledger: &mut Ledger,
     ) -> Result<()> {
         let unit = sqlx::query(&format!(
-            "SELECT u.state, u.job_id, u.quorum, j.min_quorum, j.max_total_results, j.spec, j.module_hash
+            "SELECT u.state, u.job_id, u.quorum, u.known_digest, j.min_quorum, j.max_total_results,
+                    j.spec, j.module_hash
              FROM units u JOIN jobs j ON j.id = u.job_id WHERE u.id = $1{}",
             self.db.for_update_of("u")
         ))
         .bind(unit_id)
         .fetch_one(&mut **tx)
         .await?;
-        if unit.try_get::<String, _>("state")? != "pending" {
+        // A known-answer unit's results are judged one by one as they come
+        // (`report_result`); it needs no quorum and no further replicas.
+        if unit.try_get::<String, _>("state")? != "pending"
+            || unit
+                .try_get::<Option<Vec<u8>>, _>("known_digest")?
+                .is_some()
+        {
             return Ok(());
         }
         let job_id: i64 = unit.try_get("job_id")?;
@@ -544,12 +570,28 @@ impl Store {
         .fetch_one(&mut **tx)
         .await?;
         let pending: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM units WHERE job_id = $1 AND state = 'pending'",
+            "SELECT COUNT(*) FROM units WHERE job_id = $1 AND state = 'pending' AND known_digest IS NULL",
         )
         .bind(job_id)
         .fetch_one(&mut **tx)
         .await?;
         if pending == 0 {
+            // Known-answer units check hosts only while the job runs.
+            sqlx::query(
+                "UPDATE results SET state = 'aborted' WHERE state = 'unsent' AND unit_id IN (
+                     SELECT id FROM units WHERE job_id = $1 AND known_digest IS NOT NULL)",
+            )
+            .bind(job_id)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "UPDATE units SET state = 'done', finished_ms = $1
+                 WHERE job_id = $2 AND known_digest IS NOT NULL AND state = 'pending'",
+            )
+            .bind(now)
+            .bind(job_id)
+            .execute(&mut **tx)
+            .await?;
             sqlx::query(
                 "UPDATE jobs SET state = 'done', finished_ms = $1 WHERE id = $2 AND state = 'running'",
             )

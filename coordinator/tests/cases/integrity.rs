@@ -349,3 +349,100 @@ async fn a_host_that_turns_bad_after_earning_trust_is_caught_and_undone() {
         backend.cleanup().await;
     }
 }
+
+/// A researcher's known answers (`[spot_check]`): a known-answer unit goes
+/// to several hosts like any other, each result is judged at once against
+/// the answer (even after the job is done), a wrong one catches its host,
+/// a right one earns credit capped at the known fuel, and the unit never
+/// shows among the job's results.
+#[tokio::test]
+async fn known_answer_units_check_every_host_that_gets_one() {
+    use super::store::job_spec;
+    for backend in backends().await {
+        let store = &backend.store;
+        let answer = b"known\n";
+        let answer_ref = pb::BlobRef {
+            hash: blake3::hash(answer).as_bytes().to_vec(),
+            size: answer.len() as u64,
+            chunk_root: Vec::new(),
+        };
+        let mut spec = job_spec(store, 1, (2, 2, 4), 600, None).await;
+        spec.known_answers = vec![pb::KnownAnswer {
+            args: vec!["known".into()],
+            digest: cobble_core::output::digest(&answer_ref, &[]).to_vec(),
+            fuel: 2_000_000_000,
+        }];
+        spec.known_answer_copies = 3;
+        let (job, units) = store.submit_job(&spec).await.expect("submit");
+        assert_eq!(units, 1, "known-answer units are not the job's units");
+
+        let hosts = [
+            attach(store, "honest-a").await,
+            attach(store, "honest-b").await,
+            attach(store, "cheater").await,
+        ];
+        let mut held = Vec::new();
+        for host in hosts {
+            for manifest in take(store, host, 2).await {
+                held.push((host, manifest));
+            }
+        }
+        let known: Vec<_> = held.iter().filter(|(_, m)| m.args == ["known"]).collect();
+        assert_eq!(known.len(), 3, "every host got a copy: {held:?}");
+        // Honest hosts first: the job's unit completes, and with it the job.
+        for (host, manifest) in held.iter().filter(|(h, _)| h.host_id != hosts[2].host_id) {
+            // A claim above the known fuel earns no more than it.
+            let fuel = if manifest.args == ["known"] {
+                5_000_000_000
+            } else {
+                1_000_000_000
+            };
+            let request = success(store, &answer_of(manifest), fuel).await;
+            report(store, *host, &manifest.lease_id, request)
+                .await
+                .expect("report");
+        }
+        let status = store.job_status(job).await.expect("status");
+        assert_eq!(status.state, "done", "{status:?}");
+        let (cheater, cheat) = known
+            .iter()
+            .find(|(h, _)| h.host_id == hosts[2].host_id)
+            .expect("the cheater's copy");
+        let wrong = success(store, b"not the answer\n", 1_000_000_000).await;
+        report(store, *cheater, &cheat.lease_id, wrong)
+            .await
+            .expect("a late report is still judged");
+
+        let status = store.job_status(job).await.expect("status");
+        assert_eq!(
+            (
+                status.known_answer_passed,
+                status.known_answer_failed,
+                status.units_total
+            ),
+            (2, 1, 1),
+            "{status:?}"
+        );
+        let results = store.job_results(job).await.expect("results");
+        assert_eq!(results.units.len(), 1, "{results:?}");
+        let expected = cobble_coordinator::credit::for_fuel(1_000_000_000)
+            + cobble_coordinator::credit::for_fuel(2_000_000_000);
+        let (credit, valid) = credit_of(store, "honest-a").await;
+        assert!(
+            (credit - expected).abs() < 1e-9 && valid == 2,
+            "{credit} {valid}"
+        );
+        assert_eq!(credit_of(store, "cheater").await, (0.0, 0));
+        // Caught: the cheater's quota is cut like any invalid result's.
+        let quota: i64 = sqlx::query_scalar("SELECT daily_quota FROM hosts WHERE id = $1")
+            .bind(cheater.host_id)
+            .fetch_one(store.db.pool())
+            .await
+            .expect("quota");
+        assert!(
+            quota < Policy::default().initial_daily_quota as i64,
+            "{quota}"
+        );
+        backend.cleanup().await;
+    }
+}

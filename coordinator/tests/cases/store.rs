@@ -178,6 +178,8 @@ pub(super) async fn job_spec(
         }),
         validator,
         nan_canonicalization_off: false,
+        known_answers: Vec::new(),
+        known_answer_copies: 0,
     }
 }
 

@@ -12,6 +12,49 @@ const UNITS: u64 = 64;
 const PER_UNIT: u64 = 20_000;
 const RANGE_START: u64 = 1_000_000_000;
 
+/// A primes job over `range`, quorum 2; `more` continues its
+/// `[replication]` table and may add tables after it.
+fn write_primes_job(
+    dir: &std::path::Path,
+    (start, end): (u64, u64),
+    more: &str,
+) -> std::path::PathBuf {
+    write_job(
+        dir,
+        cobble_unit_artifacts::PRIMES,
+        "primes.wasm",
+        &format!(
+            "name = \"primes\"\nmodule = \"primes.wasm\"\nargs = [\"{{start}}\", \"{{end}}\"]\n\
+             [split]\nrange = {{ start = {start}, end = {end}, per_unit = {PER_UNIT} }}\n\
+             [replication]\nmin_quorum = 2\ntarget_results = 2\n{more}"
+        ),
+    )
+}
+
+fn status_json(coordinator: &Coordinator, job: &str) -> Value {
+    serde_json::from_str(&coordinator.cli_ok(&["status", job, "--json"])).expect("json")
+}
+
+fn start_honest(
+    coordinator: &Coordinator,
+    dir: &std::path::Path,
+    names: &[&str],
+    slots: &str,
+) -> Vec<cobble_e2e::Process> {
+    names
+        .iter()
+        .map(|name| {
+            start_worker_with(
+                "cobble-worker",
+                coordinator,
+                &dir.join(name),
+                name,
+                &["--slots", slots],
+            )
+        })
+        .collect()
+}
+
 /// Which units go alone and which are checked is random, so a run may
 /// catch the cheater before it returned anything alone; the scenario runs
 /// again then (each run must end with honest answers), up to three times.
@@ -45,17 +88,10 @@ fn turncoat_scenario() -> usize {
             "100",
         ],
     );
-    let spec = write_job(
+    let spec = write_primes_job(
         dir,
-        cobble_unit_artifacts::PRIMES,
-        "primes.wasm",
-        &format!(
-            "name = \"turncoat\"\nmodule = \"primes.wasm\"\nargs = [\"{{start}}\", \"{{end}}\"]\n\
-             [split]\nrange = {{ start = {RANGE_START}, end = {end}, per_unit = {PER_UNIT} }}\n\
-             [replication]\nmin_quorum = 2\ntarget_results = 2\nmax_total_results = 8\n\
-             [limits]\nfuel = 50000000000\nmemory_mib = 64\ndeadline_s = 120\n",
-            end = RANGE_START + UNITS * PER_UNIT
-        ),
+        (RANGE_START, RANGE_START + UNITS * PER_UNIT),
+        "max_total_results = 8\n[limits]\nfuel = 50000000000\nmemory_mib = 64\ndeadline_s = 120\n",
     );
     let job = coordinator.submit(&spec);
     let mallory = start_worker_with(
@@ -65,22 +101,8 @@ fn turncoat_scenario() -> usize {
         "mallory",
         &["--honest-for", "16", "--slots", "2"],
     );
-    let honest: Vec<_> = ["alice", "bob", "carol"]
-        .iter()
-        .map(|name| {
-            start_worker_with(
-                "cobble-worker",
-                &coordinator,
-                &dir.join(name),
-                name,
-                &["--slots", "1"],
-            )
-        })
-        .collect();
-
-    let status = || -> Value {
-        serde_json::from_str(&coordinator.cli_ok(&["status", &job, "--json"])).expect("json")
-    };
+    let honest = start_honest(&coordinator, dir, &["alice", "bob", "carol"], "1");
+    let status = || status_json(&coordinator, &job);
     let done = wait_until(Duration::from_secs(300), || status()["state"] == "done");
     let final_status = status();
     assert!(
@@ -132,4 +154,78 @@ fn turncoat_scenario() -> usize {
         .log_text()
         .matches("verified again")
         .count()
+}
+
+/// Known answers end to end: the researcher takes a unit's digest from a
+/// trusted local `cobble-worker exec` run and lists it under `[spot_check]`;
+/// a `cobble-cheater` that forges everything is caught by its copy, honest
+/// workers pass theirs, and the job's results are the honest answers.
+#[test]
+fn a_known_answer_from_exec_catches_a_forger_and_passes_honest_workers() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let (start, end) = (RANGE_START, RANGE_START + PER_UNIT);
+    let exec = std::process::Command::new(cobble_e2e::binary("cobble-worker"))
+        .args(["exec", cobble_unit_artifacts::PRIMES, "--"])
+        .args([start.to_string(), end.to_string()])
+        .output()
+        .expect("cobble-worker exec");
+    let stderr = String::from_utf8_lossy(&exec.stderr);
+    let digest = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("digest: "))
+        .unwrap_or_else(|| panic!("exec printed no digest: {stderr}"));
+
+    let coordinator = Coordinator::start_with(dir, &["--replica-spacing-ms", "100"]);
+    // One unit of the job's own, and a known-answer unit that looks just
+    // like one of it (the same arguments a real unit of this range gets).
+    let spec = write_primes_job(
+        dir,
+        (start, end),
+        &format!(
+            "max_total_results = 6\n[spot_check]\ncopies = 3\n\
+             units = [{{ args = [\"{start}\", \"{end}\"], digest = \"{digest}\" }}]\n"
+        ),
+    );
+    let job = coordinator.submit(&spec);
+    let status = || status_json(&coordinator, &job);
+    // The forger alone first: asking for two units, it gets both the job's
+    // unit and a copy of the known one (never two copies of one unit).
+    let mallory = start_worker_with(
+        "cobble-cheater",
+        &coordinator,
+        &dir.join("mallory"),
+        "mallory",
+        &["--honest-for", "0", "--slots", "2"],
+    );
+    let caught = wait_until(Duration::from_secs(60), || {
+        status()["known_answer_checks"]["failed"] == 1
+    });
+    assert!(
+        caught,
+        "the forger was not caught: {}\n{}",
+        status(),
+        mallory.log_text()
+    );
+    let _honest = start_honest(&coordinator, dir, &["alice", "bob"], "2");
+    let done = wait_until(Duration::from_secs(120), || status()["state"] == "done");
+    let final_status = status();
+    assert!(done, "job did not finish: {final_status}");
+    assert!(
+        final_status["known_answer_checks"]["passed"].as_u64() >= Some(1)
+            && final_status["known_answer_checks"]["failed"] == 1
+            && final_status["units"]["total"] == 1,
+        "{final_status}"
+    );
+    let out = dir.join("results");
+    coordinator.cli_ok(&["results", &job, "--out", out.to_str().expect("utf-8 path")]);
+    let stdout = std::fs::read_to_string(out.join("0").join("stdout")).expect("unit 0");
+    assert_eq!(
+        stdout,
+        format!("primes in [{start}, {end}): {}\n", count_primes(start, end))
+    );
+    assert!(
+        !out.join("1").exists(),
+        "the known-answer unit is no result of the job"
+    );
 }
