@@ -406,6 +406,17 @@ impl Store {
         }
     }
 
+    /// Whether a proven host (for this module) took a unit within the
+    /// replica window: one may then confirm what new hosts agreed on.
+    pub(super) fn proven_active(&self, module: &[u8], now: i64) -> bool {
+        let window = self.policy.proven_replica_window_ms.max(0);
+        self.proven_active
+            .lock()
+            .ok()
+            .and_then(|active| active.get(module).copied())
+            .is_some_and(|[_, proven]| now.saturating_sub(proven) < window)
+    }
+
     /// Notes that a host with this run of valid results took a unit.
     fn note_active(&self, module: &[u8], consecutive_valid: u32, now: i64) {
         let trusted = self.policy.is_trusted(consecutive_valid);

@@ -107,9 +107,10 @@ impl Store {
         }
         let job_id: i64 = unit.try_get("job_id")?;
         let module: Vec<u8> = unit.try_get("module_hash")?;
-        let min_quorum = unit
-            .try_get::<Option<i64>, _>("quorum")?
-            .unwrap_or(unit.try_get("min_quorum")?);
+        // Set when the unit's quorum was changed from the job's: issued
+        // alone, spot-checked, verified again, or confirmed once already.
+        let unit_quorum: Option<i64> = unit.try_get("quorum")?;
+        let min_quorum = unit_quorum.unwrap_or(unit.try_get("min_quorum")?);
         let replication = validate::Replication {
             min_quorum: min_quorum.clamp(1, 1000) as u32,
             max_total_results: unit.try_get::<i64, _>("max_total_results")?.clamp(1, 1000) as u32,
@@ -146,6 +147,35 @@ impl Store {
                     )
                     .await?;
                 }
+            }
+            Decision::Done { ref valid, .. }
+                if unit_quorum.is_none()
+                    && (views.len() as u32) < replication.max_total_results
+                    && self
+                        .only_new_hosts_agree(tx, valid, &rows, &module, now)
+                        .await? =>
+            {
+                // Confirmed by one more result, kept for proven hosts.
+                sqlx::query("UPDATE units SET quorum = $1 WHERE id = $2")
+                    .bind(valid.len() as i64 + 1)
+                    .bind(unit_id)
+                    .execute(&mut **tx)
+                    .await?;
+                let live = views
+                    .iter()
+                    .filter(|v| {
+                        matches!(
+                            v.state,
+                            ResultState::Unsent | ResultState::InProgress | ResultState::Success
+                        )
+                    })
+                    .count() as u32;
+                self.add_replicas_in(tx, unit_id, &module, live + 1, Reserve::Always, now)
+                    .await?;
+                tracing::debug!(
+                    unit_id,
+                    "agreement of new hosts only: one more result to confirm"
+                );
             }
             Decision::Done {
                 canonical,
@@ -233,6 +263,41 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Whether a quorum is made of new hosts only (none proven for the
+    /// module now) while a proven host is active to confirm it. Colluders
+    /// start as new hosts; a quorum of them is how a wrong answer would
+    /// otherwise pass before honest hosts have a record. Not for a unit
+    /// one host returned alone (trusted), nor when no proven host is about
+    /// (a small project of new hosts must still finish its jobs).
+    async fn only_new_hosts_agree(
+        &self,
+        tx: &mut Tx,
+        valid: &[i64],
+        rows: &[ResultRow],
+        module: &[u8],
+        now: i64,
+    ) -> Result<bool> {
+        if valid.len() < 2 || !self.proven_active(module, now) {
+            return Ok(false);
+        }
+        for id in valid {
+            let Some(host_id) = rows
+                .iter()
+                .find(|r| r.view.id == *id)
+                .and_then(|r| r.host_id)
+            else {
+                continue;
+            };
+            if self
+                .policy
+                .is_proven(self.trust_in(tx, host_id, module).await?)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     async fn result_rows_in(

@@ -446,3 +446,83 @@ async fn known_answer_units_check_every_host_that_gets_one() {
         backend.cleanup().await;
     }
 }
+
+/// Colluders start as new hosts, and two of them can hold one unit before
+/// anyone has a record. Their agreement is not enough while a proven host
+/// is about: the unit gets one more result, kept for proven hosts, and the
+/// colluders' answer does not become canonical.
+#[tokio::test]
+async fn an_agreement_of_new_hosts_only_waits_for_a_proven_host() {
+    let policy = Policy {
+        proven_after: 1,
+        proven_replica_window_ms: 60_000,
+        trust_after: 1_000,
+        ..test_policy()
+    };
+    for backend in backends_with(&policy).await {
+        let store = &backend.store;
+        submit(store, 3, (2, 2, 6), 600).await;
+        // Before anyone has a record, two colluders take both replicas of
+        // one unit, and two honest hosts both replicas of another.
+        let colluders = [attach(store, "c1").await, attach(store, "c2").await];
+        let mut forged = Vec::new();
+        for host in colluders {
+            forged.push((host, take_one(store, host).await.expect("a replica")));
+        }
+        assert_eq!(
+            forged[0].1.unit_id, forged[1].1.unit_id,
+            "further replicas go first"
+        );
+        let honest = [attach(store, "p").await, attach(store, "q").await];
+        for host in honest {
+            let manifest = take_one(store, host).await.expect("a replica");
+            let request = success(store, &answer_of(&manifest), 1_000_000_000).await;
+            report(store, host, &manifest.lease_id, request)
+                .await
+                .expect("report");
+        }
+        // Now proven, p takes the last unit: a proven host is active.
+        take_one(store, honest[0]).await.expect("the third unit");
+        let colluded_unit = forged[0].1.unit_id;
+        for (host, manifest) in &forged {
+            let request = success(store, b"forged\n", 1_000_000_000).await;
+            report(store, *host, &manifest.lease_id, request)
+                .await
+                .expect("report");
+        }
+        let unit_state: String = sqlx::query_scalar("SELECT state FROM units WHERE id = $1")
+            .bind(colluded_unit)
+            .fetch_one(store.db.pool())
+            .await
+            .expect("unit");
+        assert_eq!(unit_state, "pending", "two new hosts alone decided a unit");
+        // The confirming replica is kept for proven hosts: a newcomer gets
+        // the other unit's replica, q the confirmation.
+        let newcomer = attach(store, "new").await;
+        let held = take(store, newcomer, 2).await;
+        assert!(
+            held.iter().all(|m| m.unit_id != colluded_unit),
+            "a new host got the confirming replica: {held:?}"
+        );
+        let confirming = take(store, honest[1], 2).await;
+        let confirm = confirming
+            .iter()
+            .find(|m| m.unit_id == colluded_unit)
+            .expect("a proven host gets the confirming replica");
+        let request = success(store, &answer_of(confirm), 1_000_000_000).await;
+        report(store, honest[1], &confirm.lease_id, request)
+            .await
+            .expect("report");
+        let canonical: Option<i64> =
+            sqlx::query_scalar("SELECT canonical_result_id FROM units WHERE id = $1")
+                .bind(colluded_unit)
+                .fetch_one(store.db.pool())
+                .await
+                .expect("unit");
+        assert_eq!(
+            canonical, None,
+            "the forged answer must not become canonical"
+        );
+        backend.cleanup().await;
+    }
+}
