@@ -79,7 +79,10 @@ impl Version {
     }
 
     fn read(path: &Path) -> Option<Self> {
-        std::fs::metadata(path).ok().map(|m| Version::of(&m))
+        // Not following links: the unit controls what this name is.
+        std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| Version::of(&m))
     }
 }
 

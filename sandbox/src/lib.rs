@@ -525,9 +525,34 @@ fn collect_outputs(dir: &Path) -> Result<Vec<OutputFile>, UnitFailure> {
 /// The fraction done that a unit last reported in its checkpoint
 /// directory, if it reported any.
 pub fn read_progress(checkpoint_dir: &Path) -> Option<f64> {
-    let text = std::fs::read_to_string(checkpoint_dir.join("progress")).ok()?;
-    let fraction: f64 = text.trim().parse().ok()?;
+    // A fraction is a few bytes of text; anything longer is not one.
+    let bytes = read_unit_file(&checkpoint_dir.join("progress"), 64)?;
+    let fraction: f64 = std::str::from_utf8(&bytes).ok()?.trim().parse().ok()?;
     fraction.is_finite().then(|| fraction.clamp(0.0, 1.0))
+}
+
+/// Reads at most `max` bytes of a file a unit wrote, while the unit may
+/// still be running: never following a link (a unit can make its file a
+/// symlink to any host file), never blocking on a FIFO, and only from a
+/// regular file (not `/dev/zero` behind some other name). None otherwise.
+pub fn read_unit_file(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    let file = options.open(path).ok()?;
+    // Checked on the opened file: the name may have been swapped since.
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (bytes.len() as u64 <= max).then_some(bytes)
 }
 
 /// Bytes under a directory, not following links.

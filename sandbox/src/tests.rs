@@ -252,6 +252,46 @@ async fn a_symlink_left_in_output_is_refused() {
     );
 }
 
+/// A unit makes its progress file a link to a host file, or to a device
+/// that never ends: the worker reads neither (it reads progress while the
+/// unit runs and sends it to the coordinator).
+#[tokio::test]
+async fn a_progress_file_linked_out_of_the_checkpoint_is_not_followed() {
+    let sandbox = Sandbox::new(None).expect("sandbox");
+    let module = sandbox
+        .prepare_bytes(&std::fs::read(SANDBOX_PROBE).expect("probe"))
+        .expect("prepare");
+    for target in ["../secret", "../../../../../../../../../../dev/zero"] {
+        let dirs = dirs();
+        let secret = dirs.checkpoint.with_file_name("secret");
+        std::fs::write(&secret, b"0.25").expect("write");
+        let args = vec!["symlink-progress".to_string(), target.to_string()];
+        let report = run_in(
+            &sandbox,
+            &module,
+            &dirs,
+            &args,
+            limits(),
+            Some(&dirs.checkpoint),
+        )
+        .await;
+        let link = dirs.checkpoint.join("progress");
+        assert!(
+            std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()),
+            "the probe did not make its link: {}",
+            String::from_utf8_lossy(&report.stdout)
+        );
+        assert_eq!(read_progress(&dirs.checkpoint), None, "followed {target}");
+    }
+    // What the worker reads from a unit's directories is bounded as well.
+    let dirs = dirs();
+    std::fs::write(dirs.checkpoint.join("progress"), vec![b'0'; 1 << 20]).expect("write");
+    assert_eq!(read_progress(&dirs.checkpoint), None);
+    assert_eq!(read_unit_file(&dirs.checkpoint.join("progress"), 16), None);
+    std::fs::write(dirs.checkpoint.join("progress"), b"0.5\n").expect("write");
+    assert_eq!(read_progress(&dirs.checkpoint), Some(0.5));
+}
+
 #[tokio::test]
 async fn stdout_is_capped() {
     let report = probe(&["spam", "2000000"]).await;

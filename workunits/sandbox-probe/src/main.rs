@@ -5,6 +5,10 @@
 
 use std::io::Write;
 
+/// Preopened directories, in the order the sandbox maps them.
+const OUTPUT_FD: u32 = 4;
+const CHECKPOINT_FD: u32 = 5;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
@@ -80,7 +84,13 @@ fn main() {
         // Leaves a link to a host file in /output.
         "symlink" => println!(
             "symlink errno: {}",
-            symlink_in_output("../../../../etc/passwd", "link")
+            symlink_in(OUTPUT_FD, "../../../../etc/passwd", "link")
+        ),
+        // Makes its progress file a link to a host file (`arg(1)`, relative
+        // to /checkpoint), for the worker to follow if it would.
+        "symlink-progress" => println!(
+            "symlink errno: {}",
+            symlink_in(CHECKPOINT_FD, arg(1), "progress")
         ),
         // What a unit can learn of its host: environment, time, randomness.
         "observe" => {
@@ -128,8 +138,7 @@ fn getrandom_p1(_buf: &mut [u8]) -> bool {
 /// worker maps `/input` first and `/output` second, so `/output` is fd 4.
 #[cfg(target_os = "wasi")]
 #[allow(unsafe_code)]
-fn symlink_in_output(target: &str, name: &str) -> u16 {
-    const OUTPUT_FD: u32 = 4;
+fn symlink_in(dir_fd: u32, target: &str, name: &str) -> u16 {
     #[link(wasm_import_module = "wasi_snapshot_preview1")]
     unsafe extern "C" {
         fn path_symlink(
@@ -145,7 +154,7 @@ fn symlink_in_output(target: &str, name: &str) -> u16 {
         path_symlink(
             target.as_ptr(),
             target.len(),
-            OUTPUT_FD,
+            dir_fd,
             name.as_ptr(),
             name.len(),
         )
@@ -153,6 +162,6 @@ fn symlink_in_output(target: &str, name: &str) -> u16 {
 }
 
 #[cfg(not(target_os = "wasi"))]
-fn symlink_in_output(_target: &str, _name: &str) -> u16 {
+fn symlink_in(_dir_fd: u32, _target: &str, _name: &str) -> u16 {
     0
 }
