@@ -28,6 +28,9 @@ pub fn print_status(status: &pb::JobStatus, as_json: bool) -> anyhow::Result<()>
         status.results_timed_out,
         status.results_client_error
     );
+    if !status.last_unit_error.is_empty() {
+        println!("  last error: {}", status.last_unit_error);
+    }
     if status.units_unreplicated > 0 {
         println!(
             "  {} done units accepted from one trusted host (adaptive replication)",
@@ -86,6 +89,7 @@ fn status_json(status: &pb::JobStatus) -> serde_json::Value {
             "passed": status.known_answer_passed,
             "failed": status.known_answer_failed,
         },
+        "last_unit_error": (!status.last_unit_error.is_empty()).then_some(&status.last_unit_error),
         "credit_granted": status.credit_granted,
         "credit_revoked": status.credit_revoked,
         "credit_pending": status.credit_pending,

@@ -199,6 +199,22 @@ impl Store {
         .bind(job_id)
         .fetch_one(self.db.pool())
         .await?;
+        let last_error = sqlx::query(
+            "SELECT idx, error FROM units WHERE job_id = $1 AND state = 'errored'
+             ORDER BY finished_ms DESC, id DESC LIMIT 1",
+        )
+        .bind(job_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        let last_unit_error = match last_error {
+            Some(row) => format!(
+                "unit {}: {}",
+                row.try_get::<i64, _>("idx")?,
+                row.try_get::<Option<String>, _>("error")?
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
+        };
         let count = |row: &sqlx::any::AnyRow, column: &str| -> Result<u32> {
             Ok(row.try_get::<i64, _>(column)? as u32)
         };
@@ -225,6 +241,7 @@ impl Store {
             credit_pending: crate::credit::for_fuel_f64(results.try_get("deferred_fuel")?),
             known_answer_passed: count(&results, "known_passed")?,
             known_answer_failed: count(&results, "known_failed")?,
+            last_unit_error,
         })
     }
 

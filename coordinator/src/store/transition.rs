@@ -258,6 +258,26 @@ impl Store {
                 self.validation_wanted.notify_one();
             }
             Decision::Errored { reason } => {
+                // What the hosts said, so a researcher sees why (a memory
+                // limit, a trap) without reading the database.
+                let last_error = sqlx::query(
+                    "SELECT error_kind, error_message FROM results
+                     WHERE unit_id = $1 AND outcome = 'client_error'
+                     ORDER BY reported_ms DESC, id DESC LIMIT 1",
+                )
+                .bind(unit_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                let reason = match last_error {
+                    Some(row) => format!(
+                        "{reason}; last host error ({}): {}",
+                        row.try_get::<Option<String>, _>("error_kind")?
+                            .unwrap_or_default(),
+                        row.try_get::<Option<String>, _>("error_message")?
+                            .unwrap_or_default()
+                    ),
+                    None => reason,
+                };
                 self.error_unit_in(tx, unit_id, job_id, &reason, now)
                     .await?;
             }

@@ -409,6 +409,46 @@ async fn units_error_out_after_max_total_results() {
             "{status:?}"
         );
         assert_eq!(status.credit_granted, 0.0);
+        assert!(
+            status.last_unit_error.starts_with("unit 0: no quorum"),
+            "{status:?}"
+        );
+        backend.cleanup().await;
+    }
+}
+
+/// A unit that fails on every host errors with the hosts' own reason, in
+/// `cobble status` and `cobble results`, not only a count of failures.
+#[tokio::test]
+async fn a_unit_errored_by_failures_says_what_the_hosts_said() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let job = submit(store, 1, (1, 1, 1), 600).await;
+        let host = attach(store, "a").await;
+        let manifest = take_one(store, host).await.expect("a replica");
+        let failure = pb::ReportRequest {
+            lease_id: manifest.lease_id.clone(),
+            outcome: Some(Outcome::ClientError(pb::ClientError {
+                kind: "memory".into(),
+                message: "unit tried to use more than its 256 MiB memory limit".into(),
+            })),
+        };
+        store.report_result(host, &failure).await.expect("report");
+        let status = store.job_status(job).await.expect("status");
+        assert!(
+            status
+                .last_unit_error
+                .contains("no quorum of 1 within 1 results")
+                && status
+                    .last_unit_error
+                    .contains("last host error (memory): unit tried to use more than its 256 MiB"),
+            "{status:?}"
+        );
+        let results = store.job_results(job).await.expect("results");
+        assert!(
+            results.units[0].error.contains("256 MiB memory limit"),
+            "{results:?}"
+        );
         backend.cleanup().await;
     }
 }
