@@ -146,12 +146,23 @@ async fn simulated_host(
                     elapsed_ms: 1,
                 })),
             };
-            if worker
-                .report_result(connection.request(report))
-                .await
-                .is_err()
-            {
-                errors.fetch_add(1, Ordering::Relaxed);
+            // As the real worker does: a report the coordinator could not
+            // take now (its database busy) is sent again, or the unit
+            // would wait out its deadline.
+            for attempt in 0..10u64 {
+                match worker
+                    .report_result(connection.request(report.clone()))
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(status) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        if status.code() != tonic::Code::Unavailable {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+                    }
+                }
             }
         }
     }
