@@ -482,7 +482,12 @@ fn classify(
     if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
         return Err(UnitFailure::FuelExhausted(limits.fuel));
     }
-    // The first line names the trap; the wasm backtrace after it is noise here.
+    // The trap code says what happened ("call stack exhausted"); the
+    // error's own first line is only "error while executing at wasm
+    // backtrace:", and the backtrace after it is noise here.
+    if let Some(trap) = error.downcast_ref::<Trap>() {
+        return Err(UnitFailure::Trap(trap.to_string()));
+    }
     let message = format!("{error:#}");
     let first = message.lines().next().unwrap_or("unknown trap");
     Err(UnitFailure::Trap(first.to_string()))

@@ -293,6 +293,16 @@ async fn a_progress_file_linked_out_of_the_checkpoint_is_not_followed() {
 }
 
 #[tokio::test]
+async fn unbounded_recursion_fails_alone_and_says_why() {
+    let report = probe(&["recurse"]).await;
+    assert!(
+        matches!(&report.outcome, Err(UnitFailure::Trap(message)) if message.contains("stack")),
+        "{:?}",
+        report.outcome
+    );
+}
+
+#[tokio::test]
 async fn stdout_is_capped() {
     let report = probe(&["spam", "2000000"]).await;
     assert_eq!(report.outcome, Err(UnitFailure::OutputTooLarge(1 << 20)));

@@ -83,6 +83,10 @@ pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
     }
     .await;
     std::fs::remove_dir_all(&input_dir).ok();
+    if request.output_dir.is_none() && std::fs::remove_dir(&output_dir).is_ok() {
+        // Nothing was written: leave nothing behind in the temp directory.
+        std::fs::remove_dir(&scratch).ok();
+    }
     Ok(ExecReport {
         run: result?,
         compile,

@@ -62,3 +62,23 @@ fn exec_refuses_what_is_not_a_module() {
         "{stderr}"
     );
 }
+
+#[test]
+fn exec_leaves_nothing_behind_when_the_unit_writes_no_file() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(binary("cobble-worker"))
+        .env("TMPDIR", temp.path())
+        .args(["exec", cobble_unit_artifacts::PRIMES, "--", "0", "100"])
+        .output()
+        .expect("running cobble-worker exec");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let left: Vec<_> = std::fs::read_dir(temp.path())
+        .expect("temp dir")
+        .map(|e| e.map(|e| e.file_name()))
+        .collect();
+    assert!(left.is_empty(), "exec left {left:?} in the temp directory");
+}

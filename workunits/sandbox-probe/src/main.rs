@@ -20,6 +20,8 @@ fn main() {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
         }
+        // Unbounded recursion: exhausts the stack.
+        "recurse" => println!("depth {}", recurse(std::hint::black_box(1))),
         // Asks for MIB mebibytes, 16 MiB at a time (wasm32's usize cannot
         // even express 4 GiB in one piece), touching every page.
         "alloc" => {
@@ -164,4 +166,15 @@ fn symlink_in(dir_fd: u32, target: &str, name: &str) -> u16 {
 #[cfg(not(target_os = "wasi"))]
 fn symlink_in(_dir_fd: u32, _target: &str, _name: &str) -> u16 {
     0
+}
+
+/// Recurses until the stack runs out; the black box keeps it a real call.
+fn recurse(depth: u64) -> u64 {
+    // Never true: the stack runs out long before.
+    if depth == u64::MAX {
+        return 0;
+    }
+    let mut frame = [depth; 16];
+    frame[(depth % 16) as usize] = std::hint::black_box(recurse(depth + 1));
+    frame.iter().sum()
 }
