@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 << 20;
 pub const MAX_MEMORY_MIB: u32 = 4_096;
 pub const MAX_DEADLINE_S: u32 = 30 * 24 * 3_600;
 pub const MAX_UNITS: u64 = 1_000_000;
+/// A unit's stdout is held in the volunteer's memory up to this.
+pub const MAX_OUTPUT_BYTES: u64 = 1 << 30;
 pub const MAX_REPLICAS: u32 = 100;
 /// Known-answer units a job may carry, and hosts each may check.
 pub const MAX_KNOWN_ANSWERS: usize = 1_000;
@@ -176,6 +178,7 @@ impl LocalJob {
                 format!("{} is not a readable file", module.display()),
             ));
         }
+        check_wasm_file(&module, "module")?;
         let mut inputs = Vec::new();
         for input in &raw.inputs {
             let path = base.join(input);
@@ -185,6 +188,7 @@ impl LocalJob {
                     format!("{} is not a readable file", path.display()),
                 ));
             }
+            check_inside(base, &path, "inputs")?;
             inputs.push((file_name(&path, "inputs")?, path));
         }
         let split = match (raw.split.range, raw.split.files) {
@@ -234,6 +238,7 @@ impl LocalJob {
                         format!("{} is not a readable file", path.display()),
                     ));
                 }
+                check_wasm_file(&path, "validator.module")?;
                 Some(path)
             }
             None => None,
@@ -508,6 +513,7 @@ fn expand_globs(base: &Path, patterns: &[String]) -> Result<Vec<(String, PathBuf
         let before = files.len();
         for path in paths.flatten() {
             if path.is_file() {
+                check_inside(base, &path, "split.files")?;
                 files.push((file_name(&path, "split.files")?, path));
             }
         }
@@ -519,6 +525,55 @@ fn expand_globs(base: &Path, patterns: &[String]) -> Result<Vec<(String, PathBuf
         }
     }
     Ok(files)
+}
+
+/// Data files go to every volunteer, so a spec may name only files in its
+/// own folder or below (links resolved): a spec someone hands you cannot
+/// make you publish `/etc` or your home directory.
+fn check_inside(base: &Path, path: &Path, field: &str) -> Result<(), Error> {
+    let resolve = |p: &Path| {
+        p.canonicalize()
+            .map_err(|e| Error::field(field, format!("{}: {e}", p.display())))
+    };
+    let (folder, file) = (
+        resolve(if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        })?,
+        resolve(path)?,
+    );
+    if file.starts_with(&folder) {
+        Ok(())
+    } else {
+        Err(Error::field(
+            field,
+            format!(
+                "{} is outside the spec's folder {}: data files must be beside the spec or below it",
+                path.display(),
+                folder.display()
+            ),
+        ))
+    }
+}
+
+/// Modules may live anywhere (a build directory), but must be WebAssembly:
+/// a mistyped path must not upload some other file for volunteers to see.
+fn check_wasm_file(path: &Path, field: &str) -> Result<(), Error> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let is_wasm = std::fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\0asm";
+    if is_wasm {
+        Ok(())
+    } else {
+        Err(Error::field(
+            field,
+            format!("{} is not a WebAssembly module", path.display()),
+        ))
+    }
 }
 
 fn check_name(name: &str) -> Result<(), Error> {
@@ -675,8 +730,13 @@ fn check_limits(l: &pb::Limits) -> Result<(), Error> {
             format!("must be between 1 and {MAX_DEADLINE_S} (30 days)"),
         ));
     }
-    if l.max_output_bytes == 0 {
-        return Err(Error::field("limits.max_output_bytes", "must be positive"));
+    if l.max_output_bytes == 0 || l.max_output_bytes > MAX_OUTPUT_BYTES {
+        return Err(Error::field(
+            "limits.max_output_bytes",
+            format!(
+                "must be between 1 and {MAX_OUTPUT_BYTES} (1 GiB): workers hold stdout in memory"
+            ),
+        ));
     }
     Ok(())
 }
@@ -767,8 +827,9 @@ pub fn split(spec: &pb::JobSpec) -> Vec<UnitPlan> {
     match spec.split.as_ref().and_then(|s| s.rule.as_ref()) {
         Some(Rule::Range(range)) => (0..unit_count(range))
             .map(|i| {
-                let start = range.start + i as i64 * range.per_unit;
-                let end = (start + range.per_unit).min(range.end);
+                // In i128: near the ends of i64 these sums must not wrap.
+                let start = i128::from(range.start) + i128::from(i) * i128::from(range.per_unit);
+                let end = (start + i128::from(range.per_unit)).min(i128::from(range.end));
                 let index = i as u32;
                 UnitPlan {
                     index,

@@ -187,6 +187,11 @@ fn invalid_fields_are_named() {
     );
     check("fuel = 1000", "fuel = 0", &["limits.fuel", "positive"]);
     check(
+        "deadline_s = 60",
+        "deadline_s = 60\nmax_output_bytes = 18446744073709551615",
+        &["limits.max_output_bytes", "1 GiB"],
+    );
+    check(
         "memory_mib = 64",
         "memory_mib = 5000",
         &["limits.memory_mib", "4096"],
@@ -276,9 +281,9 @@ fn known_answers_must_be_checkable() {
 #[test]
 fn a_validator_module_is_uploaded_with_the_job() {
     let dir = fixture();
-    let text = format!("{VALID}[validator]\nkind = \"module\"\nmodule = \"table.bin\"\n");
+    let text = format!("{VALID}[validator]\nkind = \"module\"\nmodule = \"unit.wasm\"\n");
     let job = LocalJob::parse(&text, dir.path()).expect("parses");
-    assert_eq!(job.validator_module, Some(dir.path().join("table.bin")));
+    assert_eq!(job.validator_module, Some(dir.path().join("unit.wasm")));
     let spec = job
         .to_spec(|path| {
             Ok::<_, ()>(pb::BlobRef {
@@ -297,6 +302,89 @@ fn a_validator_module_is_uploaded_with_the_job() {
     }
     let error = check_spec(&unnamed).expect_err("no hash").to_string();
     assert!(error.contains("validator.module"), "{error}");
+}
+
+/// A spec someone hands you must not publish your files to volunteers:
+/// data files only from the spec's folder, modules only if WebAssembly.
+#[test]
+fn a_spec_names_no_data_outside_its_folder_and_no_module_that_is_not_wasm() {
+    let outer = tempfile::tempdir().expect("temp dir");
+    fs::write(outer.path().join("secret.txt"), b"s").expect("write");
+    let dir = outer.path().join("job");
+    fs::create_dir(&dir).expect("mkdir");
+    fs::write(dir.join("unit.wasm"), b"\0asm").expect("write");
+    fs::write(dir.join("table.bin"), b"t").expect("write");
+    let parse = |text: String| {
+        LocalJob::parse(&text, &dir)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    for (from, to, field) in [
+        (r#"["table.bin"]"#, r#"["../secret.txt"]"#, "inputs"),
+        (r#"["table.bin"]"#, r#"["/etc/hostname"]"#, "inputs"),
+        (
+            "range = { start = 0, end = 1000, per_unit = 300 }",
+            r#"files = ["../*.txt"]"#,
+            "split.files",
+        ),
+        (r#""unit.wasm""#, r#""table.bin""#, "module"),
+    ] {
+        let error = parse(VALID.replace(from, to)).expect_err(to);
+        assert!(
+            error.contains(field)
+                && (error.contains("outside the spec's folder")
+                    || error.contains("not a WebAssembly module")),
+            "{to}: {error}"
+        );
+    }
+    parse(VALID.to_string()).expect("files beside the spec are fine");
+}
+
+#[test]
+fn range_splits_near_the_ends_of_i64_do_not_wrap() {
+    let spec = pb::JobSpec {
+        args: vec!["{start}".into(), "{end}".into()],
+        split: Some(pb::SplitRule {
+            rule: Some(Rule::Range(pb::RangeSplit {
+                start: i64::MAX - 20,
+                end: i64::MAX,
+                per_unit: 12,
+            })),
+        }),
+        ..Default::default()
+    };
+    let units = split(&spec);
+    let args: Vec<Vec<String>> = units.into_iter().map(|u| u.args).collect();
+    assert_eq!(
+        args,
+        [
+            vec![(i64::MAX - 20).to_string(), (i64::MAX - 8).to_string()],
+            vec![(i64::MAX - 8).to_string(), i64::MAX.to_string()],
+        ]
+    );
+    let whole = pb::RangeSplit {
+        start: i64::MIN,
+        end: i64::MAX,
+        per_unit: i64::MAX,
+    };
+    let spec = pb::JobSpec {
+        split: Some(pb::SplitRule {
+            rule: Some(Rule::Range(whole)),
+        }),
+        ..spec
+    };
+    let starts: Vec<String> = split(&spec)
+        .into_iter()
+        .map(|u| u.args[0].clone())
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            i64::MIN.to_string(),
+            "-1".to_string(),
+            (i64::MAX - 1).to_string()
+        ]
+    );
 }
 
 #[test]

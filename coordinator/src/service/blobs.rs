@@ -10,6 +10,9 @@ use tokio::io::AsyncReadExt;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
+/// Hashes one HasBlobs call may ask about.
+const MAX_HAS_BLOBS: usize = 10_000;
+
 /// Bytes per download message: well under gRPC's 4 MiB message limit.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
@@ -136,8 +139,17 @@ impl BlobService for BlobApi {
         request: Request<pb::HasBlobsRequest>,
     ) -> Result<Response<pb::HasBlobsResponse>, Status> {
         require_researcher_or_host(&self.store, request.metadata()).await?;
+        let hashes = &request.get_ref().hashes;
+        if hashes.len() > MAX_HAS_BLOBS {
+            // Answering for some of them would read as "the rest are here".
+            return Err(Error::InvalidArgument(format!(
+                "asked about {} blobs; at most {MAX_HAS_BLOBS} per call",
+                hashes.len()
+            ))
+            .into());
+        }
         let mut missing = Vec::new();
-        for raw in request.get_ref().hashes.iter().take(10_000) {
+        for raw in hashes {
             let hash = BlobHash::from_slice(raw).map_err(Error::from)?;
             if !self.store.blobs.contains(&hash).await {
                 missing.push(raw.clone());

@@ -164,6 +164,31 @@ async fn health_reflection_and_auth_over_grpc() {
         .expect_err("mismatched upload");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 
+    // Asking about more blobs than one call answers is refused outright,
+    // not answered for the first ten thousand (the rest would read as held).
+    let mut blobs = pb::blob_service_client::BlobServiceClient::new(channel.clone());
+    let too_many = pb::HasBlobsRequest {
+        hashes: vec![vec![7u8; 32]; 50_000],
+    };
+    let refused = blobs
+        .has_blobs(researcher.request(too_many))
+        .await
+        .expect_err("50,000 hashes");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("at most 10000"),
+        "{}",
+        refused.message()
+    );
+    let answered = blobs
+        .has_blobs(researcher.request(pb::HasBlobsRequest {
+            hashes: vec![vec![7u8; 32], stored.hash.clone()],
+        }))
+        .await
+        .expect("a small question is answered")
+        .into_inner();
+    assert_eq!(answered.missing, [vec![7u8; 32]]);
+
     stop.send(()).ok();
     server.await.expect("server task").expect("clean shutdown");
 }
