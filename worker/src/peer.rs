@@ -28,6 +28,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, watch};
 
+/// Status metadata a peer sets when it is busy for now (its owner is using
+/// the machine, or every upload slot is taken): the downloader cools off
+/// and tries it later rather than dropping it. Machine-readable, so no
+/// program has to match an error's wording.
+pub(crate) const BUSY_METADATA: &str = "x-cobble-peer-busy";
+
+/// A status that says "busy, ask another peer".
+pub(crate) fn busy(code: tonic::Code, message: &str) -> tonic::Status {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(
+        BUSY_METADATA,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    tonic::Status::with_metadata(code, message, metadata)
+}
+
 /// Rewrites a chunk before it is served. Only the e2e crate's adversary
 /// sets one, to prove that corrupt chunks are caught.
 pub type ChunkFilter = Arc<dyn Fn(&mut Vec<u8>) + Send + Sync>;

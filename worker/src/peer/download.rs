@@ -440,12 +440,7 @@ impl<'a> Swarm<'a> {
                         tracing::warn!(peer = %address, chunk, blob = %self.hash, "a peer sent a corrupt chunk; dropping it");
                         self.drop_peer(&address, "it sent a corrupt chunk");
                     }
-                    Err(status)
-                        if matches!(
-                            status.code(),
-                            tonic::Code::ResourceExhausted | tonic::Code::Unavailable
-                        ) && status.message().contains("another peer") =>
-                    {
+                    Err(status) if status.metadata().contains_key(super::BUSY_METADATA) => {
                         if let Some(peer) = self.peers.get_mut(&address) {
                             peer.cool_until = Instant::now() + BUSY_COOL_OFF;
                         }

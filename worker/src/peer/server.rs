@@ -43,12 +43,14 @@ impl PeerService for PeerApi {
     ) -> Result<Response<pb::ChunkData>, Status> {
         let hash = parse_hash(&request.get_ref().hash)?;
         if !self.sharing.may_serve() {
-            return Err(Status::unavailable(
+            return Err(super::busy(
+                tonic::Code::Unavailable,
                 "this peer's owner is using the machine; ask another peer",
             ));
         }
         let Ok(_slot) = self.sharing.slots.try_acquire() else {
-            return Err(Status::resource_exhausted(
+            return Err(super::busy(
+                tonic::Code::ResourceExhausted,
                 "every upload slot of this peer is busy; ask another peer",
             ));
         };
@@ -80,5 +82,66 @@ pub async fn serve(sharing: Arc<Sharing>, listener: TcpListener) {
         .await;
     if let Err(error) = result {
         tracing::error!(%error, "the peer service stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activity::{Activity, SuspendReason};
+    use crate::peer::{BUSY_METADATA, SharingPrefs};
+
+    /// A peer whose owner is at the machine says so in a way the
+    /// downloader reads without parsing words: over a real socket, the
+    /// refusal carries the busy marker, and a plain miss does not.
+    #[tokio::test]
+    async fn a_busy_peer_marks_its_refusal_for_the_downloader() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_owner, activity) = tokio::sync::watch::channel(Activity {
+            suspended: Some(SuspendReason::UserActive),
+            other_load: 90.0,
+        });
+        let prefs = SharingPrefs {
+            upload_slots: 1,
+            max_bytes_sec_up: 0.0,
+            serve_while_in_use: false,
+        };
+        let sharing = Arc::new(Sharing::new(
+            dir.path().to_path_buf(),
+            prefs,
+            activity,
+            Arc::default(),
+            None,
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(serve(sharing, listener));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut peer = pb::peer_service_client::PeerServiceClient::new(channel);
+        let refused = peer
+            .get_chunk(pb::ChunkRequest {
+                hash: vec![1; 32],
+                index: 0,
+            })
+            .await
+            .expect_err("a busy peer serves nothing");
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(
+            refused.metadata().contains_key(BUSY_METADATA),
+            "{refused:?}"
+        );
+        let bad = peer
+            .get_chunk(pb::ChunkRequest {
+                hash: vec![1; 3],
+                index: 0,
+            })
+            .await
+            .expect_err("a malformed hash");
+        assert!(!bad.metadata().contains_key(BUSY_METADATA), "{bad:?}");
+        server.abort();
     }
 }
