@@ -33,6 +33,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 /// How often overdue leases are swept, so their units are reissued, and
 /// credit owed to hosts that passed a check is paid.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a stop waits for requests in flight: a stalled upload must not
+/// keep a coordinator from stopping when its operator (or systemd) says so.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Opens (creating on first start) the database, blob store and key.
 pub async fn start(config: &Config) -> Result<Store> {
@@ -82,7 +85,8 @@ pub async fn serve(
 
     let sweeper = tokio::spawn(sweep_overdue(store.clone()));
     let validator = tokio::spawn(run_validators(store.clone()));
-    let result = tonic::transport::Server::builder()
+    let (stopping, mut stop_requested) = tokio::sync::watch::channel(false);
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(WorkerServiceServer::new(service::WorkerApi {
@@ -104,11 +108,22 @@ pub async fn serve(
             let store = store.clone();
             async move {
                 shutdown.await;
+                stopping.send(true).ok();
                 // Hosts in a long poll answer now rather than hold up the stop.
                 store.notify_work_added();
             }
-        })
-        .await;
+        });
+    let grace_over = async {
+        let _ = stop_requested.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = grace_over => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still open after the grace period; stopping without them");
+            Ok(())
+        }
+    };
     sweeper.abort();
     validator.abort();
     store.db.close().await;

@@ -54,3 +54,67 @@ fn a_corrupt_module_is_refused_and_reported() {
         "unverified bytes reached the cache: {cached:?}"
     );
 }
+
+/// Stalled uploads do not keep a coordinator from stopping: SIGTERM stops
+/// it within its grace period although three uploads never finish.
+#[test]
+fn a_coordinator_stops_on_sigterm_despite_stalled_uploads() {
+    use cobble_client::{Connection, Credentials};
+    use cobble_proto::v1::{self as pb, blob_service_client::BlobServiceClient};
+    let temp = tempfile::tempdir().expect("temp dir");
+    let mut coordinator = Coordinator::start(temp.path());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _stalled: Vec<_> = (0..3)
+        .map(|_| {
+            let url = coordinator.url.clone();
+            let token = coordinator.researcher_token();
+            runtime.spawn(async move {
+                let channel = cobble_client::connect(&url).await.expect("connect");
+                let connection =
+                    Connection::from_channel(channel.clone(), Credentials::Researcher(token));
+                let first = pb::BlobChunk {
+                    expected: Some(pb::BlobRef {
+                        hash: vec![9; 32],
+                        size: 1 << 20,
+                        chunk_root: Vec::new(),
+                    }),
+                    data: vec![0; 1024],
+                };
+                // One chunk, then nothing, ever.
+                let stream = one_chunk_then_nothing(first);
+                let _ = BlobServiceClient::new(channel)
+                    .upload_blob(connection.request(stream))
+                    .await;
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = coordinator.process.child.id();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let stopped = wait_until(Duration::from_secs(15), || {
+        matches!(coordinator.process.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(
+        stopped,
+        "still running 15 s after SIGTERM\n{}",
+        coordinator.process.log_text()
+    );
+    assert!(
+        coordinator.process.log_text().contains("grace period"),
+        "{}",
+        coordinator.process.log_text()
+    );
+    coordinator.process.kill();
+}
+
+/// A stream of one item that then never ends.
+fn one_chunk_then_nothing(
+    first: cobble_proto::v1::BlobChunk,
+) -> impl tokio_stream::Stream<Item = cobble_proto::v1::BlobChunk> + Send + 'static {
+    use tokio_stream::StreamExt;
+    tokio_stream::iter([first]).chain(tokio_stream::pending())
+}
