@@ -28,7 +28,7 @@ use std::future::Future;
 use std::time::Duration;
 use store::Store;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// How often overdue leases are swept, so their units are reissued, and
 /// credit owed to hosts that passed a check is paid.
@@ -86,6 +86,7 @@ pub async fn serve(
     let sweeper = tokio::spawn(sweep_overdue(store.clone()));
     let validator = tokio::spawn(run_validators(store.clone()));
     let (stopping, mut stop_requested) = tokio::sync::watch::channel(false);
+    let (incoming, acceptor) = accept_with_backoff(listener);
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -103,8 +104,9 @@ pub async fn serve(
         .add_service(BlobServiceServer::new(service::BlobApi {
             store: store.clone(),
             max_blob_bytes: config.max_blob_bytes,
+            open_uploads: std::sync::Arc::default(),
         }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+        .serve_with_incoming_shutdown(incoming, {
             let store = store.clone();
             async move {
                 shutdown.await;
@@ -126,8 +128,38 @@ pub async fn serve(
     };
     sweeper.abort();
     validator.abort();
+    acceptor.abort();
     store.db.close().await;
     result.map_err(|e| Error::InvalidArgument(format!("gRPC server: {e}")))
+}
+
+/// Accepts connections for the server. When accepting fails (out of file
+/// descriptors: EMFILE), it waits a moment before trying again; handing
+/// the error on made the server retry at once, spinning at 100% CPU while
+/// honest connections timed out.
+fn accept_with_backoff(
+    listener: TcpListener,
+) -> (
+    ReceiverStream<std::io::Result<tokio::net::TcpStream>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    if sender.send(Ok(stream)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot accept a connection; trying again in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    (ReceiverStream::new(receiver), acceptor)
 }
 
 async fn sweep_overdue(store: Store) {

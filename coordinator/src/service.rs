@@ -7,7 +7,7 @@ mod jobs;
 mod stats;
 mod worker;
 
-pub use blobs::BlobApi;
+pub use blobs::{BlobApi, MAX_OPEN_UPLOADS};
 pub use jobs::JobApi;
 pub use stats::StatsApi;
 pub use worker::WorkerApi;
@@ -36,11 +36,17 @@ fn require_researcher(store: &Store, metadata: &MetadataMap) -> Result<(), Error
 
 /// Blobs move for researchers (modules, inputs, results) and for hosts
 /// (inputs, outputs); nobody else may store or read them.
-async fn require_researcher_or_host(store: &Store, metadata: &MetadataMap) -> Result<(), Error> {
+/// Who a blob call comes from, as a key for per-caller limits.
+async fn require_researcher_or_host(
+    store: &Store,
+    metadata: &MetadataMap,
+) -> Result<String, Error> {
     if metadata.contains_key(HOST_ID_HEADER) {
-        authenticate(store, metadata).await.map(|_| ())
+        authenticate(store, metadata)
+            .await
+            .map(|host| format!("host {}", host.host_id))
     } else {
-        require_researcher(store, metadata)
+        require_researcher(store, metadata).map(|()| "researcher".to_string())
     }
 }
 

@@ -5,7 +5,9 @@ use crate::error::Error;
 use crate::store::Store;
 use cobble_core::BlobHash;
 use cobble_proto::v1::{self as pb, blob_service_server::BlobService};
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use tokio::io::AsyncReadExt;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -15,12 +17,71 @@ const MAX_HAS_BLOBS: usize = 10_000;
 
 /// Bytes per download message: well under gRPC's 4 MiB message limit.
 pub const CHUNK_BYTES: usize = 1 << 20;
+/// Uploads one caller may have open at once: each holds a socket and a
+/// file, and a host stalling a thousand of them would use up the
+/// coordinator's file descriptors.
+pub const MAX_OPEN_UPLOADS: usize = 8;
+/// An upload that sends nothing for this long is dropped, with its file.
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct BlobApi {
     pub store: Store,
     /// Largest blob accepted, so one upload cannot fill the disk.
     pub max_blob_bytes: u64,
+    /// Open uploads per caller.
+    pub open_uploads: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One open upload, counted against its caller until dropped.
+struct UploadSlot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    caller: String,
+}
+
+impl UploadSlot {
+    fn take(open: &Arc<Mutex<HashMap<String, usize>>>, caller: String) -> Result<Self, Status> {
+        let mut counts = open
+            .lock()
+            .map_err(|_| Status::unavailable("upload accounting is unavailable; try again"))?;
+        let count = counts.entry(caller.clone()).or_default();
+        if *count >= MAX_OPEN_UPLOADS {
+            return Err(Status::resource_exhausted(format!(
+                "{caller} already has {MAX_OPEN_UPLOADS} uploads open; finish one first"
+            )));
+        }
+        *count += 1;
+        Ok(UploadSlot {
+            open: open.clone(),
+            caller,
+        })
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.open.lock()
+            && let Some(count) = counts.get_mut(&self.caller)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// The next message of an upload, or an error if the caller went quiet.
+async fn next_chunk(
+    stream: &mut Streaming<pb::BlobChunk>,
+) -> Result<Option<pb::BlobChunk>, Status> {
+    match tokio::time::timeout(UPLOAD_IDLE, stream.message()).await {
+        Ok(next) => next,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the upload sent nothing for {} s",
+            UPLOAD_IDLE.as_secs()
+        ))),
+    }
 }
 
 #[tonic::async_trait]
@@ -29,11 +90,11 @@ impl BlobService for BlobApi {
         &self,
         request: Request<Streaming<pb::BlobChunk>>,
     ) -> Result<Response<pb::UploadBlobResponse>, Status> {
-        require_researcher_or_host(&self.store, request.metadata()).await?;
+        let caller = require_researcher_or_host(&self.store, request.metadata()).await?;
+        let _slot = UploadSlot::take(&self.open_uploads, caller)?;
         let blobs = &self.store.blobs;
         let mut stream = request.into_inner();
-        let first = stream
-            .message()
+        let first = next_chunk(&mut stream)
             .await?
             .ok_or_else(|| Status::invalid_argument("empty upload"))?;
         let expected = first.expected.clone().ok_or_else(|| {
@@ -47,7 +108,7 @@ impl BlobService for BlobApi {
             )));
         }
         if blobs.size_of(&hash).await == Some(expected.size) {
-            while stream.message().await?.is_some() {}
+            while next_chunk(&mut stream).await?.is_some() {}
             return Ok(Response::new(pb::UploadBlobResponse {
                 blob: Some(expected),
                 already_present: true,
@@ -67,7 +128,7 @@ impl BlobService for BlobApi {
                 writer.discard().await;
                 return Err(error.into());
             }
-            chunk = match stream.message().await {
+            chunk = match next_chunk(&mut stream).await {
                 Ok(next) => next,
                 Err(status) => {
                     writer.discard().await;

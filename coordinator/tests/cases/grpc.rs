@@ -15,13 +15,11 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-#[tokio::test]
-async fn health_reflection_and_auth_over_grpc() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = Config {
-        project_name: "grpc-test".into(),
-        ..Config::defaults_in(dir.path())
-    };
+type Server = tokio::task::JoinHandle<Result<(), cobble_coordinator::Error>>;
+
+/// The real server on a random loopback port: its URL, the switch that
+/// stops it, and its task.
+async fn serve_on_loopback(config: Config) -> (String, tokio::sync::oneshot::Sender<()>, Server) {
     let store = cobble_coordinator::start(&config).await.expect("start");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -34,6 +32,17 @@ async fn health_reflection_and_auth_over_grpc() {
         })
         .await
     });
+    (url, stop, server)
+}
+
+#[tokio::test]
+async fn health_reflection_and_auth_over_grpc() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config {
+        project_name: "grpc-test".into(),
+        ..Config::defaults_in(dir.path())
+    };
+    let (url, stop, server) = serve_on_loopback(config).await;
     let channel = cobble_client::connect(&url).await.expect("connect");
 
     let health = HealthClient::new(channel.clone())
@@ -286,6 +295,102 @@ async fn replicas_go_to_hosts_on_different_networks() {
     let status = store.job_status(job).await.expect("status");
     assert_eq!(status.units_waiting_network, 1, "{status:?}");
     assert_eq!(ask(&hosts[2]).await, 1, "a host on another network gets it");
+    stop.send(()).ok();
+    server.await.expect("server task").expect("clean shutdown");
+}
+
+/// One caller cannot hold open more than `MAX_OPEN_UPLOADS` uploads (each
+/// a socket and a file): the next is refused at once with
+/// RESOURCE_EXHAUSTED, other callers are unaffected, and the caller's
+/// slots come back when its stalled uploads go away.
+#[tokio::test]
+async fn stalled_uploads_are_capped_per_caller() {
+    use cobble_coordinator::service::MAX_OPEN_UPLOADS;
+    use pb::blob_service_client::BlobServiceClient;
+    use tokio_stream::StreamExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config::defaults_in(dir.path());
+    let (url, stop, server) = serve_on_loopback(config).await;
+    let channel = cobble_client::connect(&url).await.expect("connect");
+    let token = std::fs::read_to_string(dir.path().join("researcher.token")).expect("token");
+    let researcher = Connection::from_channel(
+        channel.clone(),
+        Credentials::Researcher(token.trim().into()),
+    );
+    let stall = || {
+        let first = pb::BlobChunk {
+            expected: Some(pb::BlobRef {
+                hash: vec![9; 32],
+                size: 1 << 20,
+                chunk_root: Vec::new(),
+            }),
+            data: vec![0; 1024],
+        };
+        tokio_stream::iter([first]).chain(tokio_stream::pending())
+    };
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_OPEN_UPLOADS {
+        let mut client = BlobServiceClient::new(channel.clone());
+        let request = researcher.request(stall());
+        stalled.push(tokio::spawn(
+            async move { client.upload_blob(request).await },
+        ));
+    }
+    // Until the server has counted them all, one more might slip in.
+    let refused = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            BlobServiceClient::new(channel.clone()).upload_blob(researcher.request(stall())),
+        )
+        .await;
+        if let Ok(Err(status)) = attempt {
+            break status;
+        }
+    };
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("uploads open"), "{refused:?}");
+
+    // A host is another caller: its upload goes through.
+    let attached = WorkerServiceClient::new(channel.clone())
+        .register_host(pb::RegisterHostRequest {
+            account: "volunteer".into(),
+            host_name: "box".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("attach")
+        .into_inner();
+    let host = Connection::from_channel(
+        channel.clone(),
+        Credentials::Host {
+            id: attached.host_id,
+            key: attached.host_key,
+        },
+    );
+    host.upload_bytes(b"an output")
+        .await
+        .expect("the host uploads");
+
+    // The stalled uploads go away: the researcher may upload again.
+    for task in &stalled {
+        task.abort();
+    }
+    let uploaded = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match researcher.upload_bytes(b"data").await {
+                Ok(blob) => break blob,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("the slots come back");
+    assert_eq!(uploaded.size, 4);
     stop.send(()).ok();
     server.await.expect("server task").expect("clean shutdown");
 }
