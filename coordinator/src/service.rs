@@ -34,19 +34,33 @@ fn require_researcher(store: &Store, metadata: &MetadataMap) -> Result<(), Error
     }
 }
 
+/// Who a blob call comes from.
+#[derive(Debug, Clone, Copy)]
+enum Caller {
+    Researcher,
+    Host(HostIdentity),
+}
+
+impl Caller {
+    /// A key for per-caller limits.
+    fn key(&self) -> String {
+        match self {
+            Caller::Researcher => "researcher".to_string(),
+            Caller::Host(host) => format!("host {}", host.host_id),
+        }
+    }
+}
+
 /// Blobs move for researchers (modules, inputs, results) and for hosts
 /// (inputs, outputs); nobody else may store or read them.
-/// Who a blob call comes from, as a key for per-caller limits.
 async fn require_researcher_or_host(
     store: &Store,
     metadata: &MetadataMap,
-) -> Result<String, Error> {
+) -> Result<Caller, Error> {
     if metadata.contains_key(HOST_ID_HEADER) {
-        authenticate(store, metadata)
-            .await
-            .map(|host| format!("host {}", host.host_id))
+        authenticate(store, metadata).await.map(Caller::Host)
     } else {
-        require_researcher(store, metadata).map(|()| "researcher".to_string())
+        require_researcher(store, metadata).map(|()| Caller::Researcher)
     }
 }
 

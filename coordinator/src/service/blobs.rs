@@ -1,6 +1,6 @@
 //! BlobService: chunked upload and download of content-addressed blobs.
 
-use super::require_researcher_or_host;
+use super::{Caller, require_researcher_or_host};
 use crate::error::Error;
 use crate::store::Store;
 use cobble_core::BlobHash;
@@ -91,7 +91,7 @@ impl BlobService for BlobApi {
         request: Request<Streaming<pb::BlobChunk>>,
     ) -> Result<Response<pb::UploadBlobResponse>, Status> {
         let caller = require_researcher_or_host(&self.store, request.metadata()).await?;
-        let _slot = UploadSlot::take(&self.open_uploads, caller)?;
+        let _slot = UploadSlot::take(&self.open_uploads, caller.key())?;
         let blobs = &self.store.blobs;
         let mut stream = request.into_inner();
         let first = next_chunk(&mut stream)
@@ -106,6 +106,24 @@ impl BlobService for BlobApi {
                 "blob of {} bytes exceeds this coordinator's limit of {} bytes",
                 expected.size, self.max_blob_bytes
             )));
+        }
+        if let Caller::Host(host) = caller {
+            // Hosts upload outputs, and only while they hold a unit: a
+            // fresh account must not be free storage.
+            match self.store.output_allowance(host.host_id).await? {
+                None => {
+                    return Err(Status::permission_denied(
+                        "hosts upload only the outputs of units they hold; this host holds none",
+                    ));
+                }
+                Some(allowed) if expected.size > allowed => {
+                    return Err(Status::resource_exhausted(format!(
+                        "an output of {} bytes exceeds the {allowed}-byte limit of the units this host holds",
+                        expected.size
+                    )));
+                }
+                Some(_) => {}
+            }
         }
         if blobs.size_of(&hash).await == Some(expected.size) {
             while next_chunk(&mut stream).await?.is_some() {}

@@ -221,6 +221,32 @@ impl Store {
         Ok(crate::credit::for_fuel(claimed.min(cap)))
     }
 
+    /// The largest output a host may upload now: the biggest
+    /// `max_output_bytes` among the jobs of the units it holds, or None if
+    /// it holds none.
+    pub async fn output_allowance(&self, host_id: i64) -> Result<Option<u64>> {
+        let specs: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT spec FROM jobs WHERE id IN (
+                 SELECT u.job_id FROM results r JOIN units u ON u.id = r.unit_id
+                 WHERE r.host_id = $1 AND r.state = 'in_progress')",
+        )
+        .bind(host_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut allowance = None;
+        for spec in specs {
+            let spec = pb::JobSpec::decode(spec.as_slice())
+                .map_err(|e| Error::Corrupt(format!("job spec: {e}")))?;
+            let limit = spec
+                .limits
+                .map_or(cobble_core::spec::DEFAULT_MAX_OUTPUT_BYTES, |l| {
+                    l.max_output_bytes
+                });
+            allowance = Some(allowance.map_or(limit, |a: u64| a.max(limit)));
+        }
+        Ok(allowance)
+    }
+
     /// Verifies that every blob a success names is stored with that size
     /// and that every output name is a plain relative name, once; returns
     /// the encoded output and its digest.

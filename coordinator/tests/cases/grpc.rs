@@ -317,6 +317,64 @@ async fn stalled_uploads_are_capped_per_caller() {
         channel.clone(),
         Credentials::Researcher(token.trim().into()),
     );
+    // A host holding a unit of a job whose outputs may be 1,000 bytes.
+    let module = researcher
+        .upload_bytes(b"\0asm\x01\0\0\0 pretend module")
+        .await
+        .expect("module");
+    let spec = super::store::one_unit_spec(module, 1_000);
+    JobServiceClient::new(channel.clone())
+        .submit_job(researcher.request(pb::SubmitJobRequest { spec: Some(spec) }))
+        .await
+        .expect("submit");
+    let register = |account: &str| pb::RegisterHostRequest {
+        account: account.into(),
+        host_name: "box".into(),
+        ..Default::default()
+    };
+    let host_of = |attached: pb::RegisterHostResponse| {
+        Connection::from_channel(
+            channel.clone(),
+            Credentials::Host {
+                id: attached.host_id,
+                key: attached.host_key,
+            },
+        )
+    };
+    let mut workers = WorkerServiceClient::new(channel.clone());
+    let host = host_of(
+        workers
+            .register_host(register("volunteer"))
+            .await
+            .expect("attach")
+            .into_inner(),
+    );
+    let idle = host_of(
+        workers
+            .register_host(register("idle"))
+            .await
+            .expect("attach")
+            .into_inner(),
+    );
+    let work = workers
+        .request_work(host.request(pb::WorkRequest {
+            slots: 1,
+            wait_s: 0,
+        }))
+        .await
+        .expect("work")
+        .into_inner();
+    assert_eq!(work.assignments.len(), 1);
+    // A host holding nothing stores nothing; a holder no more than its
+    // units' outputs may be.
+    let refused = idle
+        .upload_bytes(b"free storage")
+        .await
+        .expect_err("no lease");
+    assert!(refused.to_string().contains("units they hold"), "{refused}");
+    let refused = host.upload_bytes(&[0; 1_001]).await.expect_err("too big");
+    assert!(refused.to_string().contains("1000-byte limit"), "{refused}");
+
     let stall = || {
         let first = pb::BlobChunk {
             expected: Some(pb::BlobRef {
@@ -356,22 +414,6 @@ async fn stalled_uploads_are_capped_per_caller() {
     assert!(refused.message().contains("uploads open"), "{refused:?}");
 
     // A host is another caller: its upload goes through.
-    let attached = WorkerServiceClient::new(channel.clone())
-        .register_host(pb::RegisterHostRequest {
-            account: "volunteer".into(),
-            host_name: "box".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("attach")
-        .into_inner();
-    let host = Connection::from_channel(
-        channel.clone(),
-        Credentials::Host {
-            id: attached.host_id,
-            key: attached.host_key,
-        },
-    );
     host.upload_bytes(b"an output")
         .await
         .expect("the host uploads");

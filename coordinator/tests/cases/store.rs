@@ -183,6 +183,30 @@ pub(super) async fn job_spec(
     }
 }
 
+/// A job of one unit of `module`, whose outputs may be `max_output_bytes`.
+pub(super) fn one_unit_spec(module: pb::BlobRef, max_output_bytes: u64) -> pb::JobSpec {
+    pb::JobSpec {
+        name: "one".into(),
+        module: Some(module),
+        args: vec!["{start}".into()],
+        split: Some(pb::SplitRule {
+            rule: Some(pb::split_rule::Rule::Range(pb::RangeSplit {
+                start: 0,
+                end: 1,
+                per_unit: 1,
+            })),
+        }),
+        replication: Some(cobble_core::spec::DEFAULT_REPLICATION),
+        limits: Some(pb::Limits {
+            fuel: 1_000_000_000,
+            memory_mib: 16,
+            deadline_s: 600,
+            max_output_bytes,
+        }),
+        ..Default::default()
+    }
+}
+
 /// The fuel limit of test jobs: claims in these tests stay below it.
 pub(super) const FUEL_LIMIT: u64 = 100_000_000_000;
 
@@ -483,29 +507,12 @@ async fn bad_credentials_and_specs_are_refused() {
             .await;
         assert!(matches!(wrong, Err(Error::Unauthenticated(_))));
         // A spec naming a blob that was never uploaded is refused whole.
-        let spec = pb::JobSpec {
-            name: "ghost".into(),
-            module: Some(pb::BlobRef {
-                hash: vec![3; 32],
-                size: 10,
-                chunk_root: Vec::new(),
-            }),
-            split: Some(pb::SplitRule {
-                rule: Some(pb::split_rule::Rule::Range(pb::RangeSplit {
-                    start: 0,
-                    end: 1,
-                    per_unit: 1,
-                })),
-            }),
-            replication: Some(cobble_core::spec::DEFAULT_REPLICATION),
-            limits: Some(pb::Limits {
-                fuel: 1,
-                memory_mib: 1,
-                deadline_s: 1,
-                max_output_bytes: 1,
-            }),
-            ..Default::default()
+        let ghost = pb::BlobRef {
+            hash: vec![3; 32],
+            size: 10,
+            chunk_root: Vec::new(),
         };
+        let spec = one_unit_spec(ghost, 1);
         let refused = store.submit_job(&spec).await;
         assert!(
             matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains("not uploaded")),
