@@ -6,7 +6,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use cobble_sandbox::UnitLimits;
-use cobble_worker::activity::{FileLoad, LoadSource, Monitor, SystemLoad};
+use cobble_worker::activity::{LoadSource, Monitor, SystemLoad};
 use cobble_worker::attach::Volunteer;
 use cobble_worker::exec::{ExecRequest, exec};
 use cobble_worker::install::Layout;
@@ -118,7 +118,9 @@ struct RunArgs {
     #[arg(long)]
     no_peers: bool,
     /// Read the owner's CPU load (percent) from this file instead of
-    /// measuring it: for tests and benchmarks of suspension.
+    /// measuring it: for tests and benchmarks of suspension. Only in builds
+    /// with the `test-utils` feature, never in a released worker.
+    #[cfg(feature = "test-utils")]
     #[arg(long, hide = true)]
     simulated_load_file: Option<PathBuf>,
 }
@@ -198,10 +200,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let prefs = Prefs::load(&args.data_dir, &args.prefs)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    #[cfg(feature = "test-utils")]
     let load: Box<dyn LoadSource> = match &args.simulated_load_file {
-        Some(path) => Box::new(FileLoad(path.clone())),
+        Some(path) => Box::new(cobble_worker::activity::FileLoad(path.clone())),
         None => Box::new(SystemLoad::new()),
     };
+    #[cfg(not(feature = "test-utils"))]
+    let load: Box<dyn LoadSource> = Box::new(SystemLoad::new());
     // The monitor's thread keeps normal priority, so it still notices the
     // owner when the machine is busy; everything started after this line,
     // the units included, runs at the lowest priority.

@@ -57,15 +57,44 @@ pub struct RunConfig {
 /// (see the e2e crate's cheater); the shipped worker never does.
 pub type StdoutFilter = Arc<dyn Fn(&mut Vec<u8>) + Send + Sync>;
 
-/// Extension points for tests; `Hooks::default()` is the real worker.
+/// Extension points for tests; `Hooks::default()` is the real worker. The
+/// fields exist only with the `test-utils` feature, which release builds
+/// of the worker do not enable: the shipped binary has no way to set them
+/// and no code path that reads them.
 #[derive(Clone, Default)]
 pub struct Hooks {
+    #[cfg(feature = "test-utils")]
     pub stdout_filter: Option<StdoutFilter>,
     /// Rewrites chunks served to peers (the corrupt-peer adversary).
+    #[cfg(feature = "test-utils")]
     pub served_chunk_filter: Option<ChunkFilter>,
     /// Never asks for work: only serves peers what is in the cache (test
     /// seeders and adversaries).
+    #[cfg(feature = "test-utils")]
     pub serve_only: bool,
+}
+
+impl Hooks {
+    fn stdout_filter(&self) -> Option<&StdoutFilter> {
+        #[cfg(feature = "test-utils")]
+        return self.stdout_filter.as_ref();
+        #[cfg(not(feature = "test-utils"))]
+        None
+    }
+
+    fn served_chunk_filter(&self) -> Option<ChunkFilter> {
+        #[cfg(feature = "test-utils")]
+        return self.served_chunk_filter.clone();
+        #[cfg(not(feature = "test-utils"))]
+        None
+    }
+
+    pub(super) fn serve_only(&self) -> bool {
+        #[cfg(feature = "test-utils")]
+        return self.serve_only;
+        #[cfg(not(feature = "test-utils"))]
+        false
+    }
 }
 
 /// Everything one slot needs, shared by all slots.
@@ -153,7 +182,7 @@ pub async fn run(
                 },
                 monitor.activity.clone(),
                 transfers.clone(),
-                hooks.served_chunk_filter.clone(),
+                hooks.served_chunk_filter(),
             ));
             let listener = bind_peer_listener(address).await?;
             let port = listener
@@ -490,7 +519,7 @@ impl Worker {
             ));
         }
         let mut stdout = report.stdout;
-        if let Some(filter) = &self.hooks.stdout_filter {
+        if let Some(filter) = self.hooks.stdout_filter() {
             filter(&mut stdout);
         }
         let stdout = with_retry(deadline_ms, "uploading stdout", || {

@@ -100,7 +100,7 @@ impl Worker {
 
     /// Keeps the buffer filled until the worker stops.
     pub(super) async fn fetch_loop(self: Arc<Self>, queue: UnboundedSender<Queued>) {
-        if self.hooks.serve_only {
+        if self.hooks.serve_only() {
             return std::future::pending().await;
         }
         let mut failures = 0;
