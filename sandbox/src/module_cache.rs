@@ -99,10 +99,9 @@ impl ModuleCache {
             .serialize()
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
-                // Write then rename, so a crash never leaves a torn file under the final name.
-                let temporary = path.with_extension("cwasm.partial");
-                std::fs::write(&temporary, bytes)
-                    .and_then(|()| std::fs::rename(&temporary, &path))
+                // A crash never leaves a torn file under the final name; a
+                // lost one is compiled again, so no fsync.
+                cobble_core::durable::replace(&path, &bytes, cobble_core::durable::How::CACHE)
                     .map_err(|e| e.to_string())
             });
         if let Err(error) = written {

@@ -77,17 +77,26 @@ pub fn install(layout: &Layout, run_args: &[String], start: bool) -> Result<Vec<
     if std::fs::canonicalize(&current).ok() != std::fs::canonicalize(&layout.binary).ok() {
         // Copy beside, then rename: a running service's binary is replaced
         // atomically, never overwritten in place.
-        let partial = layout.binary.with_extension("partial");
-        std::fs::copy(&current, &partial)
-            .and_then(|_| std::fs::rename(&partial, &layout.binary))
+        std::fs::read(&current)
+            .and_then(|program| {
+                cobble_core::durable::replace(
+                    &layout.binary,
+                    &program,
+                    cobble_core::durable::How::EXECUTABLE,
+                )
+            })
             .map_err(Error::io(format!("installing {}", layout.binary.display())))?;
     }
     notes.push(format!("installed {}", layout.binary.display()));
     let mut command = vec![layout.binary.display().to_string(), "run".to_string()];
     command.extend(run_args.iter().cloned());
     create_parent(&layout.unit)?;
-    std::fs::write(&layout.unit, unit_text(&command))
-        .map_err(Error::io(format!("writing {}", layout.unit.display())))?;
+    cobble_core::durable::replace(
+        &layout.unit,
+        unit_text(&command).as_bytes(),
+        cobble_core::durable::How::PUBLIC,
+    )
+    .map_err(Error::io(format!("writing {}", layout.unit.display())))?;
     notes.push(format!("wrote {}", layout.unit.display()));
     if !start {
         return Ok(notes);

@@ -75,10 +75,7 @@ pub fn path(data_dir: &Path) -> PathBuf {
 /// Not fsynced: it is rewritten often and worthless after a crash.
 pub fn write(data_dir: &Path, status: &Status) -> std::io::Result<()> {
     let text = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
-    let target = path(data_dir);
-    let temporary = target.with_extension("json.partial");
-    std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, &target)
+    cobble_core::durable::replace(&path(data_dir), &text, cobble_core::durable::How::CACHE)
 }
 
 /// Reads the status file a worker left in `data_dir`.
