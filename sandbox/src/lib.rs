@@ -180,6 +180,20 @@ impl ResourceLimiter for MemoryCap {
         // Tables hold function references; a million is far beyond any real program.
         Ok(desired <= 1_000_000)
     }
+
+    // A unit is one module instance with one memory and a few tables:
+    // nothing a WASI command needs more of, and each costs the host.
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        16
+    }
 }
 
 /// Advances the engine's epoch until dropped.
@@ -415,8 +429,18 @@ fn engine_config(settings: &EngineSettings) -> Config {
     config.cranelift_nan_canonicalization(settings.nan_canonicalization);
     config.relaxed_simd_deterministic(true);
     config.cranelift_opt_level(settings.opt_level);
+    // Untrusted code (ARCHITECTURE.md, "The sandbox's configuration"): one
+    // 32-bit memory, so the limiter's cap is the unit's whole memory (with
+    // several memories each would get the cap); an explicit stack limit,
+    // so deep recursion traps with "call stack exhausted".
+    config.wasm_multi_memory(false);
+    config.wasm_memory64(false);
+    config.max_wasm_stack(MAX_WASM_STACK);
     config
 }
+
+/// Stack a unit's wasm code may use (wasmtime's default, written down).
+const MAX_WASM_STACK: usize = 512 << 10;
 
 fn build_wasi(
     invocation: &Invocation<'_>,

@@ -292,6 +292,27 @@ async fn a_progress_file_linked_out_of_the_checkpoint_is_not_followed() {
     assert_eq!(read_progress(&dirs.checkpoint), Some(0.5));
 }
 
+/// Several memories would each get the memory cap: refused at compile.
+#[test]
+fn a_module_with_two_memories_is_refused() {
+    let sandbox = Sandbox::new(None).expect("sandbox");
+    // The wasm header, then a memory section (id 5, 5 bytes) declaring two
+    // memories of one page each.
+    let two_memories = b"\0asm\x01\0\0\0\x05\x05\x02\x00\x01\x00\x01";
+    let refused = sandbox.prepare_bytes(two_memories);
+    assert!(
+        matches!(&refused, Err(Error::InvalidModule(message)) if message.contains("memor")),
+        "{:?}",
+        refused.err()
+    );
+    // One memory is fine, as far as memories go (no `_start`, so still no command).
+    let one_memory = b"\0asm\x01\0\0\0\x05\x03\x01\x00\x01";
+    assert!(matches!(
+        sandbox.prepare_bytes(one_memory),
+        Err(Error::NotACommand)
+    ));
+}
+
 #[tokio::test]
 async fn unbounded_recursion_fails_alone_and_says_why() {
     let report = probe(&["recurse"]).await;
