@@ -115,6 +115,73 @@ impl BlobStore {
         self.root.join(&hex[..2]).join(hex)
     }
 
+    /// Every stored blob that was last written before `before` (Unix ms).
+    pub async fn older_than(&self, before: i64) -> Result<Vec<BlobHash>> {
+        let root = self.root.clone();
+        // Walking the store is a few thousand stats: off the runtime.
+        tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            let Ok(prefixes) = std::fs::read_dir(&root) else {
+                return found;
+            };
+            for prefix in prefixes.flatten() {
+                let Ok(entries) = std::fs::read_dir(prefix.path()) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let Some(hash) = name.to_str().and_then(|n| BlobHash::from_hex(n).ok()) else {
+                        continue;
+                    };
+                    let written_ms = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(i64::MAX, |d| d.as_millis() as i64);
+                    if written_ms < before {
+                        found.push(hash);
+                    }
+                }
+            }
+            found
+        })
+        .await
+        .map_err(|e| Error::Corrupt(format!("listing blobs: {e}")))
+    }
+
+    /// Marks a blob as just written: an upload that found it already here
+    /// must not lose it to the collection of unreferenced blobs before the
+    /// job or report that names it arrives.
+    pub async fn touch(&self, hash: &BlobHash) {
+        let path = self.path_of(hash);
+        let touched = tokio::task::spawn_blocking(move || {
+            std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .and_then(|file| file.set_modified(std::time::SystemTime::now()))
+        })
+        .await;
+        if !matches!(touched, Ok(Ok(()))) {
+            tracing::warn!(%hash, "cannot refresh a blob's time");
+        }
+    }
+
+    /// Deletes a blob; returns the bytes freed (0 if it was not there).
+    pub async fn remove(&self, hash: &BlobHash) -> u64 {
+        let path = self.path_of(hash);
+        let size = self.size_of(hash).await.unwrap_or(0);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {
+                if let Ok(mut lists) = self.chunk_lists.lock() {
+                    lists.remove(hash);
+                }
+                size
+            }
+            Err(_) => 0,
+        }
+    }
+
     pub async fn contains(&self, hash: &BlobHash) -> bool {
         tokio::fs::metadata(self.path_of(hash))
             .await

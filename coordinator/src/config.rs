@@ -35,6 +35,11 @@ pub struct Config {
     /// other.
     #[arg(long, env = "COBBLE_MAX_SERVE_BYTES_PER_SEC", default_value_t = 0)]
     pub max_serve_bytes_per_sec: u64,
+    /// Uploads no job and no result refers to are deleted once this old:
+    /// room for a researcher to upload and then submit, and no more, so an
+    /// upload nobody uses does not keep its disk for good.
+    #[arg(long, default_value_t = 24)]
+    pub unreferenced_blob_hours: u32,
     /// Trust, spot-checks, quotas and replica placement.
     #[command(flatten)]
     pub integrity: crate::integrity::Policy,

@@ -84,6 +84,10 @@ pub async fn serve(
         .map_err(|e| Error::InvalidArgument(format!("reflection descriptors: {e}")))?;
 
     let sweeper = tokio::spawn(sweep_overdue(store.clone()));
+    let collector = tokio::spawn(collect_garbage(
+        store.clone(),
+        i64::from(config.unreferenced_blob_hours) * 3_600_000,
+    ));
     let validator = tokio::spawn(run_validators(store.clone()));
     let (stopping, mut stop_requested) = tokio::sync::watch::channel(false);
     let (incoming, acceptor) = accept_with_backoff(listener);
@@ -127,6 +131,7 @@ pub async fn serve(
         }
     };
     sweeper.abort();
+    collector.abort();
     validator.abort();
     acceptor.abort();
     store.db.close().await;
@@ -160,6 +165,18 @@ fn accept_with_backoff(
         }
     });
     (ReceiverStream::new(receiver), acceptor)
+}
+
+/// Deletes, every hour, uploads nothing refers to once `grace_ms` old.
+async fn collect_garbage(store: Store, grace_ms: i64) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(3_600));
+    loop {
+        ticker.tick().await;
+        let before = cobble_core::now_ms() - grace_ms;
+        if let Err(error) = store.collect_unreferenced_blobs(before).await {
+            tracing::warn!(%error, "collecting unreferenced blobs failed");
+        }
+    }
 }
 
 async fn sweep_overdue(store: Store) {

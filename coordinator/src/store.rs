@@ -4,6 +4,7 @@
 //! (invariant 7) and concurrent workers never see a half-made change.
 
 mod accounts;
+mod garbage;
 mod jobs;
 mod leaderboard;
 mod reports;

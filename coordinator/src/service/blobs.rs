@@ -126,6 +126,7 @@ impl BlobService for BlobApi {
             }
         }
         if blobs.size_of(&hash).await == Some(expected.size) {
+            blobs.touch(&hash).await;
             while next_chunk(&mut stream).await?.is_some() {}
             return Ok(Response::new(pb::UploadBlobResponse {
                 blob: Some(expected),

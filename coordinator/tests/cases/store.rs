@@ -792,3 +792,54 @@ async fn hosts_transfer_reports_add_up_in_the_project_totals() {
         backend.cleanup().await;
     }
 }
+
+/// Uploads nothing refers to are deleted once old enough; a job's module
+/// and a reported output are kept, and so is anything younger than the
+/// grace period.
+#[tokio::test]
+async fn unreferenced_blobs_are_collected_and_referenced_ones_kept() {
+    for backend in backends().await {
+        let store = &backend.store;
+        submit(store, 1, (1, 1, 1), 600).await;
+        let host = attach(store, "a").await;
+        let manifest = take_one(store, host).await.expect("a unit");
+        let output = b"an output nobody else has\n";
+        report(
+            store,
+            host,
+            &manifest.lease_id,
+            success(store, output, 10).await,
+        )
+        .await
+        .expect("report");
+        let orphan = store
+            .blobs
+            .put(b"uploaded, never submitted")
+            .await
+            .expect("blob");
+        let module = cobble_core::BlobHash::of(b"\0asm\x01\0\0\0 pretend module");
+        let kept = cobble_core::BlobHash::of(output);
+
+        // Everything is younger than a day: nothing goes.
+        let day_ago = cobble_core::now_ms() - 86_400_000;
+        assert_eq!(
+            store
+                .collect_unreferenced_blobs(day_ago)
+                .await
+                .expect("collect"),
+            (0, 0)
+        );
+        let (count, bytes) = store
+            .collect_unreferenced_blobs(cobble_core::now_ms() + 1_000)
+            .await
+            .expect("collect");
+        assert_eq!((count, bytes), (1, 25), "only the orphan goes");
+        assert!(!store.blobs.contains(&orphan).await);
+        assert!(
+            store.blobs.contains(&module).await,
+            "the job's module stays"
+        );
+        assert!(store.blobs.contains(&kept).await, "a result's output stays");
+        backend.cleanup().await;
+    }
+}

@@ -1,0 +1,81 @@
+//! Collecting blobs nothing refers to: uploads never submitted, outputs of
+//! reports that were refused. A blob is kept while any job's spec (module,
+//! inputs, split files, validator) or any result's output names it.
+
+use super::Store;
+use crate::error::{Error, Result};
+use cobble_core::BlobHash;
+use cobble_proto::v1 as pb;
+use prost::Message;
+use std::collections::HashSet;
+
+impl Store {
+    /// Deletes blobs last written before `before` (Unix ms) that no job or
+    /// result refers to; returns how many, and the bytes freed.
+    pub async fn collect_unreferenced_blobs(&self, before: i64) -> Result<(u64, u64)> {
+        let candidates = self.blobs.older_than(before).await?;
+        if candidates.is_empty() {
+            return Ok((0, 0));
+        }
+        let referenced = self.referenced_blobs().await?;
+        let (mut count, mut bytes) = (0, 0);
+        for hash in candidates {
+            if !referenced.contains(&hash) {
+                bytes += self.blobs.remove(&hash).await;
+                count += 1;
+            }
+        }
+        if count > 0 {
+            tracing::info!(count, bytes, "unreferenced blobs deleted");
+        }
+        Ok((count, bytes))
+    }
+
+    async fn referenced_blobs(&self) -> Result<HashSet<BlobHash>> {
+        let mut referenced = HashSet::new();
+        let mut add = |blob: &pb::BlobRef| {
+            if let Ok(hash) = BlobHash::from_slice(&blob.hash) {
+                referenced.insert(hash);
+            }
+        };
+        let specs: Vec<Vec<u8>> = sqlx::query_scalar("SELECT spec FROM jobs")
+            .fetch_all(self.db.pool())
+            .await?;
+        for spec in specs {
+            let spec = pb::JobSpec::decode(spec.as_slice())
+                .map_err(|e| Error::Corrupt(format!("job spec: {e}")))?;
+            spec.module.iter().for_each(&mut add);
+            if let Some(module) = spec.validator.as_ref().and_then(|v| v.module.as_ref()) {
+                add(module);
+            }
+            spec.inputs
+                .iter()
+                .filter_map(|i| i.blob.as_ref())
+                .for_each(&mut add);
+            if let Some(pb::split_rule::Rule::Files(files)) =
+                spec.split.as_ref().and_then(|s| s.rule.as_ref())
+            {
+                files
+                    .files
+                    .iter()
+                    .filter_map(|f| f.blob.as_ref())
+                    .for_each(&mut add);
+            }
+        }
+        let outputs: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT output FROM results WHERE output IS NOT NULL")
+                .fetch_all(self.db.pool())
+                .await?;
+        for output in outputs {
+            let output = pb::Success::decode(output.as_slice())
+                .map_err(|e| Error::Corrupt(format!("result output: {e}")))?;
+            output.stdout.iter().for_each(&mut add);
+            output
+                .files
+                .iter()
+                .filter_map(|f| f.blob.as_ref())
+                .for_each(&mut add);
+        }
+        Ok(referenced)
+    }
+}
