@@ -1,5 +1,8 @@
 //! The few operating-system calls the standard library does not offer:
-//! process priority, process liveness, free disk space and local time. The only unsafe code in the worker.
+//! process priority, process liveness, free disk space and local time.
+//! Liveness and disk space go through `rustix`, safely; the scheduler
+//! class, I/O priority and local time have no safe wrapper there, and are
+//! the only unsafe code in the worker.
 #![allow(unsafe_code)]
 
 /// Puts the calling thread, and every thread it creates afterwards, at the
@@ -51,12 +54,18 @@ pub fn lower_priority() -> Vec<String> {
 pub fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
-        let Ok(pid) = libc::pid_t::try_from(pid) else {
+        let Some(pid) = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
             return false;
         };
-        // SAFETY: signal 0 only checks that the process exists.
-        let result = unsafe { libc::kill(pid, 0) };
-        result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        // Signal 0 only checks that the process exists; EPERM means it
+        // does, under another user.
+        match rustix::process::test_kill_process(pid) {
+            Ok(()) => true,
+            Err(error) => error == rustix::io::Errno::PERM,
+        }
     }
     #[cfg(not(unix))]
     {
@@ -69,18 +78,8 @@ pub fn process_alive(pid: u32) -> bool {
 pub fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
     #[cfg(unix)]
     {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-        // SAFETY: statvfs only writes into the struct we own, and the path
-        // is a valid NUL-terminated string.
-        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
-            return None;
-        }
-        // The field types differ between platforms; u64 holds them all.
-        #[allow(clippy::useless_conversion)]
-        let (blocks, block_size) = (u64::from(stats.f_bavail), u64::from(stats.f_frsize));
-        Some(blocks.saturating_mul(block_size))
+        let stats = rustix::fs::statvfs(path).ok()?;
+        Some(stats.f_bavail.saturating_mul(stats.f_frsize))
     }
     #[cfg(not(unix))]
     {
@@ -116,4 +115,20 @@ fn utc_offset_s(now: i64) -> i64 {
 #[cfg(not(unix))]
 fn utc_offset_s(_now: i64) -> i64 {
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_and_free_space_answer_for_this_process_and_disk() {
+        assert!(process_alive(std::process::id()));
+        // A pid past the kernel's maximum (2^22) never exists.
+        assert!(!process_alive(1 << 30));
+        assert!(!process_alive(u32::MAX), "not a pid at all");
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert!(free_disk_bytes(dir.path()).is_some_and(|free| free > 0));
+        assert_eq!(free_disk_bytes(&dir.path().join("missing")), None);
+    }
 }
