@@ -35,6 +35,10 @@ pub struct Config {
     /// other.
     #[arg(long, env = "COBBLE_MAX_SERVE_BYTES_PER_SEC", default_value_t = 0)]
     pub max_serve_bytes_per_sec: u64,
+    /// When set, creating an account needs this code (BOINC's
+    /// `invite_code`); hosts of existing accounts attach as before.
+    #[arg(long, env = "COBBLE_INVITE_CODE")]
+    pub invite_code: Option<String>,
     /// Uploads no job and no result refers to are deleted once this old:
     /// room for a researcher to upload and then submit, and no more, so an
     /// upload nobody uses does not keep its disk for good.

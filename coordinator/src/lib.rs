@@ -56,7 +56,9 @@ pub async fn start(config: &Config) -> Result<Store> {
     };
     let key = secrets::signing_key(&key_path, create)?;
     let token = secrets::ResearcherToken::load_or_create(&config.researcher_token_path())?;
-    Ok(Store::new(db, blobs, key, token).with_policy(config.integrity.clone()))
+    Ok(Store::new(db, blobs, key, token)
+        .with_policy(config.integrity.clone())
+        .with_invite_code(config.invite_code.clone()))
 }
 
 /// Serves every service on `listener` until `shutdown` resolves.

@@ -46,6 +46,8 @@ pub struct Store {
     validators: Arc<crate::validator::Validators>,
     /// Woken when a unit starts waiting for its job's validator module.
     validation_wanted: Arc<tokio::sync::Notify>,
+    /// Stored hashed, as keys are: what creating an account needs, if set.
+    invite_code: Option<Arc<Vec<u8>>>,
 }
 
 impl Store {
@@ -65,12 +67,21 @@ impl Store {
             proven_active: Arc::default(),
             validators: Arc::default(),
             validation_wanted: Arc::default(),
+            invite_code: None,
         }
     }
 
     /// Replaces the default integrity policy.
     pub fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = Arc::new(policy);
+        self
+    }
+
+    /// Requires this code to create an account (None: anyone may).
+    pub fn with_invite_code(mut self, code: Option<String>) -> Self {
+        self.invite_code = code
+            .filter(|code| !code.is_empty())
+            .map(|code| Arc::new(key_hash(&code)));
         self
     }
 

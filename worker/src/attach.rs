@@ -29,6 +29,8 @@ pub struct Volunteer {
     pub account_key: Option<String>,
     /// Expected project key; overrides trust-on-first-use.
     pub project_key: Option<String>,
+    /// The project's invitation code, when creating an account needs one.
+    pub invite_code: Option<String>,
 }
 
 pub fn state_path(data_dir: &Path) -> PathBuf {
@@ -100,6 +102,7 @@ pub async fn attach(
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             memory_bytes: 0,
             os: std::env::consts::OS.to_string(),
+            invite_code: volunteer.invite_code.clone().unwrap_or_default(),
         })
         .await?
         .into_inner();

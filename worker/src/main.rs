@@ -62,6 +62,9 @@ struct InstallArgs {
     user: String,
     #[arg(long)]
     team: Option<String>,
+    /// The project's invitation code, if creating an account needs one.
+    #[arg(long, env = "COBBLE_INVITE_CODE")]
+    invite_code: Option<String>,
     /// Expected project key (hex), instead of trusting it on first attach.
     #[arg(long)]
     project_key: Option<String>,
@@ -99,6 +102,9 @@ struct RunArgs {
     /// Key of an existing account, to attach another machine to it.
     #[arg(long, env = "COBBLE_ACCOUNT_KEY")]
     account_key: Option<String>,
+    /// The project's invitation code, if creating an account needs one.
+    #[arg(long, env = "COBBLE_INVITE_CODE")]
+    invite_code: Option<String>,
     /// Expected project key (hex), instead of trusting it on first attach.
     #[arg(long)]
     project_key: Option<String>,
@@ -226,6 +232,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             team: args.team,
             account_key: args.account_key,
             project_key: args.project_key,
+            invite_code: args.invite_code,
         },
         slots: args.slots.unwrap_or_else(|| prefs.slots(cpus)),
         prefs,
@@ -256,6 +263,9 @@ fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     ];
     if let Some(team) = args.team {
         run_args.extend(["--team".to_string(), team]);
+    }
+    if let Some(code) = args.invite_code {
+        run_args.extend(["--invite-code".to_string(), code]);
     }
     if let Some(key) = args.project_key {
         run_args.extend(["--project-key".to_string(), key]);

@@ -82,6 +82,14 @@ impl Store {
                         request.account
                     )));
                 }
+                if let Some(code) = &self.invite_code
+                    && !key_matches(&request.invite_code, code)
+                {
+                    return Err(Error::PermissionDenied(
+                        "this project creates accounts by invitation only: attach with the invitation code its operators gave you (--invite-code)"
+                            .into(),
+                    ));
+                }
                 let key = cobble_core::random_token();
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO accounts (name, key_hash, created_ms) VALUES ($1, $2, $3) RETURNING id",

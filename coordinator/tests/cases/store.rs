@@ -843,3 +843,44 @@ async fn unreferenced_blobs_are_collected_and_referenced_ones_kept() {
         backend.cleanup().await;
     }
 }
+
+/// With an invitation code set (BOINC's `invite_code`), new accounts need
+/// it; hosts of existing accounts attach with their account key alone.
+#[tokio::test]
+async fn accounts_are_created_by_invitation_when_the_project_says_so() {
+    for backend in backends().await {
+        let store = backend
+            .store
+            .clone()
+            .with_invite_code(Some("sesame".into()));
+        let request = |account: &str, code: &str, key: &str| pb::RegisterHostRequest {
+            account: account.into(),
+            account_key: key.into(),
+            host_name: "box".into(),
+            invite_code: code.into(),
+            ..Default::default()
+        };
+        for code in ["", "open sesame", "SESAME"] {
+            let refused = store.register_host(&request("mallory", code, "")).await;
+            assert!(
+                matches!(&refused, Err(Error::PermissionDenied(m)) if m.contains("invitation")),
+                "{code:?}: {refused:?}"
+            );
+        }
+        let invited = store
+            .register_host(&request("alice", "sesame", ""))
+            .await
+            .expect("the invited may create an account");
+        let key = invited.new_account_key.expect("a new account's key");
+        store
+            .register_host(&request("alice", "", &key))
+            .await
+            .expect("a second host of an existing account needs no code");
+        let accounts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+            .fetch_one(store.db.pool())
+            .await
+            .expect("count");
+        assert_eq!(accounts, 1, "refused attempts created nothing");
+        backend.cleanup().await;
+    }
+}

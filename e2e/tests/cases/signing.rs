@@ -63,3 +63,35 @@ fn units_signed_with_another_key_are_refused() {
         restarted.log_text()
     );
 }
+
+/// A project that creates accounts by invitation only: a worker with the
+/// code attaches and computes, one without it is refused with a message
+/// that says what to do, and creates nothing.
+#[test]
+fn a_project_by_invitation_admits_only_workers_with_the_code() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let coordinator = Coordinator::start_with(dir, &["--invite-code", "sesame"]);
+    let job = coordinator.submit_tiny_primes_job(dir);
+    let uninvited = start_worker("cobble-worker", &coordinator, &dir.join("eve"), "eve");
+    let refused = uninvited.wait_for_log("invitation", 1, Duration::from_secs(30));
+    assert!(refused, "{}", uninvited.log_text());
+    let _invited = cobble_e2e::start_worker_with(
+        "cobble-worker",
+        &coordinator,
+        &dir.join("alice"),
+        "alice",
+        &["--invite-code", "sesame"],
+    );
+    let _second = cobble_e2e::start_worker_with(
+        "cobble-worker",
+        &coordinator,
+        &dir.join("bob"),
+        "bob",
+        &["--invite-code", "sesame"],
+    );
+    let (done, status) = coordinator.wait_done(&job, Duration::from_secs(60));
+    assert!(done, "{status}");
+    let board = coordinator.cli_ok(&["leaderboard"]);
+    assert!(!board.contains("eve"), "{board}");
+}
