@@ -72,9 +72,14 @@ impl From<Error> for tonic::Status {
                 tracing::warn!(error = %e, "transient database error; the caller retries");
                 Status::unavailable("the coordinator's database is busy; try again")
             }
-            other => {
-                // Internal details go to the operator's log, not to callers.
-                tracing::error!(error = %other, "internal error");
+            // Internal details go to the operator's log, not to callers.
+            internal @ (Error::Database(_)
+            | Error::Migrate(_)
+            | Error::Io { .. }
+            | Error::Corrupt(_)
+            | Error::Secret { .. }
+            | Error::Sandbox(_)) => {
+                tracing::error!(error = %internal, "internal error");
                 Status::internal("internal coordinator error; see the coordinator's log")
             }
         }
