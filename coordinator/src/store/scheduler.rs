@@ -396,7 +396,7 @@ impl Store {
         ];
         let reserved = tiers
             .iter()
-            .find(|(level, seen)| held_valid < *level && now.saturating_sub(*seen) < window)
+            .find(|(level, seen)| held_valid < *level && within_window(now, *seen, window))
             .map(|(level, _)| *level);
         Placement {
             ready_ms: now + self.policy.replica_spacing_ms.max(0),
@@ -414,7 +414,7 @@ impl Store {
             .lock()
             .ok()
             .and_then(|active| active.get(module).copied())
-            .is_some_and(|[_, proven]| now.saturating_sub(proven) < window)
+            .is_some_and(|[_, proven]| within_window(now, proven, window))
     }
 
     /// Notes that a host with this run of valid results took a unit.
@@ -476,6 +476,14 @@ impl Store {
     }
 }
 
+/// Whether something seen at `seen` is recent at `now`. A window of 0 is
+/// never: the preference is off. Requests read the clock at different
+/// moments, so `seen` may be a little after `now`; that is recent too,
+/// never a negative age that any window would admit.
+fn within_window(now: i64, seen: i64, window: i64) -> bool {
+    window > 0 && now.saturating_sub(seen).max(0) < window
+}
+
 /// When a further replica is kept for proven hosts (while any is active).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Reserve {
@@ -525,4 +533,29 @@ fn build_manifest(
         issued_ms: now,
         nan_canonicalization_off: spec.nan_canonicalization_off,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within_window;
+
+    #[test]
+    fn windows_count_clock_skew_as_recent_and_zero_as_off() {
+        let check = |now: i64, seen: i64, window: i64, expected: bool| {
+            assert_eq!(
+                within_window(now, seen, window),
+                expected,
+                "{now} {seen} {window}"
+            );
+        };
+        check(1_000, 900, 200, true);
+        check(1_000, 700, 200, false);
+        // Seen by a request that read the clock after this one did.
+        check(1_000, 1_005, 200, true);
+        // Window 0 turns the preference off, whatever the clocks say.
+        check(1_000, 1_005, 0, false);
+        check(1_000, 1_000, 0, false);
+        // Never seen.
+        check(1_000, i64::MIN, 60_000, false);
+    }
 }
