@@ -126,17 +126,7 @@ impl Store {
         match validate::decide(replication, agreement, &views) {
             Decision::Wait { new_results } => {
                 if new_results > 0 {
-                    let live = views
-                        .iter()
-                        .filter(|v| {
-                            matches!(
-                                v.state,
-                                ResultState::Unsent
-                                    | ResultState::InProgress
-                                    | ResultState::Success
-                            )
-                        })
-                        .count() as u32;
+                    let live = live_results(&views);
                     self.add_replicas_in(
                         tx,
                         unit_id,
@@ -161,15 +151,7 @@ impl Store {
                     .bind(unit_id)
                     .execute(&mut **tx)
                     .await?;
-                let live = views
-                    .iter()
-                    .filter(|v| {
-                        matches!(
-                            v.state,
-                            ResultState::Unsent | ResultState::InProgress | ResultState::Success
-                        )
-                    })
-                    .count() as u32;
+                let live = live_results(&views);
                 self.add_replicas_in(tx, unit_id, &module, live + 1, Reserve::Always, now)
                     .await?;
                 tracing::debug!(
@@ -688,6 +670,20 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Results that still count toward a unit's replicas: unsent, out, or
+/// returned successfully.
+fn live_results(views: &[ResultView]) -> u32 {
+    views
+        .iter()
+        .filter(|v| {
+            matches!(
+                v.state,
+                ResultState::Unsent | ResultState::InProgress | ResultState::Success
+            )
+        })
+        .count() as u32
 }
 
 async fn owner_of(tx: &mut Tx, result_id: i64) -> Result<sqlx::any::AnyRow> {

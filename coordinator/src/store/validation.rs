@@ -28,13 +28,19 @@ impl Store {
     /// Compiles a spec's validator module, so a module that is not a WASI
     /// command is refused at submit rather than failing every unit.
     pub(super) async fn prepare_validator(&self, spec: &pb::JobSpec) -> Result<()> {
-        if let Some(module) = spec.validator.as_ref().and_then(|v| v.module.as_ref()) {
-            let hash = BlobHash::from_slice(&module.hash)?;
-            self.validators
-                .prepare(&hash, &self.blobs.path_of(&hash))
-                .await?;
+        if let Some(module) = validator_module(spec) {
+            self.compiled_validator(module).await?;
         }
         Ok(())
+    }
+
+    /// The job's validator module, compiled (once per hash: the sandbox
+    /// caches it) from the blob store.
+    async fn compiled_validator(&self, module: &pb::BlobRef) -> Result<PreparedModule> {
+        let hash = BlobHash::from_slice(&module.hash)?;
+        self.validators
+            .prepare(&hash, &self.blobs.path_of(&hash))
+            .await
     }
 
     /// Waits until a unit may need its job's validator (or a second has
@@ -78,20 +84,15 @@ impl Store {
         let spec: Vec<u8> = unit.try_get("spec")?;
         let spec = pb::JobSpec::decode(spec.as_slice())
             .map_err(|e| Error::Corrupt(format!("job spec: {e}")))?;
-        let module_ref = spec.validator.as_ref().and_then(|v| v.module.as_ref());
-        if unit.try_get::<String, _>("state")? != "pending" || module_ref.is_none() {
+        let pending = unit.try_get::<String, _>("state")? == "pending";
+        let Some(module_ref) = validator_module(&spec).filter(|_| pending) else {
             return self.record_verdicts(unit_id, &[], None).await;
-        }
+        };
         let outputs = self.outputs_of(unit_id).await?;
         if outputs.iter().all(|o| o.group.is_some()) {
             return self.record_verdicts(unit_id, &[], None).await;
         }
-        let hash = BlobHash::from_slice(module_ref.map_or(&[][..], |m| &m.hash))?;
-        let module = match self
-            .validators
-            .prepare(&hash, &self.blobs.path_of(&hash))
-            .await
-        {
+        let module = match self.compiled_validator(module_ref).await {
             Ok(module) => module,
             Err(Error::Sandbox(e)) => {
                 let reason = format!("the job's validator module is unusable: {e}");
@@ -279,6 +280,10 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+fn validator_module(spec: &pb::JobSpec) -> Option<&pb::BlobRef> {
+    spec.validator.as_ref().and_then(|v| v.module.as_ref())
 }
 
 fn assign(outputs: &[&Output], verdicts: &[Verdict]) -> Vec<(i64, i64)> {
