@@ -402,6 +402,45 @@ fn coordinator_refuses_specs_with_bad_hashes() {
     assert!(error.contains("module"), "{error}");
 }
 
+/// Known answers sent straight over gRPC, past the CLI's parser, get the
+/// same checks: a forged digest length, too many copies, a placeholder.
+#[test]
+fn coordinator_refuses_known_answers_the_cli_would_refuse() {
+    let dir = fixture();
+    let job = LocalJob::parse(VALID, dir.path()).expect("valid");
+    let spec = job
+        .to_spec(|_| {
+            Ok::<_, ()>(pb::BlobRef {
+                hash: vec![7; 32],
+                size: 1,
+                chunk_root: Vec::new(),
+            })
+        })
+        .expect("spec");
+    let known = |digest: usize, args: &[&str], copies: u32| pb::JobSpec {
+        known_answers: vec![pb::KnownAnswer {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            digest: vec![1; digest],
+            fuel: 0,
+        }],
+        known_answer_copies: copies,
+        ..spec.clone()
+    };
+    check_spec(&known(32, &["1"], 3)).expect("a checkable known answer");
+    for (bad, field) in [
+        (known(31, &["1"], 3), "spot_check.units.digest"),
+        (known(32, &["1"], 0), "spot_check.copies"),
+        (
+            known(32, &["1"], MAX_KNOWN_ANSWER_COPIES + 1),
+            "spot_check.copies",
+        ),
+        (known(32, &["{index}"], 3), "spot_check.units.args"),
+    ] {
+        let error = check_spec(&bad).expect_err(field).to_string();
+        assert!(error.contains(field), "{error}");
+    }
+}
+
 #[test]
 fn placeholder_scanner_finds_groups() {
     assert_eq!(
