@@ -24,9 +24,17 @@ struct Cli {
         long,
         global = true,
         env = "COBBLE_COORDINATOR",
-        default_value = "http://127.0.0.1:7710"
+        default_value = "https://127.0.0.1:7710"
     )]
     coordinator: String,
+    /// SHA-256 fingerprint of the coordinator's TLS certificate, for a
+    /// project with a self-signed one (`cobble-coordinator serve` prints
+    /// it); without it, the system's trusted authorities must vouch for it.
+    #[arg(long, global = true, env = "COBBLE_TLS_FINGERPRINT")]
+    tls_fingerprint: Option<cobble_client::Fingerprint>,
+    /// Allow http:// to a coordinator on another machine (unencrypted).
+    #[arg(long, global = true)]
+    insecure_plaintext: bool,
     /// The project's researcher token, needed to submit, cancel and collect
     /// jobs (the coordinator keeps it in <data-dir>/researcher.token).
     #[arg(long, global = true, env = "COBBLE_TOKEN", hide_env_values = true)]
@@ -84,7 +92,8 @@ async fn main() -> anyhow::Result<()> {
         .token
         .clone()
         .map_or(Credentials::Anonymous, Credentials::Researcher);
-    let connect = || Connection::open(&cli.coordinator, credentials.clone());
+    let security = cobble_client::Security::pinned(cli.tls_fingerprint, cli.insecure_plaintext);
+    let connect = || Connection::open(&cli.coordinator, &security, credentials.clone());
     match cli.command {
         Command::Submit { spec } => {
             let job = LocalJob::load(&spec)?;

@@ -5,6 +5,7 @@
 use cobble_core::BlobHash;
 use cobble_core::auth::{BEARER_PREFIX, HOST_ID_HEADER, HOST_KEY_HEADER, RESEARCHER_HEADER};
 use cobble_proto::v1::{self as pb, blob_service_client::BlobServiceClient};
+pub use cobble_tls::{Fingerprint, Seen, Trust};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,6 +27,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The server's certificate is not the pinned one, or nothing vouches
+    /// for it: retrying will not help.
+    #[error("refusing the coordinator at {url}: {message}")]
+    Certificate { url: String, message: String },
+    #[error(
+        "refusing plaintext {url}: {host} is not this machine, and host keys and tokens would \
+         cross the network unencrypted. Use https://, or pass --insecure-plaintext if the link \
+         is private"
+    )]
+    Plaintext { url: String, host: String },
     #[error("coordinator: {0}")]
     Rpc(#[from] tonic::Status),
     #[error("blob {expected} failed verification: the bytes received hash to {actual}")]
@@ -59,10 +70,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to a coordinator URL such as `http://127.0.0.1:7710`.
-    pub async fn open(url: &str, credentials: Credentials) -> Result<Self, Error> {
+    /// Connects to a coordinator URL such as `https://127.0.0.1:7710`.
+    pub async fn open(
+        url: &str,
+        security: &Security,
+        credentials: Credentials,
+    ) -> Result<Self, Error> {
         Ok(Connection {
-            channel: connect(url).await?,
+            channel: connect(url, security).await?,
             credentials,
         })
     }
@@ -238,24 +253,129 @@ impl Connection {
     }
 }
 
-/// Opens a channel to a coordinator URL such as `http://127.0.0.1:7710`.
-pub async fn connect(url: &str) -> Result<Channel, Error> {
+/// How a client authenticates the coordinator it connects to.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// The certificate's SHA-256 fingerprint, for a self-signed project:
+    /// given by the user or pinned on first attach.
+    pub fingerprint: Option<Fingerprint>,
+    /// Without a fingerprint, accept a certificate no authority vouches
+    /// for and record it in `seen`, for the caller to pin (a worker's first
+    /// attach, like the project key).
+    pub first_use: bool,
+    /// Allow `http://` to hosts other than this machine.
+    pub insecure_plaintext: bool,
+    /// The certificate the coordinator showed.
+    pub seen: Seen,
+    /// Connect from this local address (tests that place hosts on
+    /// different networks).
+    pub local_address: Option<std::net::IpAddr>,
+}
+
+impl Security {
+    /// Pinned to `fingerprint` when there is one, else the system's roots.
+    pub fn pinned(fingerprint: Option<Fingerprint>, insecure_plaintext: bool) -> Security {
+        Security {
+            fingerprint,
+            first_use: false,
+            insecure_plaintext,
+            seen: Seen::default(),
+            local_address: None,
+        }
+    }
+
+    fn trust(&self) -> Trust {
+        match (self.fingerprint, self.first_use) {
+            (Some(fingerprint), _) => Trust::Pinned(fingerprint),
+            (None, true) => Trust::FirstUse,
+            (None, false) => Trust::System,
+        }
+    }
+}
+
+/// Opens a channel to a coordinator URL such as `https://project.example:7710`
+/// (no scheme means https). `http://` is refused unless the host is this
+/// machine or the caller allows plaintext.
+pub async fn connect(url: &str, security: &Security) -> Result<Channel, Error> {
     let with_scheme = if url.contains("://") {
         url.to_string()
     } else {
-        format!("http://{url}")
+        format!("https://{url}")
     };
-    let endpoint = Endpoint::from_shared(with_scheme.clone())
-        .map_err(|e| Error::BadUrl {
-            url: url.to_string(),
-            message: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_keepalive(Some(Duration::from_secs(30)));
-    endpoint.connect().await.map_err(|e| Error::Unreachable {
-        url: with_scheme,
-        message: e.to_string(),
-    })
+    let bad = |message: String| Error::BadUrl {
+        url: url.to_string(),
+        message,
+    };
+    let uri: tonic::transport::Uri = with_scheme.parse().map_err(|e| bad(format!("{e}")))?;
+    let host = uri.host().ok_or_else(|| bad("no host".into()))?.to_string();
+    let tune = |endpoint: Endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+    };
+    let unreachable = |message: String| Error::Unreachable {
+        url: with_scheme.clone(),
+        message,
+    };
+    match uri.scheme_str() {
+        Some("https") => {
+            let port = uri.port_u16().unwrap_or(443);
+            let trust = security.trust();
+            let config = cobble_tls::client_config(trust, security.seen.clone(), None)
+                .map_err(|e| unreachable(e.to_string()))?;
+            security.seen.clear();
+            cobble_tls::connect_channel(
+                &format!("{host}:{port}"),
+                config,
+                security.local_address,
+                tune,
+            )
+            .await
+            .map_err(|e| {
+                let refused = match (trust, security.seen.get()) {
+                    (Trust::Pinned(pinned), Some((shown, _))) => shown != pinned,
+                    (Trust::System, Some((_, vouched))) => !vouched,
+                    _ => false,
+                };
+                if refused {
+                    Error::Certificate {
+                        url: with_scheme.clone(),
+                        message: e.to_string(),
+                    }
+                } else {
+                    unreachable(e.to_string())
+                }
+            })
+        }
+        Some("http") => {
+            if !security.insecure_plaintext && !is_loopback(&host) {
+                return Err(Error::Plaintext {
+                    url: with_scheme.clone(),
+                    host,
+                });
+            }
+            let endpoint =
+                Endpoint::from_shared(with_scheme.clone()).map_err(|e| bad(e.to_string()))?;
+            tune(endpoint)
+                .connect()
+                .await
+                .map_err(|e| unreachable(cobble_tls::chain(&e)))
+        }
+        _ => Err(bad(
+            "the scheme must be https:// (or http:// on this machine)".into(),
+        )),
+    }
+}
+
+/// Whether `host` (as a URL gives it) names this machine.
+pub fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Hashes a file without holding it in memory.
@@ -284,4 +404,64 @@ fn partial_path(destination: &Path) -> PathBuf {
     let mut name = destination.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{}.partial", cobble_core::random_token()));
     destination.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_this_machine_only() {
+        for host in [
+            "127.0.0.1",
+            "127.3.2.1",
+            "[::1]",
+            "::1",
+            "localhost",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "10.0.0.1",
+            "192.168.1.1",
+            "example.org",
+            "localhost.example.org",
+            "[::2]",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    /// Plaintext to another machine is refused before any byte is sent;
+    /// to this machine it is allowed; an unknown scheme is a bad URL.
+    #[tokio::test]
+    async fn plaintext_only_to_this_machine_unless_allowed() {
+        let strict = Security::default();
+        let error = connect("http://192.0.2.1:7710", &strict)
+            .await
+            .expect_err("plaintext to another machine");
+        assert!(matches!(error, Error::Plaintext { .. }), "{error}");
+        assert!(
+            error.to_string().contains("--insecure-plaintext"),
+            "{error}"
+        );
+        let error = connect("ftp://127.0.0.1:7710", &strict)
+            .await
+            .expect_err("unknown scheme");
+        assert!(matches!(error, Error::BadUrl { .. }), "{error}");
+        // Allowed, it gets as far as the network (nothing listens on port 9).
+        let allowed = Security {
+            insecure_plaintext: true,
+            ..Security::default()
+        };
+        let error = connect("http://127.0.0.1:9", &allowed)
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(error, Error::Unreachable { .. }), "{error}");
+        let error = connect("http://127.0.0.1:9", &strict)
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(error, Error::Unreachable { .. }), "{error}");
+    }
 }

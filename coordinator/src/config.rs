@@ -12,6 +12,19 @@ pub struct Config {
     /// Address to serve gRPC on; port 0 picks a free port (printed at start).
     #[arg(long, env = "COBBLE_LISTEN", default_value = "127.0.0.1:7710")]
     pub listen: SocketAddr,
+    /// The TLS certificate chain (PEM) to serve, e.g. from an ACME client;
+    /// with `--tls-key`. Default: a self-signed certificate made on first
+    /// start in the data dir, whose fingerprint the banner prints for
+    /// volunteers and researchers to pin. SIGHUP reloads both files.
+    #[arg(long, env = "COBBLE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "COBBLE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plaintext gRPC instead of TLS: only behind a proxy that
+    /// terminates TLS, or for a test that checks plaintext is refused.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub insecure_plaintext: bool,
     /// `postgres://...` to use PostgreSQL; default: SQLite in the data dir.
     #[arg(long, env = "COBBLE_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -57,6 +70,15 @@ struct Standalone {
 }
 
 impl Config {
+    /// The certificate and key files served: the operator's, or the
+    /// self-signed pair kept in the data dir.
+    pub fn tls_files(&self) -> (PathBuf, PathBuf) {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ => (self.data_dir.join("tls.crt"), self.data_dir.join("tls.key")),
+        }
+    }
+
     pub fn researcher_token_path(&self) -> PathBuf {
         self.researcher_token
             .clone()

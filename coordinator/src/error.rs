@@ -31,6 +31,8 @@ pub enum Error {
     Corrupt(String),
     #[error("secret file {path}: {message}")]
     Secret { path: String, message: String },
+    #[error(transparent)]
+    Tls(#[from] cobble_tls::Error),
 }
 
 impl Error {
@@ -78,6 +80,7 @@ impl From<Error> for tonic::Status {
             | Error::Io { .. }
             | Error::Corrupt(_)
             | Error::Secret { .. }
+            | Error::Tls(_)
             | Error::Sandbox(_)) => {
                 tracing::error!(error = %internal, "internal error");
                 Status::internal("internal coordinator error; see the coordinator's log")

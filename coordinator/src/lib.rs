@@ -3,7 +3,8 @@
 //! credit, all behind one gRPC port.
 //!
 //! [`start`] opens the store; [`serve`] runs the server on a listener the
-//! caller bound, until the shutdown future resolves.
+//! caller bound, over TLS with the certificate [`server_tls`] loads, until
+//! the shutdown future resolves.
 
 pub mod blob_store;
 pub mod config;
@@ -25,6 +26,7 @@ use blob_store::BlobStore;
 use cobble_proto::v1 as pb;
 use db::Db;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use store::Store;
 use tokio::net::TcpListener;
@@ -61,11 +63,50 @@ pub async fn start(config: &Config) -> Result<Store> {
         .with_invite_code(config.invite_code.clone()))
 }
 
-/// Serves every service on `listener` until `shutdown` resolves.
+/// The certificate the coordinator serves, or None with
+/// `--insecure-plaintext`. Without `--tls-cert`, a self-signed one is made
+/// on first start (for `localhost`, loopback and the listen address) and
+/// kept in the data dir, so the fingerprint volunteers pin stays the same.
+pub fn server_tls(config: &Config) -> Result<Option<Arc<cobble_tls::ServerCert>>> {
+    if config.insecure_plaintext {
+        return Ok(None);
+    }
+    let identity = load_tls_identity(config)?;
+    Ok(Some(cobble_tls::ServerCert::new(&identity)?))
+}
+
+/// Re-reads the certificate files, for SIGHUP: new handshakes get the new
+/// certificate, open connections keep theirs. A bad file leaves the
+/// current certificate in place.
+pub fn reload_tls(config: &Config, cert: &cobble_tls::ServerCert) -> Result<()> {
+    cert.replace(&load_tls_identity(config)?)?;
+    Ok(())
+}
+
+fn load_tls_identity(config: &Config) -> Result<cobble_tls::Identity> {
+    let (cert, key) = config.tls_files();
+    if config.tls_cert.is_some() {
+        return Ok(cobble_tls::Identity::from_pem_files(&cert, &key)?);
+    }
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let ip = config.listen.ip();
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        names.push(ip.to_string());
+    }
+    Ok(cobble_tls::Identity::load_or_create(&cert, &key, &names)?)
+}
+
+/// Serves every service on `listener` until `shutdown` resolves, over TLS
+/// with `tls` (see [`server_tls`]), or in plaintext without it.
 pub async fn serve(
     store: Store,
     config: &Config,
     listener: TcpListener,
+    tls: Option<Arc<cobble_tls::ServerCert>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     use pb::{
@@ -93,7 +134,14 @@ pub async fn serve(
     let validator = tokio::spawn(run_validators(store.clone()));
     let (stopping, mut stop_requested) = tokio::sync::watch::channel(false);
     let (incoming, acceptor) = accept_with_backoff(listener);
-    let server = tonic::transport::Server::builder()
+    let (incoming, handshaker) = match tls {
+        Some(cert) => {
+            let (tls, handshaker) = cobble_tls::accept(incoming, cert.config(false)?);
+            (Incoming::Tls(tls), Some(handshaker))
+        }
+        None => (Incoming::Plain(incoming), None),
+    };
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(WorkerServiceServer::new(service::WorkerApi {
@@ -111,16 +159,22 @@ pub async fn serve(
             store: store.clone(),
             max_blob_bytes: config.max_blob_bytes,
             open_uploads: std::sync::Arc::default(),
-        }))
-        .serve_with_incoming_shutdown(incoming, {
-            let store = store.clone();
-            async move {
-                shutdown.await;
-                stopping.send(true).ok();
-                // Hosts in a long poll answer now rather than hold up the stop.
-                store.notify_work_added();
-            }
-        });
+        }));
+    let stop = {
+        let store = store.clone();
+        async move {
+            shutdown.await;
+            stopping.send(true).ok();
+            // Hosts in a long poll answer now rather than hold up the stop.
+            store.notify_work_added();
+        }
+    };
+    let server = async move {
+        match incoming {
+            Incoming::Plain(incoming) => router.serve_with_incoming_shutdown(incoming, stop).await,
+            Incoming::Tls(incoming) => router.serve_with_incoming_shutdown(incoming, stop).await,
+        }
+    };
     let grace_over = async {
         let _ = stop_requested.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -136,8 +190,17 @@ pub async fn serve(
     collector.abort();
     validator.abort();
     acceptor.abort();
+    if let Some(handshaker) = handshaker {
+        handshaker.abort();
+    }
     store.db.close().await;
     result.map_err(|e| Error::InvalidArgument(format!("gRPC server: {e}")))
+}
+
+/// What the server reads connections from.
+enum Incoming {
+    Plain(ReceiverStream<std::io::Result<tokio::net::TcpStream>>),
+    Tls(ReceiverStream<std::io::Result<cobble_tls::ServerStream>>),
 }
 
 /// Accepts connections for the server. When accepting fails (out of file

@@ -33,15 +33,23 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let Command::Serve(config) = Cli::parse().command;
     let store = cobble_coordinator::start(&config).await?;
+    let tls = cobble_coordinator::server_tls(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     let key = hex::encode(store.signing_key().verifying_key().as_bytes());
+    let (scheme, certificate) = match &tls {
+        Some(cert) => (
+            "https",
+            format!("tls certificate sha256 {}", cert.fingerprint()),
+        ),
+        None => ("http", "tls off (--insecure-plaintext)".to_string()),
+    };
     // Scripts and tests read these lines, up to the signing key, which comes
     // last; keep their form stable. A closed stdout must not stop a server.
     let banner = format!(
-        "cobble-coordinator listening on {address}\nresearcher token in {}\nproject signing key {key}\n",
+        "cobble-coordinator listening on {scheme}://{address}\nresearcher token in {}\n{certificate}\nproject signing key {key}\n",
         config.researcher_token_path().display()
     );
     let mut stdout = std::io::stdout().lock();
@@ -52,8 +60,33 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!(%error, "cannot print the start-up banner");
     }
     drop(stdout);
-    cobble_coordinator::serve(store, &config, listener, shutdown_signal()).await?;
+    if let Some(cert) = &tls {
+        tokio::spawn(reload_on_hangup(config.clone(), cert.clone()));
+    }
+    cobble_coordinator::serve(store, &config, listener, tls, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Re-reads the TLS certificate on SIGHUP (after an ACME renewal, say).
+async fn reload_on_hangup(
+    config: cobble_coordinator::Config,
+    cert: std::sync::Arc<cobble_tls::ServerCert>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; the TLS certificate reloads only on restart");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match cobble_coordinator::reload_tls(&config, &cert) {
+            Ok(()) => {
+                tracing::info!(fingerprint = %cert.fingerprint(), "reloaded the TLS certificate")
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot reload the TLS certificate; serving the old one")
+            }
+        }
+    }
 }
 
 /// Resolves on ctrl-c or SIGTERM, for a graceful stop.

@@ -15,11 +15,20 @@ const MAX_HOLDERS: usize = 20;
 /// A holder not seen for this long is forgotten.
 const HOLDER_TTL_MS: i64 = 10 * 60 * 1000;
 
-/// A host that fetched or holds a blob, reachable at `address`.
+/// Where and how a host serves peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// `ip:port`, the IP being the one its request came from.
+    pub address: String,
+    /// SHA-256 of its peer TLS certificate, which callers pin.
+    pub certificate: [u8; 32],
+}
+
+/// A host that fetched or holds a blob, reachable at `contact`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
     pub host_id: i64,
-    pub address: String,
+    pub contact: Contact,
     pub seen_ms: i64,
 }
 
@@ -42,17 +51,23 @@ impl Tracker {
         f(swarms.entry(*hash).or_default())
     }
 
-    /// Records that `host_id`, serving peers at `address`, fetches or holds
+    /// Records that `host_id`, serving peers at `contact`, fetches or holds
     /// the blob. Hosts that serve nobody are not recorded.
-    pub fn note_holder(&self, hash: &BlobHash, host_id: i64, address: Option<String>, now_ms: i64) {
-        let Some(address) = address else {
+    pub fn note_holder(
+        &self,
+        hash: &BlobHash,
+        host_id: i64,
+        contact: Option<Contact>,
+        now_ms: i64,
+    ) {
+        let Some(contact) = contact else {
             return;
         };
         self.with_swarm(hash, |swarm| {
             swarm.holders.retain(|h| h.host_id != host_id);
             swarm.holders.push_front(Holder {
                 host_id,
-                address,
+                contact,
                 seen_ms: now_ms,
             });
             swarm.holders.truncate(MAX_HOLDERS);
@@ -142,7 +157,10 @@ mod tests {
             tracker.note_holder(
                 &hash,
                 host,
-                Some(format!("127.0.0.1:{}", 7000 + host)),
+                Some(Contact {
+                    address: format!("127.0.0.1:{}", 7000 + host),
+                    certificate: [host as u8; 32],
+                }),
                 1_000,
             );
         }

@@ -5,6 +5,7 @@
 pub mod agreement;
 pub mod auth;
 pub mod blob;
+pub mod capability;
 pub mod chunk;
 pub mod durable;
 pub mod error;

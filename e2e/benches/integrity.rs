@@ -83,13 +83,14 @@ fn stdout_for(scenario: &Scenario, saboteur: bool, host: u64, start: u64, nonce:
 
 async fn simulated_host(
     url: String,
+    security: cobble_client::Security,
     index: u64,
     saboteur: bool,
     scenario: Scenario,
     done: Arc<AtomicBool>,
     errors: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    let channel = cobble_client::connect(&url).await?;
+    let channel = cobble_client::connect(&url, &security).await?;
     let attached = WorkerServiceClient::new(channel.clone())
         .register_host(pb::RegisterHostRequest {
             account: format!("{}{index}", if saboteur { "s" } else { "h" }),
@@ -198,6 +199,7 @@ async fn run(scenario: Scenario, units: u64, hosts: u64, database_url: Option<&s
         let saboteur = index * saboteurs / hosts != (index + 1) * saboteurs / hosts;
         let host = simulated_host(
             coordinator.url.clone(),
+            coordinator.security(),
             index,
             saboteur,
             scenario,
@@ -212,9 +214,7 @@ async fn run(scenario: Scenario, units: u64, hosts: u64, database_url: Option<&s
             outcome
         }));
     }
-    let channel = cobble_client::connect(&coordinator.url)
-        .await
-        .expect("connect");
+    let channel = coordinator.channel().await;
     let mut jobs = JobServiceClient::new(channel);
     let mut last_report = Instant::now();
     loop {

@@ -96,8 +96,11 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 /// A coordinator on a random loopback port with embedded SQLite.
 pub struct Coordinator {
     pub process: Process,
+    /// `https://127.0.0.1:PORT` (`http://` with `--insecure-plaintext`).
     pub url: String,
     pub project_key: String,
+    /// SHA-256 of the coordinator's self-signed TLS certificate, hex.
+    pub tls_fingerprint: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -131,9 +134,13 @@ impl Coordinator {
         let mut lines = BufReader::new(stdout).lines();
         let mut url = None;
         let mut project_key = None;
+        let mut tls_fingerprint = None;
         while let Some(Ok(line)) = lines.next() {
             if let Some(address) = line.strip_prefix("cobble-coordinator listening on ") {
-                url = Some(format!("http://{address}"));
+                url = Some(address.to_string());
+            }
+            if let Some(fingerprint) = line.strip_prefix("tls certificate sha256 ") {
+                tls_fingerprint = Some(fingerprint.to_string());
             }
             if let Some(key) = line.strip_prefix("project signing key ") {
                 project_key = Some(key.to_string());
@@ -147,13 +154,43 @@ impl Coordinator {
             process,
             url,
             project_key,
+            tls_fingerprint,
             data_dir,
         }
     }
 
+    /// `host:port`, for restarting a coordinator on the same address.
+    pub fn address(&self) -> String {
+        self.url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, address)| address)
+            .to_string()
+    }
+
+    /// How a test's own gRPC client reaches this coordinator: pinned to its
+    /// certificate, as a researcher given the fingerprint would be.
+    pub fn security(&self) -> cobble_client::Security {
+        let fingerprint = self
+            .tls_fingerprint
+            .as_deref()
+            .map(|f| f.parse().expect("the banner's fingerprint parses"));
+        cobble_client::Security::pinned(fingerprint, false)
+    }
+
+    /// Opens a gRPC channel to this coordinator.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        cobble_client::connect(&self.url, &self.security())
+            .await
+            .expect("connecting to the coordinator")
+    }
+
     /// Runs `cobble` against this coordinator.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(binary("cobble"))
+        let mut command = Command::new(binary("cobble"));
+        if let Some(fingerprint) = &self.tls_fingerprint {
+            command.env("COBBLE_TLS_FINGERPRINT", fingerprint);
+        }
+        command
             .env("COBBLE_TOKEN", self.researcher_token())
             .arg("--coordinator")
             .arg(&self.url)

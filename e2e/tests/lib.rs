@@ -14,4 +14,5 @@ mod cases {
     mod signing;
     mod suspend;
     mod third_party;
+    mod tls;
 }

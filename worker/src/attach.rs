@@ -18,6 +18,24 @@ pub struct Attachment {
     pub account_id: i64,
     pub host_id: i64,
     pub host_key: String,
+    /// SHA-256 of the coordinator's TLS certificate, hex, when no authority
+    /// vouches for it (a self-signed project): pinned on first attach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
+}
+
+impl Attachment {
+    /// The pinned certificate fingerprint, if any.
+    pub fn pinned_certificate(&self) -> Result<Option<cobble_client::Fingerprint>> {
+        self.tls_fingerprint
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: cobble_tls::Error| Error::CorruptState {
+                path: PathBuf::from("attach.toml"),
+                message: e.to_string(),
+            })
+    }
 }
 
 /// Who the volunteer says they are, from the command line.
@@ -62,12 +80,15 @@ fn save(data_dir: &Path, attachment: &Attachment) -> Result<()> {
 }
 
 /// Returns this host's attachment, attaching to the project on first run.
-/// Refuses a coordinator whose key differs from the pinned one.
+/// Refuses a coordinator whose key differs from the pinned one. `certificate`
+/// is the coordinator's TLS certificate to pin, when no authority vouches
+/// for it; an attachment made before it had one gets it now.
 pub async fn attach(
     channel: &Channel,
     url: &str,
     data_dir: &Path,
     volunteer: &Volunteer,
+    certificate: Option<cobble_client::Fingerprint>,
 ) -> Result<Attachment> {
     let mut client = WorkerServiceClient::new(channel.clone());
     let info = client
@@ -90,7 +111,12 @@ pub async fn attach(
             actual: offered,
         });
     }
-    if let Some(existing) = existing {
+    if let Some(mut existing) = existing {
+        let certificate = certificate.map(|c| c.to_hex());
+        if existing.tls_fingerprint != certificate && certificate.is_some() {
+            existing.tls_fingerprint = certificate;
+            save(data_dir, &existing)?;
+        }
         return Ok(existing);
     }
     let response = client
@@ -118,6 +144,7 @@ pub async fn attach(
         account_id: response.account_id,
         host_id: response.host_id,
         host_key: response.host_key,
+        tls_fingerprint: certificate.map(|c| c.to_hex()),
     };
     save(data_dir, &attachment)?;
     tracing::info!(

@@ -36,6 +36,8 @@ pub enum Error {
         expected: String,
         actual: String,
     },
+    #[error(transparent)]
+    Tls(#[from] cobble_tls::Error),
     #[error("install: {0}")]
     Install(String),
     #[error("state file {path} is corrupt: {message}")]

@@ -51,7 +51,7 @@ struct StatusArgs {
 
 #[derive(Args)]
 struct InstallArgs {
-    /// The project's coordinator, e.g. http://project.example:7710.
+    /// The project's coordinator, e.g. https://project.example:7710.
     #[arg(long, env = "COBBLE_COORDINATOR")]
     coordinator: String,
     /// Data dir of the service; default ~/.local/share/cobble-worker.
@@ -68,6 +68,14 @@ struct InstallArgs {
     /// Expected project key (hex), instead of trusting it on first attach.
     #[arg(long)]
     project_key: Option<String>,
+    /// SHA-256 fingerprint of the coordinator's TLS certificate, as its
+    /// operator published it; default: pinned on first attach when no
+    /// authority vouches for the certificate.
+    #[arg(long, env = "COBBLE_TLS_FINGERPRINT")]
+    tls_fingerprint: Option<cobble_client::Fingerprint>,
+    /// Allow http:// to a coordinator on another machine (unencrypted).
+    #[arg(long)]
+    insecure_plaintext: bool,
     /// Preference overrides for the service, e.g. --pref max_ncpus_pct=50.
     #[arg(long = "pref", value_name = "KEY=VALUE")]
     prefs: Vec<String>,
@@ -87,7 +95,7 @@ struct PrefsArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The project's coordinator, e.g. http://127.0.0.1:7710.
+    /// The project's coordinator, e.g. https://127.0.0.1:7710.
     #[arg(long, env = "COBBLE_COORDINATOR")]
     coordinator: String,
     /// Where the worker keeps its keys, cache and state.
@@ -108,6 +116,14 @@ struct RunArgs {
     /// Expected project key (hex), instead of trusting it on first attach.
     #[arg(long)]
     project_key: Option<String>,
+    /// SHA-256 fingerprint of the coordinator's TLS certificate, as its
+    /// operator published it; default: pinned on first attach when no
+    /// authority vouches for the certificate.
+    #[arg(long, env = "COBBLE_TLS_FINGERPRINT")]
+    tls_fingerprint: Option<cobble_client::Fingerprint>,
+    /// Allow http:// to a coordinator on another machine (unencrypted).
+    #[arg(long)]
+    insecure_plaintext: bool,
     /// Units to compute at once; default from the max_ncpus_pct preference.
     #[arg(long)]
     slots: Option<u32>,
@@ -237,6 +253,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         slots: args.slots.unwrap_or_else(|| prefs.slots(cpus)),
         prefs,
         peer_listen: (!args.no_peers).then_some(args.peer_listen),
+        tls_fingerprint: args.tls_fingerprint,
+        insecure_plaintext: args.insecure_plaintext,
     };
     runtime()?.block_on(cobble_worker::run(
         config,
@@ -269,6 +287,12 @@ fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(key) = args.project_key {
         run_args.extend(["--project-key".to_string(), key]);
+    }
+    if let Some(fingerprint) = args.tls_fingerprint {
+        run_args.extend(["--tls-fingerprint".to_string(), fingerprint.to_hex()]);
+    }
+    if args.insecure_plaintext {
+        run_args.push("--insecure-plaintext".to_string());
     }
     for pref in args.prefs {
         run_args.extend(["--pref".to_string(), pref]);

@@ -10,6 +10,14 @@
 //! from many peers at once, which iroh-blobs does not do yet, is the point.
 //! What it lacks is NAT traversal: peers must reach each other directly
 //! (a LAN, a lab or a cloud), and the coordinator serves everyone else.
+//!
+//! Who may fetch what: peers speak TLS, each worker with a self-signed
+//! certificate of its own whose fingerprint the tracker hands out with its
+//! address (callers pin it). A worker serves a blob only to a caller that
+//! shows a capability for it (`cobble_core::capability`): signed by the
+//! project key, short-lived, bound to the caller's host id and to the
+//! certificate it connected with. Anyone else gets PermissionDenied and
+//! learns nothing, not even whether the blob is here.
 
 mod download;
 mod schedule;
@@ -68,8 +76,35 @@ pub struct SharingPrefs {
     pub serve_while_in_use: bool,
 }
 
+/// This worker's standing among peers: its TLS identity, and the key
+/// capabilities must be signed with.
+pub struct PeerTls {
+    pub identity: cobble_tls::Identity,
+    pub project_key: ed25519_dalek::VerifyingKey,
+}
+
+impl PeerTls {
+    /// Loads this worker's peer certificate from the data dir, making a
+    /// self-signed one on first start.
+    pub fn load_or_create(
+        data_dir: &Path,
+        project_key: ed25519_dalek::VerifyingKey,
+    ) -> crate::error::Result<PeerTls> {
+        let identity = cobble_tls::Identity::load_or_create(
+            &data_dir.join("peer.crt"),
+            &data_dir.join("peer.key"),
+            &["cobble-peer".to_string()],
+        )?;
+        Ok(PeerTls {
+            identity,
+            project_key,
+        })
+    }
+}
+
 /// What this worker shares, and the limits it shares under.
 pub struct Sharing {
+    tls: PeerTls,
     blob_dir: PathBuf,
     partials: Mutex<HashMap<BlobHash, Arc<Partial>>>,
     slots: Semaphore,
@@ -83,6 +118,7 @@ pub struct Sharing {
 
 impl Sharing {
     pub fn new(
+        tls: PeerTls,
         blob_dir: PathBuf,
         prefs: SharingPrefs,
         activity: watch::Receiver<Activity>,
@@ -90,6 +126,7 @@ impl Sharing {
         filter: Option<ChunkFilter>,
     ) -> Sharing {
         Sharing {
+            tls,
             blob_dir,
             partials: Mutex::default(),
             slots: Semaphore::new(prefs.upload_slots.max(1)),
@@ -103,6 +140,15 @@ impl Sharing {
 
     pub fn blob_dir(&self) -> &Path {
         &self.blob_dir
+    }
+
+    pub(crate) fn identity(&self) -> &cobble_tls::Identity {
+        &self.tls.identity
+    }
+
+    /// SHA-256 of the certificate this worker serves and calls peers with.
+    pub fn certificate(&self) -> cobble_tls::Fingerprint {
+        self.tls.identity.fingerprint()
     }
 
     fn partials(&self) -> std::sync::MutexGuard<'_, HashMap<BlobHash, Arc<Partial>>> {

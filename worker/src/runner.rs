@@ -15,11 +15,11 @@ use crate::attach::{self, Volunteer};
 use crate::cache;
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Recovered};
-use crate::peer::{self, ChunkFilter, Sharing, SharingPrefs};
+use crate::peer::{self, ChunkFilter, PeerTls, Sharing, SharingPrefs};
 use crate::prefs::Prefs;
 use crate::status::Transfers;
 use crate::tasks::{TaskSignals, TaskState, Tasks};
-use cobble_client::{Connection, Credentials};
+use cobble_client::{Connection, Credentials, Security};
 use cobble_core::BlobHash;
 use cobble_proto::v1::{
     self as pb, report_request::Outcome, worker_service_client::WorkerServiceClient,
@@ -51,6 +51,11 @@ pub struct RunConfig {
     /// Where to serve other workers; None to neither serve nor fetch from
     /// peers (every input then comes from the coordinator).
     pub peer_listen: Option<std::net::SocketAddr>,
+    /// The coordinator's certificate fingerprint, when the volunteer gives
+    /// it; else the one pinned on first attach (or the system's roots).
+    pub tls_fingerprint: Option<cobble_client::Fingerprint>,
+    /// Allow `http://` to a coordinator on another machine.
+    pub insecure_plaintext: bool,
 }
 
 /// Rewrites a unit's stdout before upload. Only test adversaries set one
@@ -142,14 +147,32 @@ pub async fn run(
     for dir in [&config.data_dir, &blob_dir, &work_dir] {
         std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     }
-    let channel = connect_with_retry(&config.coordinator).await;
+    let pinned = match (config.tls_fingerprint, attach::load(&config.data_dir)?) {
+        (Some(given), _) => Some(given),
+        (None, Some(existing)) => existing.pinned_certificate()?,
+        (None, None) => None,
+    };
+    // Without a pin, the first attach trusts what the coordinator shows
+    // (like the project key) and pins it; every later connection is strict.
+    let first_use = Security {
+        first_use: pinned.is_none(),
+        ..Security::pinned(pinned, config.insecure_plaintext)
+    };
+    let channel = connect_with_retry(&config.coordinator, &first_use).await?;
     let attachment = attach::attach(
         &channel,
         &config.coordinator,
         &config.data_dir,
         &config.volunteer,
+        first_use.seen.untrusted().or(pinned),
     )
     .await?;
+    let channel = if first_use.first_use {
+        let strict = Security::pinned(attachment.pinned_certificate()?, config.insecure_plaintext);
+        connect_with_retry(&config.coordinator, &strict).await?
+    } else {
+        channel
+    };
     let project_key = cobble_core::manifest::project_key_from_hex(&attachment.project_key)?;
     let sandbox = Sandbox::new(Some(config.data_dir.join("modules")))?;
     let sandbox_fast_nans = Sandbox::with_settings(
@@ -174,6 +197,7 @@ pub async fn run(
     let (sharing, peer_port) = match config.peer_listen {
         Some(address) => {
             let sharing = Arc::new(Sharing::new(
+                PeerTls::load_or_create(&config.data_dir, project_key)?,
                 blob_dir.clone(),
                 SharingPrefs {
                     upload_slots: config.prefs.peer_upload_slots as usize,
@@ -282,11 +306,18 @@ async fn bind_peer_listener(address: std::net::SocketAddr) -> Result<tokio::net:
     }
 }
 
-async fn connect_with_retry(url: &str) -> Channel {
+/// Connects, waiting out a coordinator that is down; an address, scheme or
+/// certificate that is wrong fails at once, as retrying cannot cure it.
+async fn connect_with_retry(url: &str, security: &Security) -> Result<Channel> {
     let mut attempt = 0;
     loop {
-        match cobble_client::connect(url).await {
-            Ok(channel) => return channel,
+        match cobble_client::connect(url, security).await {
+            Ok(channel) => return Ok(channel),
+            Err(
+                error @ (cobble_client::Error::BadUrl { .. }
+                | cobble_client::Error::Plaintext { .. }
+                | cobble_client::Error::Certificate { .. }),
+            ) => return Err(error.into()),
             Err(error) => {
                 let wait = backoff(attempt);
                 tracing::warn!(%error, "coordinator unreachable; retrying in {wait:?}");

@@ -310,17 +310,22 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     let stdout = coordinator.stdout.take().context("coordinator stdout")?;
     processes.0.push(coordinator);
     let mut url = None;
+    let mut fingerprint = None;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("   {line}");
         if let Some(address) = line.strip_prefix("cobble-coordinator listening on ") {
-            url = Some(format!("http://{address}"));
+            url = Some(address.to_string());
+        }
+        if let Some(hex) = line.strip_prefix("tls certificate sha256 ") {
+            fingerprint = Some(hex.to_string());
         }
         if line.starts_with("project signing key") {
             break;
         }
     }
     let url = url.context("the coordinator did not start; see target/demo/coordinator.log")?;
+    let fingerprint = fingerprint.context("the coordinator printed no TLS fingerprint")?;
     let token = std::fs::read_to_string(data.join("coordinator/researcher.token"))?
         .trim()
         .to_string();
@@ -338,6 +343,10 @@ fn demo(root: &Path) -> anyhow::Result<()> {
                 "run",
                 "--coordinator",
                 &url,
+                // Pinned as the banner printed it: the project's certificate
+                // is self-signed.
+                "--tls-fingerprint",
+                &fingerprint,
                 "--user",
                 user,
                 "--team",
@@ -365,6 +374,7 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     let cobble = |args: &[&str]| -> anyhow::Result<String> {
         let output = Command::new(bin("cobble"))
             .env("COBBLE_TOKEN", &token)
+            .env("COBBLE_TLS_FINGERPRINT", &fingerprint)
             .arg("--coordinator")
             .arg(&url)
             .args(args)

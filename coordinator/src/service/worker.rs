@@ -3,7 +3,7 @@
 use super::authenticate;
 use crate::error::Error;
 use crate::store::Store;
-use crate::tracker::Tracker;
+use crate::tracker::{Contact, Tracker};
 use cobble_core::BlobHash;
 use cobble_core::chunk::ChunkSet;
 use cobble_proto::v1::{self as pb, worker_service_server::WorkerService};
@@ -29,13 +29,22 @@ pub struct WorkerApi {
     pub tracker: Arc<Tracker>,
 }
 
+/// How long a peer capability lasts: a download asks the tracker again
+/// every few seconds, so a short life costs nothing.
+const CAPABILITY_MS: i64 = 10 * 60 * 1000;
+
 /// Where a host serves peers: the address its request came from, with the
-/// port it announced; None if it serves none. Taking the address from the
+/// port and certificate it announced; None if it serves none (or, being an
+/// older worker, serves without TLS). Taking the address from the
 /// connection means no host can point others at a third party.
-fn peer_address<T>(request: &Request<T>, port: u32) -> Option<String> {
+fn peer_contact<T>(request: &Request<T>, port: u32, certificate: &[u8]) -> Option<Contact> {
     let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+    let certificate = <[u8; 32]>::try_from(certificate).ok()?;
     let ip = request.remote_addr()?.ip();
-    Some(std::net::SocketAddr::new(ip, port).to_string())
+    Some(Contact {
+        address: std::net::SocketAddr::new(ip, port).to_string(),
+        certificate,
+    })
 }
 
 #[tonic::async_trait]
@@ -110,12 +119,12 @@ impl WorkerService for WorkerApi {
         if let Some(delta) = &heartbeat.transfers {
             self.store.add_transfers(host, delta).await?;
         }
-        let address = peer_address(&request, heartbeat.peer_port);
+        let contact = peer_contact(&request, heartbeat.peer_port, &heartbeat.peer_certificate);
         let now = cobble_core::now_ms();
         for raw in heartbeat.held_blobs.iter().take(MAX_ANNOUNCED_BLOBS) {
             if let Ok(hash) = BlobHash::from_slice(raw) {
                 self.tracker
-                    .note_holder(&hash, host.host_id, address.clone(), now);
+                    .note_holder(&hash, host.host_id, contact.clone(), now);
             }
         }
         let abort_leases = self
@@ -147,6 +156,13 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<pb::PeersResponse>, Status> {
         let host = authenticate(&self.store, request.metadata()).await?;
         let hash = BlobHash::from_slice(&request.get_ref().hash).map_err(Error::from)?;
+        let ask = request.get_ref();
+        // Without a certificate of its own the caller could not use a
+        // capability (peers bind it to the certificate); it gets none, and
+        // no peers either.
+        let Ok(certificate) = <[u8; 32]>::try_from(ask.peer_certificate.as_slice()) else {
+            return Ok(Response::new(pb::PeersResponse::default()));
+        };
         // Invariant 8: never name a host that holds a result of the same
         // unit, whichever blob is asked about.
         let mut exclude = self
@@ -161,14 +177,22 @@ impl WorkerService for WorkerApi {
             .into_iter()
             .map(|holder| pb::Peer {
                 host_id: holder.host_id,
-                address: holder.address,
+                address: holder.contact.address,
+                certificate: holder.contact.certificate.to_vec(),
             })
             .collect();
+        let capability = cobble_core::capability::PeerCapability {
+            blob: hash,
+            host_id: host.host_id,
+            certificate,
+            expires_ms: now + CAPABILITY_MS,
+        }
+        .sign(self.store.signing_key());
         // Asking means fetching: from now on this host is a holder others
         // can trade with, even before it has the whole blob.
-        let address = peer_address(&request, request.get_ref().peer_port);
-        self.tracker.note_holder(&hash, host.host_id, address, now);
-        Ok(Response::new(pb::PeersResponse { peers }))
+        let contact = peer_contact(&request, ask.peer_port, &ask.peer_certificate);
+        self.tracker.note_holder(&hash, host.host_id, contact, now);
+        Ok(Response::new(pb::PeersResponse { peers, capability }))
     }
 
     async fn get_seed_chunk(

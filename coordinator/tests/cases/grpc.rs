@@ -17,22 +17,38 @@ use tonic_reflection::pb::v1::{
 
 type Server = tokio::task::JoinHandle<Result<(), cobble_coordinator::Error>>;
 
-/// The real server on a random loopback port: its URL, the switch that
-/// stops it, and its task.
-async fn serve_on_loopback(config: Config) -> (String, tokio::sync::oneshot::Sender<()>, Server) {
+/// The real server over TLS on a random loopback port: its URL, how to
+/// reach it (pinned to its self-signed certificate), the switch that stops
+/// it, and its task.
+type Served = (
+    String,
+    cobble_client::Security,
+    tokio::sync::oneshot::Sender<()>,
+    Server,
+);
+
+async fn serve_on_loopback(config: Config) -> Served {
     let store = cobble_coordinator::start(&config).await.expect("start");
+    serve_store(store, config).await
+}
+
+async fn serve_store(store: cobble_coordinator::store::Store, config: Config) -> Served {
+    let tls = cobble_coordinator::server_tls(&config)
+        .expect("certificate")
+        .expect("TLS is the default");
+    let security = cobble_client::Security::pinned(Some(tls.fingerprint()), false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        cobble_coordinator::serve(store, &config, listener, async {
+        cobble_coordinator::serve(store, &config, listener, Some(tls), async {
             stopped.await.ok();
         })
         .await
     });
-    (url, stop, server)
+    (url, security, stop, server)
 }
 
 #[tokio::test]
@@ -42,8 +58,10 @@ async fn health_reflection_and_auth_over_grpc() {
         project_name: "grpc-test".into(),
         ..Config::defaults_in(dir.path())
     };
-    let (url, stop, server) = serve_on_loopback(config).await;
-    let channel = cobble_client::connect(&url).await.expect("connect");
+    let (url, security, stop, server) = serve_on_loopback(config).await;
+    let channel = cobble_client::connect(&url, &security)
+        .await
+        .expect("connect");
 
     let health = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
@@ -204,11 +222,16 @@ async fn health_reflection_and_auth_over_grpc() {
 
 /// A channel whose connections come from `source`, a loopback address of
 /// our choosing: how the tests put hosts on different networks.
-async fn channel_from(url: &str, source: &str) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(url.to_string())
-        .expect("url")
-        .local_address(Some(source.parse().expect("address")))
-        .connect()
+async fn channel_from(
+    url: &str,
+    security: &cobble_client::Security,
+    source: &str,
+) -> tonic::transport::Channel {
+    let security = cobble_client::Security {
+        local_address: Some(source.parse().expect("address")),
+        ..security.clone()
+    };
+    cobble_client::connect(url, &security)
         .await
         .expect("connect from a loopback address")
 }
@@ -229,20 +252,7 @@ async fn replicas_go_to_hosts_on_different_networks() {
     };
     let store = cobble_coordinator::start(&config).await.expect("start");
     let job = super::store::submit(&store, 1, (2, 2, 5), 600).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let store = store.clone();
-        async move {
-            cobble_coordinator::serve(store, &config, listener, async {
-                stopped.await.ok();
-            })
-            .await
-        }
-    });
+    let (url, security, stop, server) = serve_store(store.clone(), config).await;
 
     let mut hosts = Vec::new();
     for (name, source) in [
@@ -250,7 +260,7 @@ async fn replicas_go_to_hosts_on_different_networks() {
         ("neighbour", "127.0.0.3"),
         ("elsewhere", "127.0.1.2"),
     ] {
-        let channel = channel_from(&url, source).await;
+        let channel = channel_from(&url, &security, source).await;
         let attached = WorkerServiceClient::new(channel.clone())
             .register_host(pb::RegisterHostRequest {
                 account: name.into(),
@@ -310,8 +320,10 @@ async fn stalled_uploads_are_capped_per_caller() {
     use tokio_stream::StreamExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = Config::defaults_in(dir.path());
-    let (url, stop, server) = serve_on_loopback(config).await;
-    let channel = cobble_client::connect(&url).await.expect("connect");
+    let (url, security, stop, server) = serve_on_loopback(config).await;
+    let channel = cobble_client::connect(&url, &security)
+        .await
+        .expect("connect");
     let token = std::fs::read_to_string(dir.path().join("researcher.token")).expect("token");
     let researcher = Connection::from_channel(
         channel.clone(),

@@ -65,6 +65,9 @@ async fn main() -> anyhow::Result<()> {
         slots: args.slots,
         prefs,
         peer_listen: Some(args.peer_listen),
+        // Pinned on first attach, as an honest worker does.
+        tls_fingerprint: None,
+        insecure_plaintext: false,
     };
     let mut hooks = if args.corrupt_chunks {
         // An honest computer but a lying peer: every chunk it serves has

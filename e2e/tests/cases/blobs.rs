@@ -67,9 +67,12 @@ fn a_coordinator_stops_on_sigterm_despite_stalled_uploads() {
     let _stalled: Vec<_> = (0..3)
         .map(|_| {
             let url = coordinator.url.clone();
+            let security = coordinator.security();
             let token = coordinator.researcher_token();
             runtime.spawn(async move {
-                let channel = cobble_client::connect(&url).await.expect("connect");
+                let channel = cobble_client::connect(&url, &security)
+                    .await
+                    .expect("connect");
                 let connection =
                     Connection::from_channel(channel.clone(), Credentials::Researcher(token));
                 let first = pb::BlobChunk {

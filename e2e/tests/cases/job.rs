@@ -233,7 +233,7 @@ fn coordinator_killed_mid_job_loses_nothing() {
     }));
     coordinator.process.kill();
     std::thread::sleep(Duration::from_secs(2));
-    let address = coordinator.url.trim_start_matches("http://").to_string();
+    let address = coordinator.address();
     let data_dir = coordinator.data_dir.clone();
     drop(coordinator);
     let coordinator = Coordinator::start_at(dir, &data_dir, &["--listen", &address]);

@@ -179,23 +179,67 @@ fn alone_a_worker_uses_the_coordinator_serves_only_by_hash_and_refetches_evicted
         .enable_all()
         .build()
         .expect("runtime");
+    // The test plays the tracker: it holds the project key and mints
+    // capabilities for a caller certificate of its own.
+    let project =
+        cobble_coordinator::secrets::signing_key(&coordinator.data_dir.join("project.key"), false)
+            .expect("the project key");
+    let server = cobble_tls::Identity::from_pem_files(
+        &solo_dir.join("peer.crt"),
+        &solo_dir.join("peer.key"),
+    )
+    .expect("the worker's peer certificate")
+    .fingerprint();
+    let caller = cobble_tls::Identity::self_signed(&["caller".to_string()]).expect("identity");
+    let grant = |blob: BlobHash| {
+        cobble_core::capability::PeerCapability {
+            blob,
+            host_id: 1,
+            certificate: caller.fingerprint().0,
+            expires_ms: cobble_core::now_ms() + 60_000,
+        }
+        .sign(&project)
+    };
     runtime.block_on(async {
-        let mut peer = PeerServiceClient::connect(format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("connect to the peer service");
+        let config = cobble_tls::client_config(
+            cobble_tls::Trust::Pinned(server),
+            cobble_tls::Seen::default(),
+            Some(&caller),
+        )
+        .expect("client config");
+        let channel =
+            cobble_tls::connect_channel(&format!("127.0.0.1:{port}"), config, None, |e| e)
+                .await
+                .expect("connect to the peer service over TLS");
+        let peer = PeerServiceClient::new(channel);
+        fn with<T>(message: T, capability: Option<Vec<u8>>) -> tonic::Request<T> {
+            let mut request = tonic::Request::new(message);
+            if let Some(capability) = capability {
+                request.metadata_mut().insert_bin(
+                    cobble_core::capability::METADATA_KEY,
+                    tonic::metadata::MetadataValue::from_bytes(&capability),
+                );
+            }
+            request
+        }
         let map = peer
-            .get_chunk_map(pb::ChunkMapRequest {
-                hash: hash.0.to_vec(),
-            })
+            .clone()
+            .get_chunk_map(with(
+                pb::ChunkMapRequest {
+                    hash: hash.0.to_vec(),
+                },
+                Some(grant(hash)),
+            ))
             .await
             .expect("chunk map")
             .into_inner();
         assert_eq!(map.chunk_count, 32);
-        let chunk = |hash: Vec<u8>, index: u32| {
+        let chunk = |hash: Vec<u8>, index: u32, capability: Option<Vec<u8>>| {
             let mut peer = peer.clone();
-            async move { peer.get_chunk(pb::ChunkRequest { hash, index }).await }
+            let request = with(pb::ChunkRequest { hash, index }, capability);
+            async move { peer.get_chunk(request).await }
         };
-        let first = chunk(hash.0.to_vec(), 1)
+        let first = chunk(hash.0.to_vec(), 1, Some(grant(hash)))
             .await
             .expect("chunk 1")
             .into_inner();
@@ -204,17 +248,25 @@ fn alone_a_worker_uses_the_coordinator_serves_only_by_hash_and_refetches_evicted
             result.err().map(|status| status.code())
         };
         assert_eq!(
-            code(chunk(hash.0.to_vec(), 32).await),
+            code(chunk(hash.0.to_vec(), 32, Some(grant(hash))).await),
             Some(tonic::Code::NotFound)
         );
+        // Without a capability, or with one for another blob: nothing, not
+        // even whether the worker holds it.
         assert_eq!(
-            code(chunk(vec![7; 31], 0).await),
-            Some(tonic::Code::InvalidArgument)
+            code(chunk(hash.0.to_vec(), 1, None).await),
+            Some(tonic::Code::PermissionDenied)
         );
+        assert_eq!(
+            code(chunk(vec![7; 31], 0, Some(grant(hash))).await),
+            Some(tonic::Code::PermissionDenied)
+        );
+        // Other files of the worker's data dir are not blobs it serves,
+        // even to a caller the tracker vouches for.
         let other_files = [BlobHash::of(&secret), BlobHash::of(b"not a blob")];
         for other in other_files {
             assert_eq!(
-                code(chunk(other.0.to_vec(), 0).await),
+                code(chunk(other.0.to_vec(), 0, Some(grant(other))).await),
                 Some(tonic::Code::NotFound)
             );
         }

@@ -20,7 +20,7 @@ fn units_signed_with_another_key_are_refused() {
 
     // The project's coordinator comes back on the same address and database
     // but signs with a different key, as a compromised server would.
-    let address = first.url.trim_start_matches("http://").to_string();
+    let address = first.address();
     let data_dir = first.data_dir.clone();
     drop(first);
     let other_key = dir.join("other.key");

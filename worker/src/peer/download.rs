@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Without a chunk from any peer for this long, the coordinator serves.
 pub const PEER_PATIENCE: Duration = Duration::from_secs(2);
@@ -64,7 +64,7 @@ struct PeerSlot {
 }
 
 enum Event {
-    Peers(std::result::Result<Vec<pb::Peer>, tonic::Status>),
+    Peers(std::result::Result<pb::PeersResponse, tonic::Status>),
     Map(String, std::result::Result<pb::ChunkMap, tonic::Status>),
     Chunk(
         String,
@@ -195,6 +195,20 @@ struct Swarm<'a> {
     /// Since when no peer has delivered a chunk.
     last_from_peer: Instant,
     rotation: usize,
+    /// The tracker's latest permission to fetch this blob from peers.
+    capability: Option<Arc<Vec<u8>>>,
+}
+
+/// A request to a peer, carrying the capability for the blob.
+fn to_peer<T>(message: T, capability: &Option<Arc<Vec<u8>>>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(capability) = capability {
+        request.metadata_mut().insert_bin(
+            cobble_core::capability::METADATA_KEY,
+            tonic::metadata::MetadataValue::from_bytes(capability),
+        );
+    }
+    request
 }
 
 impl<'a> Swarm<'a> {
@@ -220,6 +234,7 @@ impl<'a> Swarm<'a> {
             seed_next: now,
             last_from_peer: now,
             rotation,
+            capability: None,
         })
     }
 
@@ -272,12 +287,13 @@ impl<'a> Swarm<'a> {
             hash: self.hash.0.to_vec(),
             lease_id: self.fetch.lease_id.to_string(),
             peer_port: self.fetch.peer_port,
+            peer_certificate: self.fetch.sharing.certificate().0.to_vec(),
         };
         self.events.spawn(async move {
             let result = crate::runner::worker_client(&connection)
                 .get_peers(connection.request(request))
                 .await
-                .map(|r| r.into_inner().peers);
+                .map(|r| r.into_inner());
             Event::Peers(result)
         });
     }
@@ -291,12 +307,14 @@ impl<'a> Swarm<'a> {
             peer.map_pending = true;
             peer.map_asked = Some(Instant::now());
             let (mut client, address) = (peer.client.clone(), address.clone());
-            let hash = self.hash.0.to_vec();
+            let request = to_peer(
+                pb::ChunkMapRequest {
+                    hash: self.hash.0.to_vec(),
+                },
+                &self.capability,
+            );
             self.events.spawn(async move {
-                let result = client
-                    .get_chunk_map(pb::ChunkMapRequest { hash })
-                    .await
-                    .map(|r| r.into_inner());
+                let result = client.get_chunk_map(request).await.map(|r| r.into_inner());
                 Event::Map(address, result)
             });
         }
@@ -325,15 +343,15 @@ impl<'a> Swarm<'a> {
             peer.in_flight += 1;
             *self.in_flight.entry(chunk).or_default() += 1;
             let (mut client, address) = (peer.client.clone(), address.clone());
-            let hash = self.hash.0.to_vec();
+            let request = to_peer(
+                pb::ChunkRequest {
+                    hash: self.hash.0.to_vec(),
+                    index: chunk as u32,
+                },
+                &self.capability,
+            );
             self.events.spawn(async move {
-                let result = client
-                    .get_chunk(pb::ChunkRequest {
-                        hash,
-                        index: chunk as u32,
-                    })
-                    .await
-                    .map(|r| r.into_inner());
+                let result = client.get_chunk(request).await.map(|r| r.into_inner());
                 Event::Chunk(address, chunk, result)
             });
         }
@@ -386,8 +404,11 @@ impl<'a> Swarm<'a> {
         match event {
             Event::Peers(result) => {
                 self.peers_pending = false;
-                if let Ok(peers) = result {
-                    self.add_peers(peers);
+                if let Ok(response) = result {
+                    if !response.capability.is_empty() {
+                        self.capability = Some(Arc::new(response.capability));
+                    }
+                    self.add_peers(response.peers);
                 }
                 let every = if self.peers.len() < MAX_PEERS {
                     PEERS_EVERY
@@ -502,13 +523,26 @@ impl<'a> Swarm<'a> {
             if self.dropped.contains(&peer.address) || self.peers.contains_key(&peer.address) {
                 continue;
             }
-            let Ok(endpoint) = Endpoint::from_shared(format!("http://{}", peer.address)) else {
+            // Only the certificate the tracker named will do: a peer is
+            // whoever holds that key, not whoever answers at the address.
+            let Ok(certificate) = <[u8; 32]>::try_from(peer.certificate.as_slice()) else {
                 continue;
             };
-            let channel = endpoint
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(PEER_TIMEOUT)
-                .connect_lazy();
+            let trust = cobble_tls::Trust::Pinned(cobble_tls::Fingerprint(certificate));
+            let Ok(config) = cobble_tls::client_config(
+                trust,
+                cobble_tls::Seen::default(),
+                Some(self.fetch.sharing.identity()),
+            ) else {
+                continue;
+            };
+            let Ok(channel) = cobble_tls::connect_channel_lazy(&peer.address, config, |endpoint| {
+                endpoint
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(PEER_TIMEOUT)
+            }) else {
+                continue;
+            };
             self.peers.insert(
                 peer.address,
                 PeerSlot {

@@ -118,6 +118,11 @@ async fn heartbeat_loop(
                 served_to_peers: counts.served_to_peers - reported.served_to_peers,
             }),
             peer_port: worker.peer_port,
+            peer_certificate: worker
+                .sharing
+                .as_ref()
+                .map(|sharing| sharing.certificate().0.to_vec())
+                .unwrap_or_default(),
             held_blobs: if worker.peer_port == 0 {
                 Vec::new()
             } else {
