@@ -7,7 +7,12 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Where the embedded database, the blob store and the project key live.
-    #[arg(long, env = "COBBLE_DATA_DIR", default_value = "cobble-data")]
+    #[arg(
+        long,
+        env = "COBBLE_DATA_DIR",
+        default_value = "cobble-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Address to serve gRPC on; port 0 picks a free port (printed at start).
     #[arg(long, env = "COBBLE_LISTEN", default_value = "127.0.0.1:7710")]
@@ -26,7 +31,7 @@ pub struct Config {
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     pub insecure_plaintext: bool,
     /// `postgres://...` to use PostgreSQL; default: SQLite in the data dir.
-    #[arg(long, env = "COBBLE_DATABASE_URL")]
+    #[arg(long, env = "COBBLE_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
     /// Project signing key (hex secret); default `<data-dir>/project.key`,
     /// created on first start.

@@ -27,6 +27,9 @@ pub enum Error {
     PermissionDenied(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// A quota is used up; the message gives the figures.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("secret file {path}: {message}")]
@@ -70,6 +73,7 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::Database(e) if transient(&e) => {
                 tracing::warn!(error = %e, "transient database error; the caller retries");
                 Status::unavailable("the coordinator's database is busy; try again")

@@ -57,10 +57,13 @@ pub async fn start(config: &Config) -> Result<Store> {
         None => (config.data_dir.join("project.key"), true),
     };
     let key = secrets::signing_key(&key_path, create)?;
-    let token = secrets::ResearcherToken::load_or_create(&config.researcher_token_path())?;
-    Ok(Store::new(db, blobs, key, token)
+    let store = Store::new(db, blobs, key)
         .with_policy(config.integrity.clone())
-        .with_invite_code(config.invite_code.clone()))
+        .with_invite_code(config.invite_code.clone());
+    store
+        .adopt_first_researcher(&config.researcher_token_path())
+        .await?;
+    Ok(store)
 }
 
 /// The certificate the coordinator serves, or None with

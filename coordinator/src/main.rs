@@ -20,6 +20,43 @@ enum Command {
     /// A flag given twice takes its last value, so wrappers can override defaults.
     #[command(args_override_self = true)]
     Serve(cobble_coordinator::Config),
+    /// Researcher accounts: who may submit jobs and collect their results.
+    Researcher {
+        #[command(subcommand)]
+        action: ResearcherAction,
+        /// Where the project lives: the same flags as `serve`.
+        #[command(flatten)]
+        config: cobble_coordinator::Config,
+    },
+    /// The audit log: who submitted, cancelled and downloaded what, newest
+    /// first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        config: cobble_coordinator::Config,
+    },
+}
+
+#[derive(Subcommand)]
+enum ResearcherAction {
+    /// Creates an account and prints its token, once (only a hash is kept).
+    Add {
+        name: String,
+        /// May cancel and collect every job, and is held to no quota.
+        #[arg(long)]
+        admin: bool,
+        /// Bytes of uploads (modules, inputs) the researcher may keep; 0: no limit.
+        #[arg(long, default_value_t = cobble_coordinator::store::DEFAULT_MAX_STORED_BYTES)]
+        max_stored_bytes: i64,
+        /// Units of running jobs not yet done; 0: no limit.
+        #[arg(long, default_value_t = cobble_coordinator::store::DEFAULT_MAX_UNITS_IN_FLIGHT)]
+        max_units_in_flight: i64,
+    },
+    /// Lists accounts with their jobs, stored bytes and quotas.
+    List,
+    /// Revokes an account: its token stops working at once.
+    Revoke { name: String },
 }
 
 #[tokio::main]
@@ -31,7 +68,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Serve(config) = Cli::parse().command;
+    let config = match Cli::parse().command {
+        Command::Serve(config) => config,
+        Command::Researcher { action, config } => return researcher(action, &config).await,
+        Command::Audit { limit, config } => return audit(limit, &config).await,
+    };
     let store = cobble_coordinator::start(&config).await?;
     let tls = cobble_coordinator::server_tls(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -107,4 +148,114 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     ctrl_c.await.ok();
     tracing::info!("shutting down");
+}
+
+async fn researcher(
+    action: ResearcherAction,
+    config: &cobble_coordinator::Config,
+) -> anyhow::Result<()> {
+    let store = cobble_coordinator::start(config).await?;
+    match action {
+        ResearcherAction::Add {
+            name,
+            admin,
+            max_stored_bytes,
+            max_units_in_flight,
+        } => {
+            let token = store
+                .add_researcher(&name, admin, max_stored_bytes, max_units_in_flight)
+                .await?;
+            eprintln!("researcher {name:?} added; give them this token (it is not shown again):");
+            println!("{token}");
+        }
+        ResearcherAction::List => {
+            println!(
+                "{:<20} {:<6} {:<8} {:>6} {:>14} {:>14} {:>12}",
+                "name", "admin", "state", "jobs", "stored bytes", "max stored", "max units"
+            );
+            for info in store.list_researchers().await? {
+                let r = &info.researcher;
+                let limit = |value: i64| {
+                    if r.admin || value == 0 {
+                        "none".to_string()
+                    } else {
+                        value.to_string()
+                    }
+                };
+                println!(
+                    "{:<20} {:<6} {:<8} {:>6} {:>14} {:>14} {:>12}",
+                    r.name,
+                    if r.admin { "yes" } else { "no" },
+                    if info.revoked_ms.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    },
+                    info.jobs,
+                    info.stored_bytes,
+                    limit(r.max_stored_bytes),
+                    limit(r.max_units_in_flight),
+                );
+            }
+        }
+        ResearcherAction::Revoke { name } => {
+            store.revoke_researcher(&name).await?;
+            eprintln!("researcher {name:?} revoked");
+        }
+    }
+    store.db.close().await;
+    Ok(())
+}
+
+async fn audit(limit: i64, config: &cobble_coordinator::Config) -> anyhow::Result<()> {
+    let store = cobble_coordinator::start(config).await?;
+    for entry in store.audit_log(limit.clamp(1, 100_000)).await? {
+        let job = entry
+            .job_id
+            .map(|j| format!(" job {j}"))
+            .unwrap_or_default();
+        println!(
+            "{} {} {}{} {}",
+            utc(entry.at_ms),
+            entry.actor,
+            entry.action,
+            job,
+            entry.detail
+        );
+    }
+    store.db.close().await;
+    Ok(())
+}
+
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil from days, after
+/// Howard Hinnant's algorithm), so the log reads without a calculator.
+fn utc(ms: i64) -> String {
+    let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1_000 % 60,
+        in_day % 1_000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn audit_times_read_as_utc() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(super::utc(1_796_122_170_182), "2026-12-01T10:49:30.182Z");
+        assert_eq!(super::utc(-1), "1969-12-31T23:59:59.999Z");
+    }
 }

@@ -1,7 +1,6 @@
 //! The project's secrets, each a hex file created on first start with mode
 //! 0600 or read from a path the operator gives: the ed25519 signing key
-//! that signs every manifest, and the researcher token that guards job
-//! submission and results.
+//! that signs every manifest, and the first researcher's token.
 
 use crate::error::{Error, Result};
 use ed25519_dalek::SigningKey;
@@ -48,30 +47,16 @@ pub fn signing_key(path: &Path, create: bool) -> Result<SigningKey> {
     Ok(SigningKey::from_bytes(&secret))
 }
 
-/// The researcher token, kept only as its hash once loaded.
-#[derive(Debug, Clone)]
-pub struct ResearcherToken {
-    hash: blake3::Hash,
-}
-
-impl ResearcherToken {
-    pub fn load_or_create(path: &Path) -> Result<Self> {
-        let token = load_or_create(path, true, "researcher token", cobble_core::random_token)?;
-        if token.len() < 16 {
-            return Err(Error::Secret {
-                path: path.display().to_string(),
-                message: "a researcher token needs at least 16 characters".into(),
-            });
-        }
-        Ok(ResearcherToken {
-            hash: blake3::hash(token.as_bytes()),
-        })
+/// The first researcher's token, from its file (created on first start).
+pub fn researcher_token(path: &Path) -> Result<String> {
+    let token = load_or_create(path, true, "researcher token", cobble_core::random_token)?;
+    if token.len() < 16 {
+        return Err(Error::Secret {
+            path: path.display().to_string(),
+            message: "a researcher token needs at least 16 characters".into(),
+        });
     }
-
-    /// Compares in constant time, through the hashes.
-    pub fn matches(&self, presented: &str) -> bool {
-        blake3::hash(presented.as_bytes()) == self.hash
-    }
+    Ok(token)
 }
 
 /// Writes a secret readable by its owner only, from the moment it exists.
@@ -111,15 +96,12 @@ mod tests {
     }
 
     #[test]
-    fn researcher_token_matches_only_itself() {
+    fn a_researcher_token_is_made_once_and_must_be_long() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("researcher.token");
-        let token = ResearcherToken::load_or_create(&path).expect("create");
-        let text = std::fs::read_to_string(&path).expect("read");
-        assert!(token.matches(text.trim()));
-        assert!(!token.matches(""));
-        assert!(!token.matches(&text.trim()[1..]));
+        let token = researcher_token(&path).expect("create");
+        assert_eq!(researcher_token(&path).expect("read"), token);
         std::fs::write(&path, "short").expect("write");
-        assert!(ResearcherToken::load_or_create(&path).is_err());
+        assert!(researcher_token(&path).is_err());
     }
 }

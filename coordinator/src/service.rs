@@ -13,31 +13,29 @@ pub use stats::StatsApi;
 pub use worker::WorkerApi;
 
 use crate::error::Error;
-use crate::store::{HostIdentity, Store};
+use crate::store::{HostIdentity, Researcher, Store};
 use cobble_core::auth::{BEARER_PREFIX, HOST_ID_HEADER, HOST_KEY_HEADER, RESEARCHER_HEADER};
 use tonic::metadata::MetadataMap;
 
-/// Checks the researcher token (`authorization: Bearer <token>`).
-fn require_researcher(store: &Store, metadata: &MetadataMap) -> Result<(), Error> {
+/// Checks a researcher's token (`authorization: Bearer <token>`) and says
+/// whose it is.
+async fn require_researcher(store: &Store, metadata: &MetadataMap) -> Result<Researcher, Error> {
     let presented = metadata
         .get(RESEARCHER_HEADER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix(BEARER_PREFIX));
     match presented {
-        Some(token) if store.researcher_token().matches(token) => Ok(()),
-        Some(_) => Err(Error::Unauthenticated(
-            "wrong researcher token".into(),
-        )),
+        Some(token) => store.researcher_by_token(token).await,
         None => Err(Error::Unauthenticated(
-            "this call needs the project's researcher token: pass --token or set COBBLE_TOKEN (the coordinator keeps it in <data-dir>/researcher.token)".into(),
+            "this call needs a researcher token: pass --token or set COBBLE_TOKEN (the project's operator makes one with `cobble-coordinator researcher add`)".into(),
         )),
     }
 }
 
 /// Who a blob call comes from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Caller {
-    Researcher,
+    Researcher(Researcher),
     Host(HostIdentity),
 }
 
@@ -45,7 +43,7 @@ impl Caller {
     /// A key for per-caller limits.
     fn key(&self) -> String {
         match self {
-            Caller::Researcher => "researcher".to_string(),
+            Caller::Researcher(researcher) => format!("researcher {}", researcher.name),
             Caller::Host(host) => format!("host {}", host.host_id),
         }
     }
@@ -60,7 +58,9 @@ async fn require_researcher_or_host(
     if metadata.contains_key(HOST_ID_HEADER) {
         authenticate(store, metadata).await.map(Caller::Host)
     } else {
-        require_researcher(store, metadata).map(|()| Caller::Researcher)
+        require_researcher(store, metadata)
+            .await
+            .map(Caller::Researcher)
     }
 }
 

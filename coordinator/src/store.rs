@@ -8,6 +8,7 @@ mod garbage;
 mod jobs;
 mod leaderboard;
 mod reports;
+mod researchers;
 mod scheduler;
 mod transfers;
 mod transition;
@@ -15,11 +16,14 @@ mod validation;
 
 pub use accounts::{Attached, HostIdentity};
 pub use reports::ReportStatus;
+pub use researchers::{
+    AuditEntry, DEFAULT_MAX_STORED_BYTES, DEFAULT_MAX_UNITS_IN_FLIGHT, FIRST_RESEARCHER,
+    Researcher, ResearcherInfo,
+};
 
 use crate::blob_store::BlobStore;
 use crate::db::Db;
 use crate::integrity::Policy;
-use crate::secrets::ResearcherToken;
 use ed25519_dalek::SigningKey;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,7 +35,6 @@ pub struct Store {
     pub db: Db,
     pub blobs: BlobStore,
     signing_key: Arc<SigningKey>,
-    researcher_token: ResearcherToken,
     /// Woken when results become available to send, so idle hosts waiting
     /// in `request_work` get them at once instead of polling.
     work_added: Arc<tokio::sync::Notify>,
@@ -51,17 +54,11 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(
-        db: Db,
-        blobs: BlobStore,
-        signing_key: SigningKey,
-        researcher_token: ResearcherToken,
-    ) -> Self {
+    pub fn new(db: Db, blobs: BlobStore, signing_key: SigningKey) -> Self {
         Store {
             db,
             blobs,
             signing_key: Arc::new(signing_key),
-            researcher_token,
             work_added: Arc::default(),
             policy: Arc::default(),
             proven_active: Arc::default(),
@@ -122,10 +119,6 @@ impl Store {
             }
             let _ = tokio::time::timeout((until - now).min(recheck), added).await;
         }
-    }
-
-    pub fn researcher_token(&self) -> &ResearcherToken {
-        &self.researcher_token
     }
 
     pub fn signing_key(&self) -> &SigningKey {

@@ -3,6 +3,7 @@
 mod cases {
     mod grpc;
     mod integrity;
+    mod researchers;
     mod store;
     mod validators;
 }

@@ -184,6 +184,32 @@ impl Coordinator {
             .expect("connecting to the coordinator")
     }
 
+    /// Runs `cobble-coordinator` on this coordinator's data dir (researcher
+    /// accounts, the audit log), beside the running server.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(binary("cobble-coordinator"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .expect("running cobble-coordinator")
+    }
+
+    /// Runs `cobble` as the researcher holding `token`.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        let mut command = Command::new(binary("cobble"));
+        if let Some(fingerprint) = &self.tls_fingerprint {
+            command.env("COBBLE_TLS_FINGERPRINT", fingerprint);
+        }
+        command
+            .env("COBBLE_TOKEN", token)
+            .arg("--coordinator")
+            .arg(&self.url)
+            .args(args)
+            .output()
+            .expect("running cobble")
+    }
+
     /// Runs `cobble` against this coordinator.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut command = Command::new(binary("cobble"));

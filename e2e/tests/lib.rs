@@ -10,6 +10,7 @@ mod cases {
     mod job;
     mod peers;
     mod prefs;
+    mod researchers;
     mod resume;
     mod signing;
     mod suspend;

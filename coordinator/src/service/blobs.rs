@@ -107,7 +107,12 @@ impl BlobService for BlobApi {
                 expected.size, self.max_blob_bytes
             )));
         }
-        if let Caller::Host(host) = caller {
+        if let Caller::Researcher(researcher) = &caller {
+            self.store
+                .check_upload_quota(researcher, &hash, expected.size)
+                .await?;
+        }
+        if let Caller::Host(host) = &caller {
             // Hosts upload outputs, and only while they hold a unit: a
             // fresh account must not be free storage.
             match self.store.output_allowance(host.host_id).await? {
@@ -128,6 +133,11 @@ impl BlobService for BlobApi {
         if blobs.size_of(&hash).await == Some(expected.size) {
             blobs.touch(&hash).await;
             while next_chunk(&mut stream).await?.is_some() {}
+            if let Caller::Researcher(researcher) = &caller {
+                self.store
+                    .record_upload(researcher, &hash, expected.size)
+                    .await?;
+            }
             return Ok(Response::new(pb::UploadBlobResponse {
                 blob: Some(expected),
                 already_present: true,
@@ -156,6 +166,11 @@ impl BlobService for BlobApi {
             };
         }
         writer.finish(blobs, &hash, expected.size).await?;
+        if let Caller::Researcher(researcher) = &caller {
+            self.store
+                .record_upload(researcher, &hash, expected.size)
+                .await?;
+        }
         Ok(Response::new(pb::UploadBlobResponse {
             blob: Some(expected),
             already_present: false,
@@ -168,8 +183,20 @@ impl BlobService for BlobApi {
         &self,
         request: Request<pb::GetBlobRequest>,
     ) -> Result<Response<Self::GetBlobStream>, Status> {
-        require_researcher_or_host(&self.store, request.metadata()).await?;
+        let caller = require_researcher_or_host(&self.store, request.metadata()).await?;
         let hash = BlobHash::from_slice(&request.get_ref().hash).map_err(Error::from)?;
+        if let Caller::Researcher(researcher) = &caller {
+            // A researcher reads what they uploaded and the outputs of their
+            // own jobs, not another researcher's data.
+            if !self.store.may_download(researcher, &hash).await? {
+                return Err(Status::permission_denied(format!(
+                    "blob {hash} is not an upload or output of yours (list your job's results first)"
+                )));
+            }
+            self.store
+                .audit(&researcher.name, "download", None, &hash.to_hex())
+                .await?;
+        }
         let path = self.store.blobs.path_of(&hash);
         let mut file = tokio::fs::File::open(&path)
             .await

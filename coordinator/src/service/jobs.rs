@@ -16,13 +16,13 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        require_researcher(&self.store, request.metadata())?;
+        let researcher = require_researcher(&self.store, request.metadata()).await?;
         let spec = request
             .get_ref()
             .spec
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("SubmitJob needs a spec"))?;
-        let (job_id, units) = self.store.submit_job(spec).await?;
+        let (job_id, units) = self.store.submit_job(spec, &researcher).await?;
         Ok(Response::new(pb::SubmitJobResponse { job_id, units }))
     }
 
@@ -39,18 +39,46 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::JobRequest>,
     ) -> Result<Response<pb::JobResults>, Status> {
-        require_researcher(&self.store, request.metadata())?;
-        Ok(Response::new(
-            self.store.job_results(request.get_ref().job_id).await?,
-        ))
+        let researcher = require_researcher(&self.store, request.metadata()).await?;
+        let job_id = request.get_ref().job_id;
+        self.store.authorize_job(&researcher, job_id).await?;
+        let results = self.store.job_results(job_id).await?;
+        // What the owner was shown, the owner may download.
+        let outputs: Vec<(Vec<u8>, i64)> = results
+            .units
+            .iter()
+            .flat_map(|unit| {
+                unit.stdout
+                    .iter()
+                    .chain(unit.files.iter().filter_map(|f| f.blob.as_ref()))
+            })
+            .map(|blob| (blob.hash.clone(), blob.size as i64))
+            .collect();
+        if !researcher.admin {
+            self.store.grant_blobs(&researcher, &outputs, false).await?;
+        }
+        self.store
+            .audit(
+                &researcher.name,
+                "results",
+                Some(job_id),
+                &format!("{} outputs", outputs.len()),
+            )
+            .await?;
+        Ok(Response::new(results))
     }
 
     async fn cancel_job(
         &self,
         request: Request<pb::JobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        require_researcher(&self.store, request.metadata())?;
-        let status = self.store.cancel_job(request.get_ref().job_id).await?;
+        let researcher = require_researcher(&self.store, request.metadata()).await?;
+        let job_id = request.get_ref().job_id;
+        self.store.authorize_job(&researcher, job_id).await?;
+        let status = self.store.cancel_job(job_id).await?;
+        self.store
+            .audit(&researcher.name, "cancel", Some(job_id), "")
+            .await?;
         Ok(Response::new(pb::CancelJobResponse {
             status: Some(status),
         }))

@@ -22,6 +22,7 @@ impl Store {
         for hash in candidates {
             if !referenced.contains(&hash) {
                 bytes += self.blobs.remove(&hash).await;
+                self.forget_researcher_blob(&hash).await?;
                 count += 1;
             }
         }

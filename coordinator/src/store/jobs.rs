@@ -12,12 +12,18 @@ use sqlx::Row;
 impl Store {
     /// Checks a spec, splits it into units and creates `target_results`
     /// unsent results for each, all in one transaction.
-    pub async fn submit_job(&self, spec: &pb::JobSpec) -> Result<(i64, u32)> {
+    pub async fn submit_job(
+        &self,
+        spec: &pb::JobSpec,
+        researcher: &super::Researcher,
+    ) -> Result<(i64, u32)> {
         spec::check_spec(spec)?;
         self.require_blobs(spec).await?;
         self.prepare_validator(spec).await?;
         let spec = &self.with_chunk_roots(spec).await?;
         let units = spec::split(spec);
+        self.check_units_quota(researcher, units.len() as i64)
+            .await?;
         let replication = spec.replication.unwrap_or(spec::DEFAULT_REPLICATION);
         let limits = spec.limits.unwrap_or_default();
         let now = cobble_core::now_ms();
@@ -25,8 +31,8 @@ impl Store {
         let mut tx = self.db.begin_write().await?;
         let job_id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (name, state, spec, min_quorum, target_results, max_total_results, deadline_s, units_total, created_ms,
-                               module_hash, adaptive)
-             VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                               module_hash, adaptive, researcher_id)
+             VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(&spec.name)
         .bind(spec.encode_to_vec())
@@ -38,7 +44,16 @@ impl Store {
         .bind(now)
         .bind(spec.module.as_ref().map(|m| m.hash.clone()).unwrap_or_default())
         .bind(i64::from(replication.adaptive.unwrap_or(true)))
+        .bind(researcher.id)
         .fetch_one(&mut *tx)
+        .await?;
+        super::researchers::audit(
+            &mut tx,
+            &researcher.name,
+            "submit",
+            Some(job_id),
+            &format!("{:?}: {} units", spec.name, units.len()),
+        )
         .await?;
         for unit in &units {
             let payload = pb::Manifest {

@@ -27,7 +27,7 @@ type Served = (
     Server,
 );
 
-async fn serve_on_loopback(config: Config) -> Served {
+pub(super) async fn serve_on_loopback(config: Config) -> Served {
     let store = cobble_coordinator::start(&config).await.expect("start");
     serve_store(store, config).await
 }

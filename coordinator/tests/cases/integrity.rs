@@ -373,7 +373,10 @@ async fn known_answer_units_check_every_host_that_gets_one() {
             fuel: 2_000_000_000,
         }];
         spec.known_answer_copies = 3;
-        let (job, units) = store.submit_job(&spec).await.expect("submit");
+        let (job, units) = store
+            .submit_job(&spec, &super::store::owner(store).await)
+            .await
+            .expect("submit");
         assert_eq!(units, 1, "known-answer units are not the job's units");
 
         let hosts = [

@@ -117,6 +117,14 @@ pub(super) async fn attach(store: &Store, account: &str) -> HostIdentity {
         .expect("fresh credentials work")
 }
 
+/// The project's first researcher, whom tests submit as.
+pub(super) async fn owner(store: &Store) -> cobble_coordinator::store::Researcher {
+    store
+        .researcher_named(cobble_coordinator::store::FIRST_RESEARCHER)
+        .await
+        .expect("the first researcher exists from the start")
+}
+
 pub(super) async fn submit(
     store: &Store,
     units: i64,
@@ -134,7 +142,11 @@ pub(super) async fn submit_with(
     validator: Option<pb::Validator>,
 ) -> i64 {
     let spec = job_spec(store, units, replication, deadline_s, validator).await;
-    store.submit_job(&spec).await.expect("submit").0
+    store
+        .submit_job(&spec, &super::store::owner(store).await)
+        .await
+        .expect("submit")
+        .0
 }
 
 /// A test job's spec: `units` units of a pretend module (only hosts in
@@ -513,7 +525,9 @@ async fn bad_credentials_and_specs_are_refused() {
             chunk_root: Vec::new(),
         };
         let spec = one_unit_spec(ghost, 1);
-        let refused = store.submit_job(&spec).await;
+        let refused = store
+            .submit_job(&spec, &super::store::owner(store).await)
+            .await;
         assert!(
             matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains("not uploaded")),
             "{refused:?}"

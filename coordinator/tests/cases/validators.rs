@@ -24,7 +24,10 @@ async fn submit_validated(store: &Store, units: i64, validator_wasm: &[u8]) -> R
         ..Default::default()
     };
     let spec = job_spec(store, units, (2, 2, 5), 600, Some(validator)).await;
-    store.submit_job(&spec).await.map(|(job, _)| job)
+    store
+        .submit_job(&spec, &super::store::owner(store).await)
+        .await
+        .map(|(job, _)| job)
 }
 
 fn wasm(path: &str) -> Vec<u8> {
