@@ -2,6 +2,7 @@
 //! follow it, collect its validated results, view the leaderboard.
 
 mod output;
+mod signing;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -83,11 +84,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Makes a code-signing key (ed25519) in FILE, mode 0600, and prints
+    /// its public key for `cobble-coordinator serve --code-signing-key`.
+    /// Do this on the machine that will keep the key, off the network.
+    Keygen { file: PathBuf },
+    /// Signs a module with the project's code-signing key; writes
+    /// MODULE.sig, which `cobble submit` sends with the module.
+    SignModule {
+        module: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signature; default MODULE.sig.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Keygen { file } => return signing::keygen(file),
+        Command::SignModule { module, key, out } => {
+            return signing::sign_module(module, key, out.as_deref());
+        }
+        _ => {}
+    }
     let credentials = cli
         .token
         .clone()
@@ -156,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
                 .into_inner();
             output::print_leaderboard(&board, json)?;
         }
+        Command::Keygen { .. } | Command::SignModule { .. } => {}
         Command::Transfers { json } => {
             let stats = StatsServiceClient::new(connect().await?.channel())
                 .get_transfer_stats(pb::TransferStatsRequest {})

@@ -53,6 +53,12 @@ pub struct Config {
     /// other.
     #[arg(long, env = "COBBLE_MAX_SERVE_BYTES_PER_SEC", default_value_t = 0)]
     pub max_serve_bytes_per_sec: u64,
+    /// The public key (hex) of the project's offline code-signing key: jobs
+    /// must then carry their module's signature by it (`cobble
+    /// sign-module`), and workers pin it on attach and refuse any module it
+    /// did not sign, even in a manifest the online key signed.
+    #[arg(long, env = "COBBLE_CODE_SIGNING_KEY")]
+    pub code_signing_key: Option<String>,
     /// When set, creating an account needs this code (BOINC's
     /// `invite_code`); hosts of existing accounts attach as before.
     #[arg(long, env = "COBBLE_INVITE_CODE")]

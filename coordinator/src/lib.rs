@@ -57,9 +57,16 @@ pub async fn start(config: &Config) -> Result<Store> {
         None => (config.data_dir.join("project.key"), true),
     };
     let key = secrets::signing_key(&key_path, create)?;
+    let code_key = config
+        .code_signing_key
+        .as_deref()
+        .map(cobble_core::manifest::project_key_from_hex)
+        .transpose()
+        .map_err(|e| Error::InvalidArgument(format!("--code-signing-key: {e}")))?;
     let store = Store::new(db, blobs, key)
         .with_policy(config.integrity.clone())
-        .with_invite_code(config.invite_code.clone());
+        .with_invite_code(config.invite_code.clone())
+        .with_code_key(code_key);
     store
         .adopt_first_researcher(&config.researcher_token_path())
         .await?;

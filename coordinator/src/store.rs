@@ -24,7 +24,7 @@ pub use researchers::{
 use crate::blob_store::BlobStore;
 use crate::db::Db;
 use crate::integrity::Policy;
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -51,6 +51,8 @@ pub struct Store {
     validation_wanted: Arc<tokio::sync::Notify>,
     /// Stored hashed, as keys are: what creating an account needs, if set.
     invite_code: Option<Arc<Vec<u8>>>,
+    /// The offline code-signing key every job's module must be signed by.
+    code_key: Option<VerifyingKey>,
 }
 
 impl Store {
@@ -65,7 +67,18 @@ impl Store {
             validators: Arc::default(),
             validation_wanted: Arc::default(),
             invite_code: None,
+            code_key: None,
         }
+    }
+
+    /// Requires every job's module to be signed by `key`.
+    pub fn with_code_key(mut self, key: Option<VerifyingKey>) -> Self {
+        self.code_key = key;
+        self
+    }
+
+    pub fn code_key(&self) -> Option<&VerifyingKey> {
+        self.code_key.as_ref()
     }
 
     /// Replaces the default integrity policy.

@@ -18,6 +18,9 @@ pub enum Error {
     MalformedManifest(String),
     #[error("project key is malformed: {0}")]
     BadProjectKey(String),
+    /// The project requires modules signed by its offline code key.
+    #[error("{0}")]
+    UnsignedCode(String),
     #[error("job spec {path}: {message}")]
     Spec { path: PathBuf, message: String },
     #[error("job spec field `{field}`: {message}")]

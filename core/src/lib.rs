@@ -7,6 +7,7 @@ pub mod auth;
 pub mod blob;
 pub mod capability;
 pub mod chunk;
+pub mod code_signing;
 pub mod durable;
 pub mod error;
 pub mod manifest;

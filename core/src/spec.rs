@@ -42,6 +42,9 @@ pub const PLACEHOLDERS: [&str; 4] = ["{start}", "{end}", "{index}", "{file}"];
 struct SpecToml {
     name: String,
     module: PathBuf,
+    /// The module's detached signature by the project's code-signing key;
+    /// default `<module>.sig` when that file exists.
+    module_signature: Option<PathBuf>,
     #[serde(default)]
     args: Vec<String>,
     #[serde(default)]
@@ -146,6 +149,9 @@ pub struct LocalJob {
     pub known_answer_copies: u32,
     /// `[engine] nan_canonicalization`; true unless the spec turns it off.
     pub nan_canonicalization: bool,
+    /// The module's signature by the project's code-signing key, from
+    /// `module_signature` or `<module>.sig`.
+    pub module_signature: Option<Vec<u8>>,
 }
 
 impl LocalJob {
@@ -179,6 +185,7 @@ impl LocalJob {
             ));
         }
         check_wasm_file(&module, "module")?;
+        let module_signature = read_signature(base, &module, raw.module_signature.as_deref())?;
         let mut inputs = Vec::new();
         for input in &raw.inputs {
             let path = base.join(input);
@@ -295,6 +302,7 @@ impl LocalJob {
                 .engine
                 .and_then(|e| e.nan_canonicalization)
                 .unwrap_or(true),
+            module_signature,
         };
         job.check()?;
         Ok(job)
@@ -367,8 +375,39 @@ impl LocalJob {
             nan_canonicalization_off: !self.nan_canonicalization,
             known_answers: self.known_answers.clone(),
             known_answer_copies: self.known_answer_copies,
+            module_signature: self.module_signature.clone().unwrap_or_default(),
         })
     }
+}
+
+/// The module's detached signature: the file the spec names (which must
+/// exist), else `<module>.sig` if there is one, else none.
+fn read_signature(
+    base: &Path,
+    module: &Path,
+    named: Option<&Path>,
+) -> Result<Option<Vec<u8>>, Error> {
+    let path = match named {
+        Some(named) => base.join(named),
+        None => {
+            let mut beside = module.as_os_str().to_os_string();
+            beside.push(".sig");
+            let beside = PathBuf::from(beside);
+            if !beside.is_file() {
+                return Ok(None);
+            }
+            beside
+        }
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::field(
+            "module_signature",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    crate::code_signing::from_file_text(&text)
+        .map(Some)
+        .map_err(|e| Error::field("module_signature", e.to_string()))
 }
 
 fn bitwise() -> pb::Validator {
@@ -772,6 +811,15 @@ pub fn check_spec(spec: &pb::JobSpec) -> Result<(), Error> {
         .as_ref()
         .ok_or_else(|| Error::field("module", "missing"))?;
     crate::BlobHash::from_slice(&module.hash).map_err(|e| Error::field("module", e.to_string()))?;
+    if !matches!(spec.module_signature.len(), 0 | 64) {
+        return Err(Error::field(
+            "module_signature",
+            format!(
+                "an ed25519 signature is 64 bytes, not {}",
+                spec.module_signature.len()
+            ),
+        ));
+    }
     let rule = spec
         .split
         .as_ref()

@@ -31,6 +31,18 @@ memory_mib = 64
 deadline_s = 60
 "#;
 
+/// The protocol spec of `job`, every blob standing in as `[byte; 32]`.
+fn spec_of(job: &LocalJob, byte: u8) -> pb::JobSpec {
+    job.to_spec(|_| {
+        Ok::<_, ()>(pb::BlobRef {
+            hash: vec![byte; 32],
+            size: 1,
+            chunk_root: Vec::new(),
+        })
+    })
+    .expect("spec")
+}
+
 /// Parses `VALID` with `from` replaced by `to` and expects an error that
 /// mentions every fragment in `expected`.
 fn check(from: &str, to: &str, expected: &[&str]) {
@@ -106,15 +118,7 @@ fn files_split_gives_one_unit_per_file() {
             r#"files = ["data/*.txt"]"#,
         );
     let job = LocalJob::parse(&text, dir.path()).expect("valid spec");
-    let spec = job
-        .to_spec(|_| {
-            Ok::<_, ()>(pb::BlobRef {
-                hash: vec![0; 32],
-                size: 1,
-                chunk_root: Vec::new(),
-            })
-        })
-        .expect("spec");
+    let spec = spec_of(&job, 0);
     let units = split(&spec);
     assert_eq!(units.len(), 2);
     assert_eq!(units[1].args, ["/input/b.txt", "1"]);
@@ -408,15 +412,7 @@ fn coordinator_refuses_specs_with_bad_hashes() {
 fn coordinator_refuses_known_answers_the_cli_would_refuse() {
     let dir = fixture();
     let job = LocalJob::parse(VALID, dir.path()).expect("valid");
-    let spec = job
-        .to_spec(|_| {
-            Ok::<_, ()>(pb::BlobRef {
-                hash: vec![7; 32],
-                size: 1,
-                chunk_root: Vec::new(),
-            })
-        })
-        .expect("spec");
+    let spec = spec_of(&job, 7);
     let known = |digest: usize, args: &[&str], copies: u32| pb::JobSpec {
         known_answers: vec![pb::KnownAnswer {
             args: args.iter().map(|a| a.to_string()).collect(),
@@ -448,4 +444,36 @@ fn placeholder_scanner_finds_groups() {
         vec!["{start}", "{end}"]
     );
     assert!(placeholders_in("plain").is_empty());
+}
+
+#[test]
+fn a_module_signature_comes_from_the_spec_or_beside_the_module() {
+    let dir = fixture();
+    let job = LocalJob::parse(VALID, dir.path()).expect("valid spec");
+    assert_eq!(job.module_signature, None);
+    let key = crate::manifest::generate_signing_key();
+    let signature = crate::code_signing::sign(&crate::BlobHash::of(b"\0asm"), &key);
+    fs::write(
+        dir.path().join("unit.wasm.sig"),
+        crate::code_signing::to_file_text(&signature),
+    )
+    .expect("write");
+    let job = LocalJob::parse(VALID, dir.path()).expect("valid spec");
+    assert_eq!(job.module_signature.as_deref(), Some(&signature[..]));
+    let named = VALID.replace(
+        "module = \"unit.wasm\"",
+        "module = \"unit.wasm\"\nmodule_signature = \"other.sig\"",
+    );
+    let error = LocalJob::parse(&named, dir.path()).expect_err("missing file");
+    assert!(error.to_string().contains("module_signature"), "{error}");
+    fs::write(dir.path().join("other.sig"), "not hex").expect("write");
+    let error = LocalJob::parse(&named, dir.path()).expect_err("not a signature");
+    assert!(error.to_string().contains("128 hex digits"), "{error}");
+    // The coordinator's own check: a signature is 64 bytes or absent.
+    let mut spec = spec_of(&job, 7);
+    assert_eq!(spec.module_signature, signature.to_vec());
+    check_spec(&spec).expect("a 64-byte signature passes the shape check");
+    spec.module_signature = vec![0; 63];
+    let error = check_spec(&spec).expect_err("short signature");
+    assert!(error.to_string().contains("64 bytes"), "{error}");
 }

@@ -3,6 +3,7 @@
 
 mod cases {
     mod blobs;
+    mod code_signing;
     mod exec;
     mod floating_point;
     mod install;

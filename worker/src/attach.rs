@@ -22,6 +22,11 @@ pub struct Attachment {
     /// vouches for it (a self-signed project): pinned on first attach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_fingerprint: Option<String>,
+    /// The project's offline code-signing key, hex, if it requires signed
+    /// modules: pinned on first attach (or as soon as the project says so)
+    /// and never dropped, whatever the coordinator says later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_key: Option<String>,
 }
 
 impl Attachment {
@@ -47,6 +52,8 @@ pub struct Volunteer {
     pub account_key: Option<String>,
     /// Expected project key; overrides trust-on-first-use.
     pub project_key: Option<String>,
+    /// Expected code-signing key (hex): every module must be signed by it.
+    pub code_key: Option<String>,
     /// The project's invitation code, when creating an account needs one.
     pub invite_code: Option<String>,
 }
@@ -111,10 +118,20 @@ pub async fn attach(
             actual: offered,
         });
     }
+    let code_key = code_key_to_pin(
+        volunteer,
+        existing.as_ref(),
+        &info.code_signing_key,
+        &state_path(data_dir),
+    )?;
     if let Some(mut existing) = existing {
         let certificate = certificate.map(|c| c.to_hex());
-        if existing.tls_fingerprint != certificate && certificate.is_some() {
-            existing.tls_fingerprint = certificate;
+        let pin_certificate = existing.tls_fingerprint != certificate && certificate.is_some();
+        if pin_certificate || existing.code_key != code_key {
+            if pin_certificate {
+                existing.tls_fingerprint = certificate;
+            }
+            existing.code_key = code_key;
             save(data_dir, &existing)?;
         }
         return Ok(existing);
@@ -145,6 +162,7 @@ pub async fn attach(
         host_id: response.host_id,
         host_key: response.host_key,
         tls_fingerprint: certificate.map(|c| c.to_hex()),
+        code_key,
     };
     save(data_dir, &attachment)?;
     tracing::info!(
@@ -154,6 +172,42 @@ pub async fn attach(
         info.name
     );
     Ok(attachment)
+}
+
+/// The code-signing key this worker enforces from now on: the one the
+/// volunteer gave, else the one pinned, else the one the project offers. A
+/// project that offers another is refused; one that offers none no longer
+/// unpins it (a stolen coordinator would say exactly that).
+fn code_key_to_pin(
+    volunteer: &Volunteer,
+    existing: Option<&Attachment>,
+    offered: &[u8],
+    pinned_in: &Path,
+) -> Result<Option<String>> {
+    let offered = (!offered.is_empty()).then(|| hex::encode(offered));
+    if let Some(key) = &offered {
+        cobble_core::manifest::project_key_from_hex(key)?;
+    }
+    let pinned = volunteer
+        .code_key
+        .as_deref()
+        .map(|k| k.trim().to_lowercase())
+        .or_else(|| existing.and_then(|a| a.code_key.clone()));
+    match (pinned, offered) {
+        (Some(pinned), Some(offered)) if pinned != offered => Err(Error::CodeKeyChanged {
+            pinned_in: pinned_in.to_path_buf(),
+            expected: pinned,
+            actual: offered,
+        }),
+        (Some(pinned), None) => {
+            tracing::warn!(
+                "the coordinator no longer says it requires signed code; this worker still runs only modules signed by {pinned}"
+            );
+            cobble_core::manifest::project_key_from_hex(&pinned)?;
+            Ok(Some(pinned))
+        }
+        (pinned, offered) => Ok(pinned.or(offered)),
+    }
 }
 
 fn host_name() -> String {

@@ -38,6 +38,14 @@ pub enum Error {
     },
     #[error(transparent)]
     Tls(#[from] cobble_tls::Error),
+    #[error(
+        "the coordinator's code-signing key {actual} differs from the key pinned in {pinned_in} ({expected}): refusing to attach; if the project really changed its code-signing key, delete that file"
+    )]
+    CodeKeyChanged {
+        pinned_in: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("install: {0}")]
     Install(String),
     #[error("state file {path} is corrupt: {message}")]

@@ -76,6 +76,11 @@ struct InstallArgs {
     /// Allow http:// to a coordinator on another machine (unencrypted).
     #[arg(long)]
     insecure_plaintext: bool,
+    /// The project's code-signing key (hex), as it published it: every
+    /// module must be signed by it. Default: pinned on first attach if the
+    /// project requires signed code.
+    #[arg(long, env = "COBBLE_CODE_SIGNING_KEY")]
+    code_signing_key: Option<String>,
     /// Preference overrides for the service, e.g. --pref max_ncpus_pct=50.
     #[arg(long = "pref", value_name = "KEY=VALUE")]
     prefs: Vec<String>,
@@ -124,6 +129,11 @@ struct RunArgs {
     /// Allow http:// to a coordinator on another machine (unencrypted).
     #[arg(long)]
     insecure_plaintext: bool,
+    /// The project's code-signing key (hex), as it published it: every
+    /// module must be signed by it. Default: pinned on first attach if the
+    /// project requires signed code.
+    #[arg(long, env = "COBBLE_CODE_SIGNING_KEY")]
+    code_signing_key: Option<String>,
     /// Units to compute at once; default from the max_ncpus_pct preference.
     #[arg(long)]
     slots: Option<u32>,
@@ -248,6 +258,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             team: args.team,
             account_key: args.account_key,
             project_key: args.project_key,
+            code_key: args.code_signing_key,
             invite_code: args.invite_code,
         },
         slots: args.slots.unwrap_or_else(|| prefs.slots(cpus)),
@@ -293,6 +304,9 @@ fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     }
     if args.insecure_plaintext {
         run_args.push("--insecure-plaintext".to_string());
+    }
+    if let Some(key) = args.code_signing_key {
+        run_args.extend(["--code-signing-key".to_string(), key]);
     }
     for pref in args.prefs {
         run_args.extend(["--pref".to_string(), pref]);

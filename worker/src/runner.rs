@@ -125,6 +125,9 @@ struct Worker {
     /// have been granted, so the next heartbeat comes soon.
     reported_since_heartbeat: std::sync::atomic::AtomicBool,
     project_key: VerifyingKey,
+    /// The project's offline code-signing key, pinned on attach: every
+    /// module must be signed by it.
+    code_key: Option<VerifyingKey>,
     sandbox: Sandbox,
     /// For jobs that turned NaN canonicalization off (compiled code differs,
     /// so it has its own engine and module cache).
@@ -174,6 +177,11 @@ pub async fn run(
         channel
     };
     let project_key = cobble_core::manifest::project_key_from_hex(&attachment.project_key)?;
+    let code_key = attachment
+        .code_key
+        .as_deref()
+        .map(cobble_core::manifest::project_key_from_hex)
+        .transpose()?;
     let sandbox = Sandbox::new(Some(config.data_dir.join("modules")))?;
     let sandbox_fast_nans = Sandbox::with_settings(
         Some(config.data_dir.join("modules-fast-nans")),
@@ -232,6 +240,7 @@ pub async fn run(
         fetching: std::sync::Mutex::default(),
         reported_since_heartbeat: std::sync::atomic::AtomicBool::new(false),
         project_key,
+        code_key,
         sandbox,
         sandbox_fast_nans,
         blob_dir,

@@ -56,6 +56,11 @@ impl WorkerService for WorkerApi {
         Ok(Response::new(pb::ProjectInfo {
             name: self.project_name.clone(),
             signing_key: self.store.signing_key().verifying_key().to_bytes().to_vec(),
+            code_signing_key: self
+                .store
+                .code_key()
+                .map(|key| key.to_bytes().to_vec())
+                .unwrap_or_default(),
         }))
     }
 

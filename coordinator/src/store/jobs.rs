@@ -18,6 +18,21 @@ impl Store {
         researcher: &super::Researcher,
     ) -> Result<(i64, u32)> {
         spec::check_spec(spec)?;
+        if let Some(code_key) = self.code_key() {
+            let module = spec
+                .module
+                .as_ref()
+                .map(|m| BlobHash::from_slice(&m.hash))
+                .transpose()?
+                .ok_or_else(|| Error::InvalidArgument("the job names no module".into()))?;
+            cobble_core::code_signing::verify(&module, &spec.module_signature, code_key).map_err(
+                |e| {
+                    Error::InvalidArgument(format!(
+                        "this project runs only code signed by its code-signing key: {e}. Sign the module with `cobble sign-module` on the machine that holds the key, and put the .sig file beside it"
+                    ))
+                },
+            )?;
+        }
         self.require_blobs(spec).await?;
         self.prepare_validator(spec).await?;
         let spec = &self.with_chunk_roots(spec).await?;

@@ -532,6 +532,7 @@ fn build_manifest(
         deadline_ms,
         issued_ms: now,
         nan_canonicalization_off: spec.nan_canonicalization_off,
+        module_signature: spec.module_signature,
     })
 }
 

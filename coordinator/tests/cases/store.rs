@@ -192,6 +192,7 @@ pub(super) async fn job_spec(
         nan_canonicalization_off: false,
         known_answers: Vec::new(),
         known_answer_copies: 0,
+        module_signature: Vec::new(),
     }
 }
 

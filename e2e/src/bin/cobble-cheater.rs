@@ -60,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
             team: Some("liars".into()),
             account_key: None,
             project_key: None,
+            code_key: None,
             invite_code: None,
         },
         slots: args.slots,

@@ -69,6 +69,18 @@ impl Worker {
                 return;
             }
         };
+        if let Err(error) = self.check_code_signature(&manifest) {
+            // The manifest is the online key's word; the module must also be
+            // the offline code key's, or a stolen coordinator could run
+            // anything here.
+            tracing::error!(%error, "refusing unit: its module is not signed by the project's code-signing key");
+            let request = pb::ReportRequest {
+                lease_id: manifest.lease_id.clone(),
+                outcome: Some(client_error("unsigned_code", &error.to_string())),
+            };
+            self.report(&manifest, request).await;
+            return;
+        }
         if let Err(error) = self
             .journal
             .record_assignment(&manifest.lease_id, &assignment)
@@ -81,6 +93,20 @@ impl Worker {
         if queue.send(Queued { manifest, received }).is_err() {
             tracing::warn!("work queue closed; the unit stays in the journal");
         }
+    }
+
+    /// With a pinned code-signing key, the unit's module must carry its
+    /// signature; without one, any module the manifest names will do.
+    fn check_code_signature(&self, manifest: &pb::Manifest) -> Result<(), cobble_core::Error> {
+        let Some(code_key) = &self.code_key else {
+            return Ok(());
+        };
+        let module = manifest
+            .module
+            .as_ref()
+            .ok_or_else(|| cobble_core::Error::UnsignedCode("the unit names no module".into()))?;
+        let hash = cobble_core::BlobHash::from_slice(&module.hash)?;
+        cobble_core::code_signing::verify(&hash, &manifest.module_signature, code_key)
     }
 
     /// Starts downloading a queued unit's blobs now, so they are in the
