@@ -71,6 +71,9 @@ pub struct Config {
     /// Trust, spot-checks, quotas and replica placement.
     #[command(flatten)]
     pub integrity: crate::integrity::Policy,
+    /// Rates and counts one address or host may use.
+    #[command(flatten)]
+    pub limits: crate::limits::LimitConfig,
 }
 
 /// Parses only the coordinator's flags, to build a config in code.

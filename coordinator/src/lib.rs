@@ -12,6 +12,7 @@ pub mod credit;
 pub mod db;
 pub mod error;
 pub mod integrity;
+pub mod limits;
 pub mod secrets;
 pub mod service;
 pub mod store;
@@ -66,7 +67,8 @@ pub async fn start(config: &Config) -> Result<Store> {
     let store = Store::new(db, blobs, key)
         .with_policy(config.integrity.clone())
         .with_invite_code(config.invite_code.clone())
-        .with_code_key(code_key);
+        .with_code_key(code_key)
+        .with_limits(limits::Limits::new(&config.limits));
     store
         .adopt_first_researcher(&config.researcher_token_path())
         .await?;
@@ -143,7 +145,7 @@ pub async fn serve(
     ));
     let validator = tokio::spawn(run_validators(store.clone()));
     let (stopping, mut stop_requested) = tokio::sync::watch::channel(false);
-    let (incoming, acceptor) = accept_with_backoff(listener);
+    let (incoming, acceptor) = accept_with_backoff(listener, store.limits().clone());
     let (incoming, handshaker) = match tls {
         Some(cert) => {
             let (tls, handshaker) = cobble_tls::accept(incoming, cert.config(false)?);
@@ -152,6 +154,8 @@ pub async fn serve(
         None => (Incoming::Plain(incoming), None),
     };
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(store.limits().max_streams_per_connection())
+        .layer(limits::LimitLayer(store.limits().clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(WorkerServiceServer::new(service::WorkerApi {
@@ -209,26 +213,37 @@ pub async fn serve(
 
 /// What the server reads connections from.
 enum Incoming {
-    Plain(ReceiverStream<std::io::Result<tokio::net::TcpStream>>),
-    Tls(ReceiverStream<std::io::Result<cobble_tls::ServerStream>>),
+    Plain(ReceiverStream<std::io::Result<Counted>>),
+    Tls(ReceiverStream<std::io::Result<cobble_tls::ServerStream<Counted>>>),
 }
 
-/// Accepts connections for the server. When accepting fails (out of file
+/// Accepts connections for the server, at most `--max-connections-per-ip`
+/// per address (more are closed at once). When accepting fails (out of file
 /// descriptors: EMFILE), it waits a moment before trying again; handing
 /// the error on made the server retry at once, spinning at 100% CPU while
 /// honest connections timed out.
 fn accept_with_backoff(
     listener: TcpListener,
+    limits: Arc<limits::Limits>,
 ) -> (
-    ReceiverStream<std::io::Result<tokio::net::TcpStream>>,
+    ReceiverStream<std::io::Result<Counted>>,
     tokio::task::JoinHandle<()>,
 ) {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio::spawn(async move {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
-                    if sender.send(Ok(stream)).await.is_err() {
+                Ok((stream, peer)) => {
+                    let Some(slot) = limits.connection(peer.ip()) else {
+                        tracing::debug!(%peer, "too many connections from this address; closing");
+                        continue;
+                    };
+                    stream.set_nodelay(true).ok();
+                    let counted = Counted {
+                        stream,
+                        _slot: slot,
+                    };
+                    if sender.send(Ok(counted)).await.is_err() {
                         break;
                     }
                 }
@@ -240,6 +255,54 @@ fn accept_with_backoff(
         }
     });
     (ReceiverStream::new(receiver), acceptor)
+}
+
+/// A connection, counted against its address until it closes.
+struct Counted {
+    stream: tokio::net::TcpStream,
+    _slot: limits::ConnectionSlot,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
 }
 
 /// Deletes, every hour, uploads nothing refers to once `grace_ms` old.
@@ -256,8 +319,13 @@ async fn collect_garbage(store: Store, grace_ms: i64) {
 
 async fn sweep_overdue(store: Store) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+    let mut sweeps = 0u64;
     loop {
         ticker.tick().await;
+        sweeps += 1;
+        if sweeps.is_multiple_of(60) {
+            store.limits().forget_idle();
+        }
         match store.expire_overdue().await {
             // Expired leases are reissued: tell the hosts waiting for work.
             Ok(expired) if expired > 0 => store.notify_work_added(),

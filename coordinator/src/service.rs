@@ -78,7 +78,9 @@ async fn authenticate(store: &Store, metadata: &MetadataMap) -> Result<HostIdent
     let host_id: i64 = text(HOST_ID_HEADER)?
         .parse()
         .map_err(|_| Error::Unauthenticated(format!("{HOST_ID_HEADER} is not a host id")))?;
-    store
+    let host = store
         .authenticate_host(host_id, text(HOST_KEY_HEADER)?)
-        .await
+        .await?;
+    store.limits().admit_host(host.host_id)?;
+    Ok(host)
 }

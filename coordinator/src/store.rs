@@ -53,6 +53,9 @@ pub struct Store {
     invite_code: Option<Arc<Vec<u8>>>,
     /// The offline code-signing key every job's module must be signed by.
     code_key: Option<VerifyingKey>,
+    /// Abuse limits: per-host request rates are checked where hosts
+    /// authenticate.
+    limits: Arc<crate::limits::Limits>,
 }
 
 impl Store {
@@ -68,7 +71,17 @@ impl Store {
             validation_wanted: Arc::default(),
             invite_code: None,
             code_key: None,
+            limits: crate::limits::Limits::off(),
         }
+    }
+
+    pub fn with_limits(mut self, limits: Arc<crate::limits::Limits>) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &Arc<crate::limits::Limits> {
+        &self.limits
     }
 
     /// Requires every job's module to be signed by `key`.

@@ -2,7 +2,9 @@
 
 mod cases {
     mod grpc;
+    mod hostile;
     mod integrity;
+    mod limits;
     mod researchers;
     mod store;
     mod validators;

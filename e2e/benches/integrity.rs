@@ -173,7 +173,7 @@ async fn simulated_host(
 async fn run(scenario: Scenario, units: u64, hosts: u64, database_url: Option<&str>) -> Figures {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path();
-    let mut flags = Vec::new();
+    let mut flags = cobble_e2e::ONE_ADDRESS_MANY_MACHINES.to_vec();
     if let Some(url) = database_url {
         flags.extend(["--database-url", url]);
     }

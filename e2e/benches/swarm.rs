@@ -41,8 +41,9 @@ fn run(workers: usize, input: &[u8], peers: bool, links: &Links) -> Outcome {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path();
     let coordinator_limit = links.coordinator.to_string();
-    let coordinator =
-        Coordinator::start_with(dir, &["--max-serve-bytes-per-sec", &coordinator_limit]);
+    let mut flags = cobble_e2e::ONE_ADDRESS_MANY_MACHINES.to_vec();
+    flags.extend(["--max-serve-bytes-per-sec", &coordinator_limit]);
+    let coordinator = Coordinator::start_with(dir, &flags);
     let upload_limit = format!("max_bytes_sec_up={}", links.worker_up);
     let mut extra = vec![
         "--slots",

@@ -270,6 +270,18 @@ impl Coordinator {
     }
 }
 
+/// Coordinator flags for benchmarks that simulate a crowd of machines from
+/// one loopback address: the per-address limits (meant for one address,
+/// one machine or one NAT) would otherwise throttle the crowd itself.
+pub const ONE_ADDRESS_MANY_MACHINES: [&str; 6] = [
+    "--max-requests-per-ip-per-sec",
+    "0",
+    "--max-registrations-per-ip-per-min",
+    "0",
+    "--max-connections-per-ip",
+    "0",
+];
+
 /// Preferences every test worker runs with unless a test says otherwise:
 /// compute at once and regardless of load, since the other tests and the
 /// other workers of a test are load on the same machine.

@@ -512,7 +512,8 @@ fn classify(
     if let Some(trap) = error.downcast_ref::<Trap>() {
         return Err(UnitFailure::Trap(trap.to_string()));
     }
-    let message = format!("{error:#}");
+    // A host function's error: its own message, not the backtrace header.
+    let message = error.root_cause().to_string();
     let first = message.lines().next().unwrap_or("unknown trap");
     Err(UnitFailure::Trap(first.to_string()))
 }

@@ -10,7 +10,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 
 /// A connection a server accepted over TLS.
-pub type ServerStream = TlsStream<TcpStream>;
+pub type ServerStream<IO = TcpStream> = TlsStream<IO>;
 
 /// A handshake not finished by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,13 +21,16 @@ pub const MAX_PENDING_HANDSHAKES: usize = 256;
 /// Turns accepted TCP connections into TLS streams for
 /// `serve_with_incoming`. Failed handshakes are logged and dropped; the
 /// stream never yields an error (tonic would end the server on one).
-pub fn accept(
-    mut tcp: impl Stream<Item = std::io::Result<TcpStream>> + Send + Unpin + 'static,
+pub fn accept<IO>(
+    mut tcp: impl Stream<Item = std::io::Result<IO>> + Send + Unpin + 'static,
     config: Arc<rustls::ServerConfig>,
 ) -> (
-    ReceiverStream<std::io::Result<TlsStream<TcpStream>>>,
+    ReceiverStream<std::io::Result<TlsStream<IO>>>,
     tokio::task::JoinHandle<()>,
-) {
+)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
@@ -41,14 +44,13 @@ pub fn accept(
             let acceptor = acceptor.clone();
             let handed = sender.clone();
             tokio::spawn(async move {
-                let peer = stream.peer_addr().ok();
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         drop(permit);
                         handed.send(Ok(tls)).await.ok();
                     }
-                    Ok(Err(error)) => tracing::debug!(?peer, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
+                    Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
                 }
             });
             if sender.is_closed() {

@@ -6,7 +6,7 @@
 //! - `cargo xtask setup`: install what the build needs (wasm target, clang,
 //!   the pinned third-party WASI program); `.ci/run` calls it before clippy.
 //! - `cargo xtask units`: build the example work units for wasm32-wasip1.
-//! - `cargo xtask bench [units|volunteer|swarm|integrity]`: set up, then run the benchmarks.
+//! - `cargo xtask bench [units|volunteer|swarm|integrity|flood]`: set up, then run the benchmarks.
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -60,13 +60,15 @@ fn main() -> anyhow::Result<()> {
             // `units`: wasm against native; `volunteer`: what the worker
             // costs its owner; `swarm`: peer-to-peer input delivery;
             // `integrity`: wrong results and replication cost under
-            // saboteurs. All unless one is named.
+            // saboteurs; `flood`: an honest worker's latency while one
+            // address floods the coordinator. All unless one is named.
             let which = std::env::args().nth(2);
             let benches = [
                 ("cobble-sandbox", "units"),
                 ("cobble-e2e", "volunteer"),
                 ("cobble-e2e", "swarm"),
                 ("cobble-e2e", "integrity"),
+                ("cobble-e2e", "flood"),
             ];
             for (package, bench) in benches {
                 if which.as_deref().is_none_or(|name| name == bench) {
@@ -83,7 +85,7 @@ fn main() -> anyhow::Result<()> {
             demo(&root)
         }
         _ => bail!(
-            "usage: cargo xtask <demo|test|setup|units|bench [units|volunteer|swarm|integrity]>"
+            "usage: cargo xtask <demo|test|setup|units|bench [units|volunteer|swarm|integrity|flood]>"
         ),
     }
 }

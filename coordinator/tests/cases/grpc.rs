@@ -27,12 +27,34 @@ type Served = (
     Server,
 );
 
+/// A channel to the server, the project's first researcher on it, and a
+/// pretend module that researcher uploaded.
+pub(super) async fn as_owner_with_module(
+    url: &str,
+    security: &cobble_client::Security,
+    data_dir: &std::path::Path,
+) -> (tonic::transport::Channel, Connection, pb::BlobRef) {
+    let channel = cobble_client::connect(url, security)
+        .await
+        .expect("connect");
+    let token = std::fs::read_to_string(data_dir.join("researcher.token")).expect("token");
+    let researcher = Connection::from_channel(
+        channel.clone(),
+        Credentials::Researcher(token.trim().into()),
+    );
+    let module = researcher
+        .upload_bytes(b"\0asm\x01\0\0\0 pretend module")
+        .await
+        .expect("module");
+    (channel, researcher, module)
+}
+
 pub(super) async fn serve_on_loopback(config: Config) -> Served {
     let store = cobble_coordinator::start(&config).await.expect("start");
     serve_store(store, config).await
 }
 
-async fn serve_store(store: cobble_coordinator::store::Store, config: Config) -> Served {
+pub(super) async fn serve_store(store: cobble_coordinator::store::Store, config: Config) -> Served {
     let tls = cobble_coordinator::server_tls(&config)
         .expect("certificate")
         .expect("TLS is the default");
@@ -222,7 +244,7 @@ async fn health_reflection_and_auth_over_grpc() {
 
 /// A channel whose connections come from `source`, a loopback address of
 /// our choosing: how the tests put hosts on different networks.
-async fn channel_from(
+pub(super) async fn channel_from(
     url: &str,
     security: &cobble_client::Security,
     source: &str,
@@ -321,19 +343,8 @@ async fn stalled_uploads_are_capped_per_caller() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = Config::defaults_in(dir.path());
     let (url, security, stop, server) = serve_on_loopback(config).await;
-    let channel = cobble_client::connect(&url, &security)
-        .await
-        .expect("connect");
-    let token = std::fs::read_to_string(dir.path().join("researcher.token")).expect("token");
-    let researcher = Connection::from_channel(
-        channel.clone(),
-        Credentials::Researcher(token.trim().into()),
-    );
+    let (channel, researcher, module) = as_owner_with_module(&url, &security, dir.path()).await;
     // A host holding a unit of a job whose outputs may be 1,000 bytes.
-    let module = researcher
-        .upload_bytes(b"\0asm\x01\0\0\0 pretend module")
-        .await
-        .expect("module");
     let spec = super::store::one_unit_spec(module, 1_000);
     JobServiceClient::new(channel.clone())
         .submit_job(researcher.request(pb::SubmitJobRequest { spec: Some(spec) }))
