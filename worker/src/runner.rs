@@ -162,14 +162,26 @@ pub async fn run(
         ..Security::pinned(pinned, config.insecure_plaintext)
     };
     let channel = connect_with_retry(&config.coordinator, &first_use).await?;
-    let attachment = attach::attach(
-        &channel,
-        &config.coordinator,
-        &config.data_dir,
-        &config.volunteer,
-        first_use.seen.untrusted().or(pinned),
-    )
-    .await?;
+    let mut attempt = 0;
+    let attachment = loop {
+        let attached = attach::attach(
+            &channel,
+            &config.coordinator,
+            &config.data_dir,
+            &config.volunteer,
+            first_use.seen.untrusted().or(pinned),
+        )
+        .await;
+        match attached {
+            Err(Error::Rpc(status)) if attach_later(&status) => {
+                let wait = backoff(attempt);
+                tracing::warn!(%status, "the coordinator cannot attach this host now; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            other => break other?,
+        }
+    };
     let channel = if first_use.first_use {
         let strict = Security::pinned(attachment.pinned_certificate()?, config.insecure_plaintext);
         connect_with_retry(&config.coordinator, &strict).await?
@@ -335,6 +347,16 @@ async fn connect_with_retry(url: &str, security: &Security) -> Result<Channel> {
             }
         }
     }
+}
+
+/// Whether a refused attach is worth trying again: the coordinator is busy
+/// or this address registered too many hosts lately (a lab behind one
+/// NAT); a wrong invitation code or key is not.
+fn attach_later(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
+    )
 }
 
 /// Exponential backoff with full jitter, so a crowd of workers does not
@@ -815,4 +837,30 @@ fn link_input(cached: &Path, target: &Path) -> Result<()> {
     std::fs::copy(cached, target)
         .map(|_| ())
         .map_err(Error::io(format!("placing input {}", target.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attach_later;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn only_a_busy_or_rate_limited_attach_is_tried_again() {
+        for code in [
+            Code::Unavailable,
+            Code::ResourceExhausted,
+            Code::DeadlineExceeded,
+        ] {
+            assert!(attach_later(&Status::new(code, "later")), "{code:?}");
+        }
+        for code in [
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::InvalidArgument,
+            Code::AlreadyExists,
+            Code::Internal,
+        ] {
+            assert!(!attach_later(&Status::new(code, "never")), "{code:?}");
+        }
+    }
 }
