@@ -168,6 +168,17 @@ impl WorkerService for WorkerApi {
         let Ok(certificate) = <[u8; 32]>::try_from(ask.peer_certificate.as_slice()) else {
             return Ok(Response::new(pb::PeersResponse::default()));
         };
+        // The tracker vouches only for the blobs of a unit the host holds.
+        if !self
+            .store
+            .lease_needs_blob(host.host_id, &ask.lease_id, &hash)
+            .await?
+        {
+            return Err(Status::permission_denied(format!(
+                "lease {:?} is not this host's, or its unit does not need blob {hash}",
+                ask.lease_id
+            )));
+        }
         // Invariant 8: never name a host that holds a result of the same
         // unit, whichever blob is asked about.
         let mut exclude = self

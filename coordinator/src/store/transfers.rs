@@ -5,6 +5,7 @@
 use super::{HostIdentity, Store};
 use crate::error::Result;
 use cobble_proto::v1 as pb;
+use prost::Message;
 use sqlx::Row;
 use std::collections::HashSet;
 
@@ -42,6 +43,42 @@ impl Store {
         rows.iter()
             .map(|row| Ok(row.try_get::<i64, _>("host_id")?))
             .collect()
+    }
+
+    /// Whether `hash` is the module or an input of the unit `host_id`
+    /// holds under `lease_id`: the tracker vouches for fetching only those,
+    /// so a host cannot use peers to read another job's data.
+    pub async fn lease_needs_blob(
+        &self,
+        host_id: i64,
+        lease_id: &str,
+        hash: &cobble_core::BlobHash,
+    ) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT u.payload, j.spec FROM results r
+             JOIN units u ON u.id = r.unit_id JOIN jobs j ON j.id = u.job_id
+             WHERE r.lease_id = $1 AND r.host_id = $2 AND r.state = 'in_progress'",
+        )
+        .bind(lease_id)
+        .bind(host_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let payload: Vec<u8> = row.try_get("payload")?;
+        let spec: Vec<u8> = row.try_get("spec")?;
+        let payload = pb::Manifest::decode(payload.as_slice())
+            .map_err(|e| crate::Error::Corrupt(format!("unit payload: {e}")))?;
+        let spec = pb::JobSpec::decode(spec.as_slice())
+            .map_err(|e| crate::Error::Corrupt(format!("job spec: {e}")))?;
+        let wanted = hash.0.as_slice();
+        Ok(spec.module.iter().any(|m| m.hash == wanted)
+            || payload
+                .inputs
+                .iter()
+                .filter_map(|i| i.blob.as_ref())
+                .any(|b| b.hash == wanted))
     }
 
     /// The project's input delivery: how much came from the coordinator and

@@ -147,6 +147,30 @@ async fn submit(researcher: Connection, spec: pb::JobSpec) -> Result<String, ton
         .map(|r| format!("job {}", r.into_inner().job_id))
 }
 
+async fn peers(
+    host: Connection,
+    lease_id: String,
+    hash: Vec<u8>,
+    peer_certificate: Vec<u8>,
+) -> Result<String, tonic::Status> {
+    WorkerServiceClient::new(host.channel())
+        .get_peers(host.request(pb::PeersRequest {
+            hash,
+            lease_id,
+            peer_port: 7711,
+            peer_certificate,
+        }))
+        .await
+        .map(|r| {
+            let r = r.into_inner();
+            format!(
+                "{} peers, capability {} bytes",
+                r.peers.len(),
+                r.capability.len()
+            )
+        })
+}
+
 async fn total_credit(channel: &Channel) -> f64 {
     StatsServiceClient::new(channel.clone())
         .get_leaderboard(pb::LeaderboardRequest {
@@ -185,7 +209,7 @@ async fn honest_job(researcher: &Connection, hosts: [&Connection; 2], module: &p
 }
 
 #[tokio::test]
-async fn forty_hostile_inputs_each_get_a_clear_answer_and_lose_nothing() {
+async fn fifty_hostile_inputs_each_get_a_clear_answer_and_lose_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = Config {
         integrity: super::store::test_policy(),
@@ -358,6 +382,31 @@ async fn forty_hostile_inputs_each_get_a_clear_answer_and_lose_nothing() {
                         .map(|_| "results".into())
                 }
             },
+        ),
+        // The tracker vouches only for the blobs of a unit the host holds.
+        case(
+            "peers for a blob the host's unit does not need",
+            Code::PermissionDenied,
+            "does not need",
+            peers(h.clone(), held.clone(), vec![5; 32], vec![1; 32]),
+        ),
+        case(
+            "peers under another host's lease",
+            Code::PermissionDenied,
+            "not this host's",
+            peers(h.clone(), others.clone(), module.hash.clone(), vec![1; 32]),
+        ),
+        case(
+            "peers asked without a certificate of one's own",
+            Code::Ok,
+            "0 peers, capability 0 bytes",
+            peers(h.clone(), held.clone(), module.hash.clone(), vec![]),
+        ),
+        case(
+            "peers for the module of one's own unit",
+            Code::Ok,
+            "capability 144 bytes",
+            peers(h.clone(), held.clone(), module.hash.clone(), vec![1; 32]),
         ),
         // Leases and reports.
         case(
