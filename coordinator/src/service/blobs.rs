@@ -197,6 +197,9 @@ impl BlobService for BlobApi {
                 .audit(&researcher.name, "download", None, &hash.to_hex())
                 .await?;
         }
+        if let Caller::Host(host) = &caller {
+            super::worker::require_needed(&self.store, host.host_id, &hash).await?;
+        }
         let path = self.store.blobs.path_of(&hash);
         let mut file = tokio::fs::File::open(&path)
             .await

@@ -47,6 +47,21 @@ fn peer_contact<T>(request: &Request<T>, port: u32, certificate: &[u8]) -> Optio
     })
 }
 
+/// A host reads from the coordinator only the blobs of units it holds.
+pub(super) async fn require_needed(
+    store: &Store,
+    host_id: i64,
+    hash: &BlobHash,
+) -> Result<(), Status> {
+    if store.host_needs_blob(host_id, hash).await? {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "blob {hash} is not the module or an input of a unit this host holds"
+        )))
+    }
+}
+
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
     async fn get_project_info(
@@ -147,8 +162,9 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::ChunkListRequest>,
     ) -> Result<Response<pb::ChunkListResponse>, Status> {
-        authenticate(&self.store, request.metadata()).await?;
+        let host = authenticate(&self.store, request.metadata()).await?;
         let hash = BlobHash::from_slice(&request.get_ref().hash).map_err(Error::from)?;
+        require_needed(&self.store, host.host_id, &hash).await?;
         let list = self.store.blobs.chunk_list(&hash).await?;
         Ok(Response::new(pb::ChunkListResponse {
             hashes: list.to_wire(),
@@ -215,9 +231,10 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::SeedChunkRequest>,
     ) -> Result<Response<pb::SeedChunkResponse>, Status> {
-        authenticate(&self.store, request.metadata()).await?;
+        let host = authenticate(&self.store, request.metadata()).await?;
         let ask = request.get_ref();
         let hash = BlobHash::from_slice(&ask.hash).map_err(Error::from)?;
+        require_needed(&self.store, host.host_id, &hash).await?;
         let list = self.store.blobs.chunk_list(&hash).await?;
         let have = ChunkSet::from_wire(&ask.have, list.len()).ok_or_else(|| {
             Status::invalid_argument(format!(

@@ -54,31 +54,35 @@ impl Store {
         lease_id: &str,
         hash: &cobble_core::BlobHash,
     ) -> Result<bool> {
-        let row = sqlx::query(
-            "SELECT u.payload, j.spec FROM results r
+        let rows = sqlx::query(
+            "SELECT u.payload, j.module_hash FROM results r
              JOIN units u ON u.id = r.unit_id JOIN jobs j ON j.id = u.job_id
              WHERE r.lease_id = $1 AND r.host_id = $2 AND r.state = 'in_progress'",
         )
         .bind(lease_id)
         .bind(host_id)
-        .fetch_optional(self.db.pool())
+        .fetch_all(self.db.pool())
         .await?;
-        let Some(row) = row else {
-            return Ok(false);
-        };
-        let payload: Vec<u8> = row.try_get("payload")?;
-        let spec: Vec<u8> = row.try_get("spec")?;
-        let payload = pb::Manifest::decode(payload.as_slice())
-            .map_err(|e| crate::Error::Corrupt(format!("unit payload: {e}")))?;
-        let spec = pb::JobSpec::decode(spec.as_slice())
-            .map_err(|e| crate::Error::Corrupt(format!("job spec: {e}")))?;
-        let wanted = hash.0.as_slice();
-        Ok(spec.module.iter().any(|m| m.hash == wanted)
-            || payload
-                .inputs
-                .iter()
-                .filter_map(|i| i.blob.as_ref())
-                .any(|b| b.hash == wanted))
+        any_needs(&rows, hash)
+    }
+
+    /// Whether any unit `host_id` holds needs `hash` (its module or an
+    /// input): what a host may read from the coordinator, so an attached
+    /// host cannot read other jobs' data by hash.
+    pub async fn host_needs_blob(
+        &self,
+        host_id: i64,
+        hash: &cobble_core::BlobHash,
+    ) -> Result<bool> {
+        let rows = sqlx::query(
+            "SELECT u.payload, j.module_hash FROM results r
+             JOIN units u ON u.id = r.unit_id JOIN jobs j ON j.id = u.job_id
+             WHERE r.host_id = $1 AND r.state = 'in_progress'",
+        )
+        .bind(host_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        any_needs(&rows, hash)
     }
 
     /// The project's input delivery: how much came from the coordinator and
@@ -123,4 +127,27 @@ impl Store {
             hosts,
         })
     }
+}
+
+/// Whether one of these units (`payload`, `module_hash`) needs `hash`.
+fn any_needs(rows: &[sqlx::any::AnyRow], hash: &cobble_core::BlobHash) -> Result<bool> {
+    let wanted = hash.0.as_slice();
+    for row in rows {
+        let module: Vec<u8> = row.try_get("module_hash")?;
+        if module == wanted {
+            return Ok(true);
+        }
+        let payload: Vec<u8> = row.try_get("payload")?;
+        let payload = pb::Manifest::decode(payload.as_slice())
+            .map_err(|e| crate::Error::Corrupt(format!("unit payload: {e}")))?;
+        let input = payload
+            .inputs
+            .iter()
+            .filter_map(|i| i.blob.as_ref())
+            .any(|b| b.hash == wanted);
+        if input {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

@@ -217,6 +217,10 @@ async fn fifty_hostile_inputs_each_get_a_clear_answer_and_lose_nothing() {
     };
     let (url, security, stop, server) = serve_on_loopback(config).await;
     let (channel, researcher, module) = as_owner_with_module(&url, &security, dir.path()).await;
+    let private = researcher
+        .upload_bytes(b"another researcher's private input")
+        .await
+        .expect("private upload");
     let honest = attach(&channel, "honest").await;
     let other = attach(&channel, "other").await;
     let first = honest_job(&researcher, [&honest, &other], &module).await;
@@ -589,7 +593,34 @@ async fn fifty_hostile_inputs_each_get_a_clear_answer_and_lose_nothing() {
             "GetBlob of a hash nobody stored",
             Code::NotFound,
             "not stored",
-            get(h.clone(), vec![9; 32]),
+            get(r.clone(), vec![9; 32]),
+        ),
+        case(
+            "a host reads another job's data by hash",
+            Code::PermissionDenied,
+            "not the module or an input",
+            get(h.clone(), private.hash.clone()),
+        ),
+        case(
+            "a host asks for the chunk list of another job's data",
+            Code::PermissionDenied,
+            "not the module or an input",
+            {
+                let c = h.clone();
+                let hash = private.hash.clone();
+                async move {
+                    WorkerServiceClient::new(c.channel())
+                        .get_chunk_list(c.request(pb::ChunkListRequest { hash }))
+                        .await
+                        .map(|_| "list".into())
+                }
+            },
+        ),
+        case(
+            "a host asks the super-seed for another job's data",
+            Code::PermissionDenied,
+            "not the module or an input",
+            seed(h.clone(), private.hash.clone(), vec![0]),
         ),
         case(
             "GetBlob with a malformed hash",
