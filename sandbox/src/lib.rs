@@ -12,6 +12,7 @@ mod clock;
 pub mod error;
 mod fuel_ledger;
 mod module_cache;
+mod output_cap;
 mod supervise;
 
 pub use crate::error::{Error, Result};
@@ -139,10 +140,11 @@ pub struct RunReport {
     pub elapsed: Duration,
 }
 
-/// Per-store state: the WASI context and the memory cap.
+/// Per-store state: the WASI context, the memory cap and the output cap.
 pub struct UnitState {
     wasi: WasiP1Ctx,
     memory: MemoryCap,
+    writes: output_cap::WriteCap,
 }
 
 struct MemoryCap {
@@ -282,6 +284,7 @@ impl Sandbox {
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut UnitState| {
             &mut state.wasi
         })
+        .and_then(|()| output_cap::add_hooks(&mut linker))
         .map_err(|e| Error::Engine(e.to_string()))?;
         let modules = ModuleCache::new(cache_dir)?;
         let ticker = settings
@@ -341,6 +344,10 @@ impl Sandbox {
                     in_use: invocation.control.memory_bytes.clone(),
                     exceeded: false,
                 },
+                writes: output_cap::WriteCap::new(
+                    limits.max_output_bytes,
+                    invocation.output_dir.to_path_buf(),
+                ),
             },
         );
         store.limiter(|state| &mut state.memory);
@@ -389,11 +396,15 @@ impl Sandbox {
             Err(_) => 0,
         };
         let memory_exceeded = store.data().memory.exceeded;
+        let output_exceeded = store.data().writes.exceeded;
         drop(store);
         let stdout = stdout.contents().to_vec();
         let stderr = stderr.contents().to_vec();
         let mut outcome = match supervised {
             Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) if output_exceeded => {
+                Err(UnitFailure::OutputTooLarge(limits.max_output_bytes))
+            }
             Ok(Err(error)) => classify(&error, &limits, memory_exceeded, stdout.len()),
             Err(stopped) => Err(stopped),
         };

@@ -67,7 +67,8 @@ impl ModuleCache {
     fn path_of(&self, hash: &BlobHash) -> Option<PathBuf> {
         self.dir
             .as_ref()
-            .map(|dir| dir.join(format!("{hash}.cwasm")))
+            // v2: modules compiled with the output cap's wrappers.
+            .map(|dir| dir.join(format!("{hash}.v2.cwasm")))
     }
 
     fn load_compiled(&self, engine: &Engine, hash: &BlobHash) -> Option<Module> {
@@ -110,8 +111,11 @@ impl ModuleCache {
     }
 }
 
+/// Compiles a module, its file writes routed through the output cap.
 pub fn compile(engine: &Engine, wasm: &[u8]) -> Result<Module> {
-    Module::from_binary(engine, wasm).map_err(|e| {
+    // A module that does not parse is refused below, by the engine.
+    let rewritten = crate::output_cap::rewrite(wasm).unwrap_or_else(|_| wasm.to_vec());
+    Module::from_binary(engine, &rewritten).map_err(|e| {
         let message = format!("{e:#}");
         Error::InvalidModule(message.lines().next().unwrap_or_default().to_string())
     })

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Output-size checks walk `/output`; doing it twice a second keeps that cheap.
+/// Output-size checks walk `/output` and `/checkpoint`, twice a second: a
+/// backstop (writes to `/output` are capped as they happen, `output_cap`)
+/// and the cap on checkpoints.
 const OUTPUT_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// The worker's handle on a unit while it runs.

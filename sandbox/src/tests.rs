@@ -394,7 +394,7 @@ async fn compiled_modules_are_cached_on_disk() {
         let sandbox = Sandbox::new(Some(cache.path().to_path_buf())).expect("sandbox");
         sandbox.prepare(&hash, wasm).expect("compile");
     }
-    let cached = cache.path().join(format!("{hash}.cwasm"));
+    let cached = cache.path().join(format!("{hash}.v2.cwasm"));
     assert!(cached.is_file());
     // A fresh sandbox loads it without the .wasm at all.
     let sandbox = Sandbox::new(Some(cache.path().to_path_buf())).expect("sandbox");
@@ -483,4 +483,55 @@ async fn resuming_does_not_renew_the_fuel_budget() {
             Err(UnitFailure::FuelExhausted(tight.fuel))
         ]
     );
+}
+
+/// Runs the probe with `args` under the test limits; it must succeed.
+async fn probe_ok(args: &[&str]) -> (RunReport, Dirs) {
+    let (report, dirs) = run_with(SANDBOX_PROBE, args, limits()).await;
+    assert_eq!(
+        report.outcome,
+        Ok(()),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&report.stdout)
+    );
+    (report, dirs)
+}
+
+/// The output cap holds at write time: the write that would cross it
+/// fails the unit before its bytes reach the disk, however the unit tries
+/// (one big file, a file deep in subdirectories, a sparse file), while a
+/// unit that rewrites a small file many times is not taken for a big one.
+#[tokio::test]
+async fn files_under_output_are_capped_as_they_are_written() {
+    for (args, what) in [
+        (vec!["fill", "/output/big", "1073741824"], "a 1 GiB file"),
+        (
+            vec!["fill", "/output/a/b/c/big", "1073741824"],
+            "a file deep down",
+        ),
+        (
+            vec!["sparse", "/output/holes", "1099511627776"],
+            "a 1 TiB sparse file",
+        ),
+    ] {
+        let (report, dirs) = run_with(SANDBOX_PROBE, &args, limits()).await;
+        assert_eq!(
+            report.outcome,
+            Err(UnitFailure::OutputTooLarge(1 << 20)),
+            "{what}: {}",
+            String::from_utf8_lossy(&report.stdout)
+        );
+        let on_disk = dir_size(&dirs.output);
+        assert!(
+            on_disk <= 1 << 20,
+            "{what}: {on_disk} bytes reached the disk"
+        );
+    }
+    let (report, _dirs) = probe_ok(&["rewrite", "/output/small", "102400", "50"]).await;
+    assert_eq!(String::from_utf8_lossy(&report.stdout), "rewrote 50\n");
+    // Just under the cap (stdout counts too) is allowed.
+    let (_report, dirs) = probe_ok(&["fill", "/output/under", "1000000"]).await;
+    assert_eq!(dir_size(&dirs.output), 1_000_000);
+    // Writes elsewhere (/checkpoint) are not the hooks' business.
+    probe_ok(&["fill", "/checkpoint/state", "600000"]).await;
 }

@@ -69,6 +69,46 @@ fn main() {
             Ok(()) => println!("wrote"),
             Err(error) => println!("denied: {error}"),
         },
+        // Writes N bytes to a file in 64 KiB writes (creating its
+        // directories), then reports how far it got.
+        "fill" => {
+            let path = std::path::Path::new(arg(1));
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).ok();
+            }
+            let n: u64 = arg(2).parse().unwrap_or(0);
+            let result = std::fs::File::create(path).and_then(|mut file| {
+                let chunk = vec![b'y'; 64 << 10];
+                let mut left = n;
+                while left > 0 {
+                    let take = left.min(chunk.len() as u64) as usize;
+                    file.write_all(&chunk[..take])?;
+                    left -= take as u64;
+                }
+                Ok(())
+            });
+            match result {
+                Ok(()) => println!("filled {n}"),
+                Err(error) => println!("denied: {error}"),
+            }
+        }
+        // Makes a file N bytes long without writing them (a sparse file).
+        "sparse" => {
+            let result = std::fs::File::create(arg(1))
+                .and_then(|file| file.set_len(arg(2).parse().unwrap_or(0)));
+            match result {
+                Ok(()) => println!("sized"),
+                Err(error) => println!("denied: {error}"),
+            }
+        }
+        // Rewrites a file of N bytes TIMES times: many bytes written, few kept.
+        "rewrite" => {
+            let n: usize = arg(2).parse().unwrap_or(0);
+            let times: usize = arg(3).parse().unwrap_or(1);
+            let data = vec![b'z'; n];
+            let all = (0..times).all(|_| std::fs::write(arg(1), &data).is_ok());
+            println!("rewrote {}", if all { times } else { 0 });
+        }
         // Writes N bytes to stdout.
         "spam" => {
             let n: usize = arg(1).parse().unwrap_or(0);
