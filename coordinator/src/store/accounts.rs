@@ -91,35 +91,43 @@ impl Store {
                     ));
                 }
                 let key = cobble_core::random_token();
-                let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO accounts (name, key_hash, created_ms) VALUES ($1, $2, $3) RETURNING id",
+                // Two first attaches of one new account at once: the one
+                // that loses the race is told the account exists, rather
+                // than hitting a unique violation (an internal error).
+                let id: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO accounts (name, key_hash, created_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO NOTHING RETURNING id",
                 )
                 .bind(&request.account)
                 .bind(key_hash(&key))
                 .bind(now)
-                .fetch_one(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
+                let id = id.ok_or_else(|| {
+                    Error::AlreadyExists(format!(
+                        "account {:?} was just created by another attach; attach with its account key",
+                        request.account
+                    ))
+                })?;
                 (id, Some(key))
             }
         };
 
         if !request.team.is_empty() {
-            let team_id: Option<i64> = sqlx::query_scalar("SELECT id FROM teams WHERE name = $1")
+            // Get or create, safe when two hosts attach to a new team at
+            // once: the insert waits for the other's and does nothing, and
+            // the select (a new snapshot) then sees its row.
+            sqlx::query(
+                "INSERT INTO teams (name, created_ms) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&request.team)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let team_id: i64 = sqlx::query_scalar("SELECT id FROM teams WHERE name = $1")
                 .bind(&request.team)
-                .fetch_optional(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await?;
-            let team_id = match team_id {
-                Some(id) => id,
-                None => {
-                    sqlx::query_scalar(
-                        "INSERT INTO teams (name, created_ms) VALUES ($1, $2) RETURNING id",
-                    )
-                    .bind(&request.team)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?
-                }
-            };
             sqlx::query("UPDATE accounts SET team_id = $1 WHERE id = $2")
                 .bind(team_id)
                 .bind(account_id)

@@ -899,3 +899,80 @@ async fn accounts_are_created_by_invitation_when_the_project_says_so() {
         backend.cleanup().await;
     }
 }
+
+/// First attaches racing on a new team, or on one new account, on every
+/// backend: all hosts land in the one team; of two creating one account,
+/// one wins and the other is told the account exists, never an internal
+/// error (a unique violation, before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_first_attaches_share_a_new_team_and_one_account() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let attaches = (0..16).map(|index| {
+            let store = store.clone();
+            async move {
+                store
+                    .register_host(&pb::RegisterHostRequest {
+                        account: format!("racer{index}"),
+                        team: "brand-new".into(),
+                        host_name: "box".into(),
+                        ..Default::default()
+                    })
+                    .await
+            }
+        });
+        let attached: Vec<_> = futures_join_all(attaches).await;
+        assert!(attached.iter().all(Result::is_ok), "{attached:?}");
+        let teams: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM teams WHERE name = 'brand-new'")
+            .fetch_one(store.db.pool())
+            .await
+            .expect("count");
+        assert_eq!(teams, 1);
+        let members: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounts a JOIN teams t ON t.id = a.team_id WHERE t.name = 'brand-new'",
+        )
+        .fetch_one(store.db.pool())
+        .await
+        .expect("count");
+        assert_eq!(members, 16);
+
+        let same = (0..2).map(|_| {
+            let store = store.clone();
+            async move {
+                store
+                    .register_host(&pb::RegisterHostRequest {
+                        account: "twin".into(),
+                        host_name: "box".into(),
+                        ..Default::default()
+                    })
+                    .await
+            }
+        });
+        let results: Vec<_> = futures_join_all(same).await;
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "{results:?}");
+        for result in &results {
+            if let Err(error) = result {
+                assert!(
+                    matches!(error, Error::AlreadyExists(_)),
+                    "the loser is told the account exists: {error:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Runs futures at once on the current runtime and collects their outputs.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::new();
+    for task in tasks {
+        outputs.push(task.await.expect("task"));
+    }
+    outputs
+}
