@@ -47,14 +47,14 @@ fn seeder(
     let mut args = vec!["--serve-only"];
     args.extend_from_slice(extra);
     let process = start_worker_with("cobble-cheater", coordinator, &data_dir, name, &args);
-    // Its first heartbeat announces the blob to the tracker.
+    // Its first heartbeat announces the blob to the tracker; the credit
+    // in its status comes back with the answer to that heartbeat.
     assert!(
         wait_until(Duration::from_secs(30), || worker_status(&data_dir)
-            .is_some()),
-        "the seeder did not start: {}",
+            .is_some_and(|status| status.credit.is_some())),
+        "the seeder's first heartbeat did not return: {}",
         process.log_text()
     );
-    std::thread::sleep(Duration::from_millis(500));
     process
 }
 
