@@ -32,8 +32,10 @@ const STATE: &str = "state";
 /// (about a millisecond of work).
 const QUIET_FUEL: u64 = 1_000_000;
 /// Host calls looked after at the start of a burst: saving a checkpoint and
-/// its progress through the SDK takes eight.
-const BURST_CALLS: u32 = 16;
+/// its progress through the SDK takes eight WASI calls, and the output cap's
+/// hooks (`output_cap`) add one before each open, write and close, up to
+/// sixteen; twice that leaves room.
+const BURST_CALLS: u32 = 32;
 /// Otherwise the ledger looks once per this much fuel (about 10 ms of work).
 const LOOK_EVERY_FUEL: u64 = 10_000_000;
 
