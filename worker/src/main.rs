@@ -40,6 +40,24 @@ enum Command {
     Uninstall,
 }
 
+/// How the worker authenticates its project, for `run` and `install`.
+#[derive(Args)]
+struct TrustArgs {
+    /// SHA-256 fingerprint of the coordinator's TLS certificate, as its
+    /// operator published it; default: pinned on first attach when no
+    /// authority vouches for the certificate.
+    #[arg(long, env = "COBBLE_TLS_FINGERPRINT")]
+    tls_fingerprint: Option<cobble_client::Fingerprint>,
+    /// Allow http:// to a coordinator on another machine (unencrypted).
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// The project's code-signing key (hex), as it published it: every
+    /// module must be signed by it. Default: pinned on first attach if the
+    /// project requires signed code.
+    #[arg(long, env = "COBBLE_CODE_SIGNING_KEY")]
+    code_signing_key: Option<String>,
+}
+
 #[derive(Args)]
 struct StatusArgs {
     #[arg(long, env = "COBBLE_WORKER_DIR", default_value = "cobble-worker-data")]
@@ -68,19 +86,8 @@ struct InstallArgs {
     /// Expected project key (hex), instead of trusting it on first attach.
     #[arg(long)]
     project_key: Option<String>,
-    /// SHA-256 fingerprint of the coordinator's TLS certificate, as its
-    /// operator published it; default: pinned on first attach when no
-    /// authority vouches for the certificate.
-    #[arg(long, env = "COBBLE_TLS_FINGERPRINT")]
-    tls_fingerprint: Option<cobble_client::Fingerprint>,
-    /// Allow http:// to a coordinator on another machine (unencrypted).
-    #[arg(long)]
-    insecure_plaintext: bool,
-    /// The project's code-signing key (hex), as it published it: every
-    /// module must be signed by it. Default: pinned on first attach if the
-    /// project requires signed code.
-    #[arg(long, env = "COBBLE_CODE_SIGNING_KEY")]
-    code_signing_key: Option<String>,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Preference overrides for the service, e.g. --pref max_ncpus_pct=50.
     #[arg(long = "pref", value_name = "KEY=VALUE")]
     prefs: Vec<String>,
@@ -121,19 +128,8 @@ struct RunArgs {
     /// Expected project key (hex), instead of trusting it on first attach.
     #[arg(long)]
     project_key: Option<String>,
-    /// SHA-256 fingerprint of the coordinator's TLS certificate, as its
-    /// operator published it; default: pinned on first attach when no
-    /// authority vouches for the certificate.
-    #[arg(long, env = "COBBLE_TLS_FINGERPRINT")]
-    tls_fingerprint: Option<cobble_client::Fingerprint>,
-    /// Allow http:// to a coordinator on another machine (unencrypted).
-    #[arg(long)]
-    insecure_plaintext: bool,
-    /// The project's code-signing key (hex), as it published it: every
-    /// module must be signed by it. Default: pinned on first attach if the
-    /// project requires signed code.
-    #[arg(long, env = "COBBLE_CODE_SIGNING_KEY")]
-    code_signing_key: Option<String>,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Units to compute at once; default from the max_ncpus_pct preference.
     #[arg(long)]
     slots: Option<u32>,
@@ -258,14 +254,14 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             team: args.team,
             account_key: args.account_key,
             project_key: args.project_key,
-            code_key: args.code_signing_key,
+            code_key: args.trust.code_signing_key,
             invite_code: args.invite_code,
         },
         slots: args.slots.unwrap_or_else(|| prefs.slots(cpus)),
         prefs,
         peer_listen: (!args.no_peers).then_some(args.peer_listen),
-        tls_fingerprint: args.tls_fingerprint,
-        insecure_plaintext: args.insecure_plaintext,
+        tls_fingerprint: args.trust.tls_fingerprint,
+        insecure_plaintext: args.trust.insecure_plaintext,
     };
     runtime()?.block_on(cobble_worker::run(
         config,
@@ -299,13 +295,13 @@ fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     if let Some(key) = args.project_key {
         run_args.extend(["--project-key".to_string(), key]);
     }
-    if let Some(fingerprint) = args.tls_fingerprint {
+    if let Some(fingerprint) = args.trust.tls_fingerprint {
         run_args.extend(["--tls-fingerprint".to_string(), fingerprint.to_hex()]);
     }
-    if args.insecure_plaintext {
+    if args.trust.insecure_plaintext {
         run_args.push("--insecure-plaintext".to_string());
     }
-    if let Some(key) = args.code_signing_key {
+    if let Some(key) = args.trust.code_signing_key {
         run_args.extend(["--code-signing-key".to_string(), key]);
     }
     for pref in args.prefs {
