@@ -33,6 +33,11 @@ pub struct Config {
     /// `postgres://...` to use PostgreSQL; default: SQLite in the data dir.
     #[arg(long, env = "COBBLE_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
+    /// Database connections this process keeps at most (default 8 for
+    /// SQLite, 16 for PostgreSQL). With several coordinators on one
+    /// PostgreSQL server, their sum must stay below its max_connections.
+    #[arg(long, env = "COBBLE_DATABASE_CONNECTIONS")]
+    pub database_connections: Option<u32>,
     /// Project signing key (hex secret); default `<data-dir>/project.key`,
     /// created on first start.
     #[arg(long, env = "COBBLE_SIGNING_KEY")]

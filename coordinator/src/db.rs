@@ -26,20 +26,31 @@ impl Db {
     /// Opens the embedded SQLite database in `data_dir`, creating it.
     pub async fn open_embedded(data_dir: &Path) -> Result<Db> {
         let path = data_dir.join("cobble.db");
-        Self::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
+        Self::connect(&format!("sqlite://{}?mode=rwc", path.display()), None).await
     }
 
-    /// Connects to `sqlite://...` or `postgres://...` and applies migrations.
-    pub async fn connect(url: &str) -> Result<Db> {
+    /// Connects to `sqlite://...` or `postgres://...` and applies
+    /// migrations; `connections` caps the pool (default: 8 for SQLite, 16
+    /// for PostgreSQL).
+    pub async fn connect(url: &str, connections: Option<u32>) -> Result<Db> {
         install_default_drivers();
         let backend = if url.starts_with("postgres") {
             Backend::Postgres
         } else {
             Backend::Sqlite
         };
+        let default_connections = if backend == Backend::Sqlite { 8 } else { 16 };
         let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .max_connections(connections.unwrap_or(default_connections).max(2))
             .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    for setting in session_settings(backend) {
+                        sqlx::query(setting).execute(&mut *connection).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
         if backend == Backend::Sqlite {
@@ -53,6 +64,41 @@ impl Db {
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         }
         Ok(Db { pool, backend })
+    }
+
+    /// Makes every committed transaction durable now. On SQLite with
+    /// `synchronous = NORMAL` a commit reaches the WAL but is synced only
+    /// at the next checkpoint; what must survive a power loss the moment
+    /// it is acknowledged (a submitted job, an account) calls this. On
+    /// PostgreSQL every commit is durable already.
+    pub async fn make_durable(&self) -> Result<()> {
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Housekeeping the database would otherwise need from someone else:
+    /// on PostgreSQL, VACUUM and ANALYZE of the tables that change all the
+    /// time (the coordinator never relies on autovacuum, which some
+    /// servers run without); on SQLite, `PRAGMA optimize`. The leader runs
+    /// it every few minutes.
+    pub async fn maintain(&self) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => {
+                sqlx::query("PRAGMA optimize").execute(&self.pool).await?;
+            }
+            Backend::Postgres => {
+                sqlx::query(
+                    "VACUUM (ANALYZE) results, units, jobs, hosts, accounts, teams, host_trust, small_blobs",
+                )
+                .execute(&self.pool)
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -101,5 +147,29 @@ impl Db {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Settings every connection starts with.
+///
+/// SQLite: WAL with `synchronous = NORMAL`: a commit is a write to the WAL,
+/// not an fsync; a power loss (not a crash of the coordinator) may undo
+/// the last commits, never half of one. Reports, leases and credit move
+/// together in one transaction, so what is undone is undone whole: a host
+/// whose report was undone has its lease time out and the unit go out
+/// again. What must survive a power loss once acknowledged calls
+/// [`Db::make_durable`]. A busy timeout, for the writers of the few
+/// transactions that are not `BEGIN IMMEDIATE`.
+///
+/// PostgreSQL: plans that do not depend on statistics. The scheduler's and
+/// reports' queries are index lookups that stop early; without ANALYZE (or
+/// with statistics from when a job's units were all pending) the planner
+/// picks bitmap and sequential scans that visit every pending unit. With
+/// those two off it uses the indexes, whatever the statistics say; they
+/// stay available where no index serves.
+fn session_settings(backend: Backend) -> &'static [&'static str] {
+    match backend {
+        Backend::Sqlite => &["PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 5000"],
+        Backend::Postgres => &["SET enable_seqscan = off", "SET enable_bitmapscan = off"],
     }
 }

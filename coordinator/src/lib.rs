@@ -12,6 +12,7 @@ pub mod credit;
 pub mod db;
 pub mod error;
 pub mod integrity;
+pub mod leader;
 pub mod limits;
 pub mod secrets;
 pub mod service;
@@ -47,7 +48,7 @@ pub async fn start(config: &Config) -> Result<Store> {
         config.data_dir.display()
     )))?;
     let db = match &config.database_url {
-        Some(url) => Db::connect(url).await?,
+        Some(url) => Db::connect(url, config.database_connections).await?,
         None => Db::open_embedded(&config.data_dir).await?,
     };
     let blobs = BlobStore::open(config.data_dir.join("blobs"))
@@ -136,14 +137,23 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| Error::InvalidArgument(format!("reflection descriptors: {e}")))?;
+        .map_err(|e| Error::Server(format!("reflection descriptors: {e}")))?;
+    // The older v1alpha too: grpcio-reflection (Python) and older tools
+    // speak only it.
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Server(format!("reflection descriptors: {e}")))?;
 
-    let sweeper = tokio::spawn(sweep_overdue(store.clone()));
+    let leadership = Arc::new(leader::Leadership::new(store.db.clone()));
+    let sweeper = tokio::spawn(sweep_overdue(store.clone(), leadership.clone()));
     let collector = tokio::spawn(collect_garbage(
         store.clone(),
+        leadership.clone(),
         i64::from(config.unreferenced_blob_hours) * 3_600_000,
     ));
-    let validator = tokio::spawn(run_validators(store.clone()));
+    let validator = tokio::spawn(run_validators(store.clone(), leadership));
     let (stopping, mut stop_requested) = tokio::sync::watch::channel(false);
     let (incoming, acceptor) = accept_with_backoff(listener, store.limits().clone());
     let (incoming, handshaker) = match tls {
@@ -158,6 +168,7 @@ pub async fn serve(
         .layer(limits::LimitLayer(store.limits().clone()))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(WorkerServiceServer::new(service::WorkerApi {
             store: store.clone(),
             project_name: config.project_name.clone(),
@@ -208,7 +219,7 @@ pub async fn serve(
         handshaker.abort();
     }
     store.db.close().await;
-    result.map_err(|e| Error::InvalidArgument(format!("gRPC server: {e}")))
+    result.map_err(|e| Error::Server(format!("gRPC server: {e}")))
 }
 
 /// What the server reads connections from.
@@ -306,10 +317,13 @@ impl tonic::transport::server::Connected for Counted {
 }
 
 /// Deletes, every hour, uploads nothing refers to once `grace_ms` old.
-async fn collect_garbage(store: Store, grace_ms: i64) {
+async fn collect_garbage(store: Store, leadership: Arc<leader::Leadership>, grace_ms: i64) {
     let mut ticker = tokio::time::interval(Duration::from_secs(3_600));
     loop {
         ticker.tick().await;
+        if !leadership.check().await {
+            continue;
+        }
         let before = cobble_core::now_ms() - grace_ms;
         if let Err(error) = store.collect_unreferenced_blobs(before).await {
             tracing::warn!(%error, "collecting unreferenced blobs failed");
@@ -317,7 +331,10 @@ async fn collect_garbage(store: Store, grace_ms: i64) {
     }
 }
 
-async fn sweep_overdue(store: Store) {
+/// Sweeps between two rounds of database maintenance (vacuum, analyze).
+const MAINTENANCE_EVERY_SWEEPS: u64 = 300;
+
+async fn sweep_overdue(store: Store, leadership: Arc<leader::Leadership>) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     let mut sweeps = 0u64;
     loop {
@@ -325,6 +342,9 @@ async fn sweep_overdue(store: Store) {
         sweeps += 1;
         if sweeps.is_multiple_of(60) {
             store.limits().forget_idle();
+        }
+        if !leadership.check().await {
+            continue;
         }
         match store.expire_overdue().await {
             // Expired leases are reissued: tell the hosts waiting for work.
@@ -335,14 +355,26 @@ async fn sweep_overdue(store: Store) {
         if let Err(error) = store.release_deferred_credit().await {
             tracing::warn!(%error, "paying deferred credit failed");
         }
+        if let Err(error) = store.finish_jobs().await {
+            tracing::warn!(%error, "finishing jobs failed");
+        }
+        if sweeps.is_multiple_of(MAINTENANCE_EVERY_SWEEPS)
+            && let Err(error) = store.db.maintain().await
+        {
+            tracing::warn!(%error, "database maintenance failed");
+        }
     }
 }
 
 /// Runs researchers' validator modules on the units waiting for them, one
 /// unit at a time: a validator is CPU work, and the coordinator's first job
 /// is answering hosts.
-async fn run_validators(store: Store) {
+async fn run_validators(store: Store, leadership: Arc<leader::Leadership>) {
     loop {
+        if !leadership.check().await {
+            store.validation_wanted().await;
+            continue;
+        }
         match store.run_validators().await {
             Ok(0) => store.validation_wanted().await,
             Ok(_) => {}

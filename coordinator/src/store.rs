@@ -10,12 +10,13 @@ mod leaderboard;
 mod reports;
 mod researchers;
 mod scheduler;
+mod small_blobs;
 mod transfers;
 mod transition;
 mod validation;
 
 pub use accounts::{Attached, HostIdentity};
-pub use reports::ReportStatus;
+pub use reports::{MAX_INLINE_BYTES, MAX_REPORTS_PER_BATCH, ReportStatus};
 pub use researchers::{
     AuditEntry, DEFAULT_MAX_STORED_BYTES, DEFAULT_MAX_UNITS_IN_FLIGHT, FIRST_RESEARCHER,
     Researcher, ResearcherInfo,

@@ -6,6 +6,7 @@ mod cases {
     mod integrity;
     mod limits;
     mod researchers;
+    mod scale;
     mod store;
     mod validators;
 }

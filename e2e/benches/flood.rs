@@ -147,6 +147,7 @@ async fn honest(url: String, security: Security, seconds: u64) -> anyhow::Result
                         files: vec![],
                         fuel_used: 1_000,
                         elapsed_ms: 1,
+                        inline: Vec::new(),
                     })),
                 }))
                 .await;

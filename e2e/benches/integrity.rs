@@ -14,12 +14,11 @@
 //! COBBLE_BENCH_HOSTS (100), COBBLE_BENCH_SCENARIOS (a filter such as
 //! `0.1-colluding`), COBBLE_BENCH_BACKENDS (`sqlite,postgres`).
 
-use cobble_client::{Connection, Credentials};
+#[path = "common/mod.rs"]
+mod common;
+
 use cobble_e2e::{Coordinator, write_job};
-use cobble_proto::v1::{
-    self as pb, job_service_client::JobServiceClient, report_request::Outcome,
-    worker_service_client::WorkerServiceClient,
-};
+use cobble_proto::v1::{self as pb, job_service_client::JobServiceClient, report_request::Outcome};
 use prost::Message;
 use sqlx::Row;
 use std::sync::Arc;
@@ -90,24 +89,14 @@ async fn simulated_host(
     done: Arc<AtomicBool>,
     errors: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    let channel = cobble_client::connect(&url, &security).await?;
-    let attached = WorkerServiceClient::new(channel.clone())
-        .register_host(pb::RegisterHostRequest {
-            account: format!("{}{index}", if saboteur { "s" } else { "h" }),
-            host_name: format!("host{index}"),
-            cpus: 4,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let connection = Connection::from_channel(
-        channel.clone(),
-        Credentials::Host {
-            id: attached.host_id,
-            key: attached.host_key,
-        },
-    );
-    let mut worker = WorkerServiceClient::new(channel);
+    let (connection, mut worker) = common::attach(
+        &url,
+        &security,
+        format!("{}{index}", if saboteur { "s" } else { "h" }),
+        format!("host{index}"),
+        4,
+    )
+    .await?;
     let mut nonce = 0;
     while !done.load(Ordering::Relaxed) {
         let response = match worker
@@ -145,6 +134,7 @@ async fn simulated_host(
                     files: vec![],
                     fuel_used: 1_000_000_000,
                     elapsed_ms: 1,
+                    inline: Vec::new(),
                 })),
             };
             // As the real worker does: a report the coordinator could not
@@ -377,7 +367,11 @@ async fn main() {
                         continue;
                     }
                     let url = match &database {
-                        Some(admin) => Some(fresh_postgres(admin).await),
+                        Some(admin) => Some(
+                            common::fresh_postgres(admin)
+                                .await
+                                .expect("a fresh database"),
+                        ),
                         None => None,
                     };
                     let figures = run(scenario, units, hosts, url.as_deref()).await;
@@ -407,23 +401,5 @@ async fn main() {
                 }
             }
         }
-    }
-}
-
-/// A new empty database on the PostgreSQL server, for one run.
-async fn fresh_postgres(admin_url: &str) -> String {
-    sqlx::any::install_default_drivers();
-    let admin = sqlx::AnyPool::connect(admin_url)
-        .await
-        .expect("PostgreSQL reachable");
-    let database = format!("cobble_bench_{}", cobble_core::random_token());
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&admin)
-        .await
-        .expect("create database");
-    admin.close().await;
-    match admin_url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{database}"),
-        None => panic!("COBBLE_TEST_POSTGRES_URL needs a database path"),
     }
 }

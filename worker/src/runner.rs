@@ -606,6 +606,7 @@ impl Worker {
             files,
             fuel_used: report.fuel_used,
             elapsed_ms: report.elapsed.as_millis() as u64,
+            inline: Vec::new(),
         }))
     }
 

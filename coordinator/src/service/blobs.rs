@@ -41,14 +41,12 @@ struct UploadSlot {
 
 impl UploadSlot {
     fn take(open: &Arc<Mutex<HashMap<String, usize>>>, caller: String) -> Result<Self, Status> {
-        let mut counts = open
-            .lock()
-            .map_err(|_| Status::unavailable("upload accounting is unavailable; try again"))?;
+        let mut counts = open.lock().unwrap_or_else(|p| p.into_inner());
         let count = counts.entry(caller.clone()).or_default();
         if *count >= MAX_OPEN_UPLOADS {
-            return Err(Status::resource_exhausted(format!(
+            return Err(Status::from(Error::ResourceExhausted(format!(
                 "{caller} already has {MAX_OPEN_UPLOADS} uploads open; finish one first"
-            )));
+            ))));
         }
         *count += 1;
         Ok(UploadSlot {
@@ -77,10 +75,11 @@ async fn next_chunk(
 ) -> Result<Option<pb::BlobChunk>, Status> {
     match tokio::time::timeout(UPLOAD_IDLE, stream.message()).await {
         Ok(next) => next,
-        Err(_) => Err(Status::deadline_exceeded(format!(
+        Err(_) => Err(Error::TimedOut(format!(
             "the upload sent nothing for {} s",
             UPLOAD_IDLE.as_secs()
-        ))),
+        ))
+        .into()),
     }
 }
 
@@ -96,16 +95,18 @@ impl BlobService for BlobApi {
         let mut stream = request.into_inner();
         let first = next_chunk(&mut stream)
             .await?
-            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
+            .ok_or_else(|| Status::from(Error::InvalidArgument("empty upload".to_string())))?;
         let expected = first.expected.clone().ok_or_else(|| {
-            Status::invalid_argument("the first chunk must carry the expected hash and size")
+            Status::from(Error::InvalidArgument(
+                "the first chunk must carry the expected hash and size".to_string(),
+            ))
         })?;
         let hash = BlobHash::from_slice(&expected.hash).map_err(Error::from)?;
         if expected.size > self.max_blob_bytes {
-            return Err(Status::resource_exhausted(format!(
+            return Err(Status::from(Error::ResourceExhausted(format!(
                 "blob of {} bytes exceeds this coordinator's limit of {} bytes",
                 expected.size, self.max_blob_bytes
-            )));
+            ))));
         }
         if let Caller::Researcher(researcher) = &caller {
             self.store
@@ -117,15 +118,16 @@ impl BlobService for BlobApi {
             // fresh account must not be free storage.
             match self.store.output_allowance(host.host_id).await? {
                 None => {
-                    return Err(Status::permission_denied(
-                        "hosts upload only the outputs of units they hold; this host holds none",
-                    ));
+                    return Err(Status::from(Error::PermissionDenied(
+                        "hosts upload only the outputs of units they hold; this host holds none"
+                            .to_string(),
+                    )));
                 }
                 Some(allowed) if expected.size > allowed => {
-                    return Err(Status::resource_exhausted(format!(
+                    return Err(Status::from(Error::ResourceExhausted(format!(
                         "an output of {} bytes exceeds the {allowed}-byte limit of the units this host holds",
                         expected.size
-                    )));
+                    ))));
                 }
                 Some(_) => {}
             }
@@ -148,10 +150,10 @@ impl BlobService for BlobApi {
         while let Some(message) = chunk {
             if writer.written() + message.data.len() as u64 > expected.size {
                 writer.discard().await;
-                return Err(Status::invalid_argument(format!(
+                return Err(Status::from(Error::InvalidArgument(format!(
                     "upload is longer than its declared {} bytes",
                     expected.size
-                )));
+                ))));
             }
             if let Err(error) = writer.write(&message.data).await {
                 writer.discard().await;
@@ -189,9 +191,9 @@ impl BlobService for BlobApi {
             // A researcher reads what they uploaded and the outputs of their
             // own jobs, not another researcher's data.
             if !self.store.may_download(researcher, &hash).await? {
-                return Err(Status::permission_denied(format!(
+                return Err(Status::from(Error::PermissionDenied(format!(
                     "blob {hash} is not an upload or output of yours (list your job's results first)"
-                )));
+                ))));
             }
             self.store
                 .audit(&researcher.name, "download", None, &hash.to_hex())
@@ -201,9 +203,25 @@ impl BlobService for BlobApi {
             super::worker::require_needed(&self.store, host.host_id, &hash).await?;
         }
         let path = self.store.blobs.path_of(&hash);
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|_| Status::not_found(format!("blob {hash} is not stored here")))?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(_) => {
+                // A small output sent inline: one chunk from its row.
+                let data =
+                    self.store.small_blob(&hash).await?.ok_or_else(|| {
+                        Error::NotFound(format!("blob {hash} is not stored here"))
+                    })?;
+                let chunk = pb::BlobChunk {
+                    expected: Some(pb::BlobRef {
+                        hash: hash.0.to_vec(),
+                        size: data.len() as u64,
+                        chunk_root: Vec::new(),
+                    }),
+                    data,
+                };
+                return Ok(Response::new(Box::pin(tokio_stream::iter([Ok(chunk)]))));
+            }
+        };
         let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         let blobs = self.store.blobs.clone();
@@ -214,7 +232,10 @@ impl BlobService for BlobApi {
                 let read = match file.read(&mut buffer).await {
                     Ok(read) => read,
                     Err(error) => {
-                        let status = Status::internal(format!("reading blob {hash}: {error}"));
+                        let status = Status::from(Error::Io {
+                            context: format!("reading blob {hash}"),
+                            source: error,
+                        });
                         sender.send(Err(status)).await.ok();
                         return;
                     }
@@ -261,7 +282,7 @@ impl BlobService for BlobApi {
         let mut missing = Vec::new();
         for raw in hashes {
             let hash = BlobHash::from_slice(raw).map_err(Error::from)?;
-            if !self.store.blobs.contains(&hash).await {
+            if self.store.blob_size(&hash).await?.is_none() {
                 missing.push(raw.clone());
             }
         }

@@ -1,6 +1,7 @@
 //! JobService: what researchers call.
 
 use super::require_researcher;
+use crate::error::Error;
 use crate::store::Store;
 use cobble_proto::v1::{self as pb, job_service_server::JobService};
 use tonic::{Request, Response, Status};
@@ -17,11 +18,9 @@ impl JobService for JobApi {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let researcher = require_researcher(&self.store, request.metadata()).await?;
-        let spec = request
-            .get_ref()
-            .spec
-            .as_ref()
-            .ok_or_else(|| Status::invalid_argument("SubmitJob needs a spec"))?;
+        let spec = request.get_ref().spec.as_ref().ok_or_else(|| {
+            Status::from(Error::InvalidArgument("SubmitJob needs a spec".to_string()))
+        })?;
         let (job_id, units) = self.store.submit_job(spec, &researcher).await?;
         Ok(Response::new(pb::SubmitJobResponse { job_id, units }))
     }

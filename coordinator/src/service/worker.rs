@@ -56,9 +56,9 @@ pub(super) async fn require_needed(
     if store.host_needs_blob(host_id, hash).await? {
         Ok(())
     } else {
-        Err(Status::permission_denied(format!(
+        Err(Status::from(Error::PermissionDenied(format!(
             "blob {hash} is not the module or an input of a unit this host holds"
-        )))
+        ))))
     }
 }
 
@@ -124,7 +124,33 @@ impl WorkerService for WorkerApi {
         let status = self.store.report_result(host, request.get_ref()).await?;
         Ok(Response::new(pb::ReportResponse {
             status: status.as_str().to_string(),
+            error: String::new(),
         }))
+    }
+
+    async fn report_results(
+        &self,
+        request: Request<pb::ReportBatch>,
+    ) -> Result<Response<pb::ReportBatchResponse>, Status> {
+        let host = authenticate(&self.store, request.metadata()).await?;
+        let answers = self
+            .store
+            .report_results(host, &request.get_ref().reports)
+            .await?;
+        let results = answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(status) => pb::ReportResponse {
+                    status: status.as_str().to_string(),
+                    error: String::new(),
+                },
+                Err(refused) => pb::ReportResponse {
+                    status: "refused".to_string(),
+                    error: Status::from(refused).message().to_string(),
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::ReportBatchResponse { results }))
     }
 
     async fn heartbeat(
@@ -190,10 +216,10 @@ impl WorkerService for WorkerApi {
             .lease_needs_blob(host.host_id, &ask.lease_id, &hash)
             .await?
         {
-            return Err(Status::permission_denied(format!(
+            return Err(Status::from(Error::PermissionDenied(format!(
                 "lease {:?} is not this host's, or its unit does not need blob {hash}",
                 ask.lease_id
-            )));
+            ))));
         }
         // Invariant 8: never name a host that holds a result of the same
         // unit, whichever blob is asked about.
@@ -237,10 +263,10 @@ impl WorkerService for WorkerApi {
         require_needed(&self.store, host.host_id, &hash).await?;
         let list = self.store.blobs.chunk_list(&hash).await?;
         let have = ChunkSet::from_wire(&ask.have, list.len()).ok_or_else(|| {
-            Status::invalid_argument(format!(
+            Status::from(Error::InvalidArgument(format!(
                 "the chunk map must have one bit for each of the blob's {} chunks",
                 list.len()
-            ))
+            )))
         })?;
         let chosen = self
             .tracker

@@ -151,6 +151,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.db.make_durable().await?;
         tracing::info!(account = %request.account, host_id, "host attached");
         Ok(Attached {
             account_id,

@@ -70,25 +70,37 @@ impl Store {
             &format!("{:?}: {} units", spec.name, units.len()),
         )
         .await?;
-        for unit in &units {
-            let payload = pb::Manifest {
-                args: unit.args.clone(),
-                inputs: unit.inputs.clone(),
-                ..Default::default()
-            };
-            let unit_id: i64 = sqlx::query_scalar(
-                "INSERT INTO units (job_id, idx, payload, state, created_ms)
-                 VALUES ($1, $2, $3, 'pending', $4) RETURNING id",
-            )
-            .bind(job_id)
-            .bind(i64::from(unit.index))
-            .bind(payload.encode_to_vec())
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+        // Many rows per statement: a million-unit job is thousands of
+        // statements, not millions, inside its one transaction.
+        for chunk in units.chunks(UNITS_PER_INSERT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "({job_id}, ${}, ${}, 'pending', {now})",
+                        2 * i + 1,
+                        2 * i + 2
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO units (job_id, idx, payload, state, created_ms) VALUES {} RETURNING id",
+                rows.join(", ")
+            );
+            let mut insert = sqlx::query_scalar::<_, i64>(&sql);
+            for unit in chunk {
+                let payload = pb::Manifest {
+                    args: unit.args.clone(),
+                    inputs: unit.inputs.clone(),
+                    ..Default::default()
+                };
+                insert = insert
+                    .bind(i64::from(unit.index))
+                    .bind(payload.encode_to_vec());
+            }
+            let unit_ids = insert.fetch_all(&mut *tx).await?;
             // One replica first: how many more it gets is decided when it
             // goes out, by who takes it (adaptive replication).
-            insert_unsent(&mut tx, unit_id, now, READY_NOW).await?;
+            insert_unsent_many(&mut tx, &unit_ids, now, READY_NOW).await?;
         }
         // Known-answer units look like any other (numbered after the
         // job's own, with its shared inputs); only this row knows the answer.
@@ -115,6 +127,8 @@ impl Store {
             }
         }
         tx.commit().await?;
+        // The researcher is told the job exists: it must survive a power loss.
+        self.db.make_durable().await?;
         self.notify_work_added();
         tracing::info!(job_id, name = %spec.name, units = units.len(), "job submitted");
         Ok((job_id, units.len() as u32))
@@ -364,6 +378,43 @@ pub(super) const READY_NOW: Placement = Placement {
     reserved_min_valid: 0,
     further: false,
 };
+
+/// Units per INSERT at submit: SQLite takes at most 32,766 parameters.
+const UNITS_PER_INSERT: usize = 2_000;
+
+/// One unsent result for each unit, in one statement.
+pub(super) async fn insert_unsent_many(
+    tx: &mut crate::db::Tx,
+    unit_ids: &[i64],
+    now: i64,
+    placement: Placement,
+) -> Result<()> {
+    if unit_ids.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = unit_ids
+        .iter()
+        .map(|unit_id| {
+            format!(
+                "({unit_id}, 'unsent', {now}, {}, {}, {}, {}, {})",
+                random_key(),
+                placement.ready_ms,
+                placement.reserved_until_ms,
+                placement.reserved_min_valid,
+                i64::from(placement.further)
+            )
+        })
+        .collect();
+    sqlx::query(&format!(
+        "INSERT INTO results (unit_id, state, created_ms, rand_key, ready_ms, reserved_until_ms,
+                              reserved_min_valid, further)
+         VALUES {}",
+        rows.join(", ")
+    ))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
 pub(super) async fn insert_unsent(
     tx: &mut crate::db::Tx,

@@ -37,24 +37,198 @@ impl ReportStatus {
     }
 }
 
+/// Reports one call may carry: enough to amortize a transaction, few
+/// enough that one call's transaction stays short.
+pub const MAX_REPORTS_PER_BATCH: usize = 64;
+/// The largest output sent inline, and all inline outputs of one report.
+pub const MAX_INLINE_BYTES: usize = 64 << 10;
+pub const MAX_INLINE_BYTES_PER_REPORT: usize = 1 << 20;
+
+/// A report whose outputs were checked before any transaction.
+struct Checked<'a> {
+    request: &'a pb::ReportRequest,
+    outcome: &'a Outcome,
+    /// For a success: its canonical encoding and digest.
+    success: Option<(Vec<u8>, [u8; 32])>,
+}
+
 impl Store {
+    /// Takes one report. A refusal (unknown lease, another host's, bad
+    /// output) is the error; nothing was recorded.
     pub async fn report_result(
         &self,
         host: HostIdentity,
         request: &pb::ReportRequest,
     ) -> Result<ReportStatus> {
+        self.report_results(host, std::slice::from_ref(request))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(Error::InvalidArgument("no report".into())))
+    }
+
+    /// Takes several reports of one host in one transaction, with one
+    /// settlement of trust, quota and credit. Each report's own refusal is
+    /// its entry in the answer, and changes nothing; an error of the whole
+    /// call (the database) means none was recorded.
+    pub async fn report_results(
+        &self,
+        host: HostIdentity,
+        requests: &[pb::ReportRequest],
+    ) -> Result<Vec<Result<ReportStatus>>> {
+        if requests.len() > MAX_REPORTS_PER_BATCH {
+            return Err(Error::InvalidArgument(format!(
+                "{} reports in one call; at most {MAX_REPORTS_PER_BATCH} are taken",
+                requests.len()
+            )));
+        }
+        // Outputs are checked before the transaction: a missing upload or a
+        // bad name is the worker's to fix, and must not change any state.
+        let mut checked = Vec::with_capacity(requests.len());
+        let mut inline = Vec::new();
+        for request in requests {
+            checked.push(self.checked_report(request, &mut inline).await);
+        }
+        // Inline outputs first, committed on their own: rows keyed by hash
+        // that replicas of one unit insert alike, which inside the report's
+        // transaction could wait on each other across unit locks. One the
+        // report then refuses is unreferenced, and collected as uploads are.
+        self.store_small_blobs(&inline).await?;
+        // Units in id order, so that two batches lock shared units' rows in
+        // one order (PostgreSQL) and never deadlock.
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        let units = self.units_of_leases(requests).await?;
+        order.sort_by_key(|i| {
+            units
+                .get(&requests[*i].lease_id)
+                .copied()
+                .unwrap_or(i64::MAX)
+        });
+
+        let now = cobble_core::now_ms();
+        let mut tx = self.db.begin_write().await?;
+        let mut ledger = Ledger::default();
+        let mut answers: Vec<Option<Result<ReportStatus>>> =
+            (0..requests.len()).map(|_| None).collect();
+        let mut checked: Vec<Option<Result<Checked<'_>>>> = checked.into_iter().map(Some).collect();
+        for index in order {
+            let answer = match checked[index].take() {
+                Some(Ok(report)) => match self
+                    .report_in(&mut tx, host, report, now, &mut ledger)
+                    .await
+                {
+                    Err(error) if !error.is_refusal() => return Err(error),
+                    answer => answer,
+                },
+                Some(Err(refused)) => Err(refused),
+                None => Err(Error::InvalidArgument("report taken twice".into())),
+            };
+            answers[index] = Some(answer);
+        }
+        self.settle_in(&mut tx, ledger, now).await?;
+        tx.commit().await?;
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(Error::InvalidArgument("report not taken".into()))))
+            .collect())
+    }
+
+    /// The checks a report passes before any transaction: an outcome, and
+    /// for a success outputs that are stored or sent inline (collected
+    /// into `inline`, verified against the hashes they claim).
+    async fn checked_report<'a>(
+        &self,
+        request: &'a pb::ReportRequest,
+        inline: &mut Vec<(BlobHash, &'a [u8])>,
+    ) -> Result<Checked<'a>> {
         let outcome = request
             .outcome
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("report has no outcome".into()))?;
-        // Outputs are checked before the transaction: a missing upload or a
-        // bad name is the worker's to fix, and must not change any state.
         let success = match outcome {
-            Outcome::Success(success) => Some(self.checked_output(success).await?),
+            Outcome::Success(success) => Some(self.checked_output(success, inline).await?),
             Outcome::ClientError(_) => None,
         };
+        Ok(Checked {
+            request,
+            outcome,
+            success,
+        })
+    }
+
+    /// The unit of each lease, read without locks: only to order a batch.
+    async fn units_of_leases(
+        &self,
+        requests: &[pb::ReportRequest],
+    ) -> Result<std::collections::HashMap<String, i64>> {
+        let mut units = std::collections::HashMap::new();
+        if requests.len() < 2 {
+            return Ok(units);
+        }
+        let placeholders: Vec<String> = (1..=requests.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT lease_id, unit_id FROM results WHERE lease_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for request in requests {
+            query = query.bind(&request.lease_id);
+        }
+        for row in query.fetch_all(self.db.pool()).await? {
+            units.insert(row.try_get("lease_id")?, row.try_get("unit_id")?);
+        }
+        Ok(units)
+    }
+
+    /// Keeps inline outputs, each once (replicas send the same bytes).
+    async fn store_small_blobs(&self, blobs: &[(BlobHash, &[u8])]) -> Result<()> {
+        if blobs.is_empty() {
+            return Ok(());
+        }
         let now = cobble_core::now_ms();
-        let mut tx = self.db.begin_write().await?;
+        let mut sql = String::from("INSERT INTO small_blobs (hash, bytes, created_ms) VALUES ");
+        let mut seen = std::collections::HashSet::new();
+        let mut count = 0;
+        for (hash, _) in blobs {
+            if seen.insert(*hash) {
+                if count > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${})",
+                    3 * count + 1,
+                    3 * count + 2,
+                    3 * count + 3
+                ));
+                count += 1;
+            }
+        }
+        sql.push_str(" ON CONFLICT (hash) DO NOTHING");
+        let mut query = sqlx::query(&sql);
+        let mut bound = std::collections::HashSet::new();
+        for (hash, bytes) in blobs {
+            if bound.insert(*hash) {
+                query = query.bind(hash.0.to_vec()).bind(bytes.to_vec()).bind(now);
+            }
+        }
+        query.execute(self.db.pool()).await?;
+        Ok(())
+    }
+
+    /// One report inside a batch's transaction. Refusals come before any
+    /// write, so a refused report leaves the transaction as it found it.
+    async fn report_in(
+        &self,
+        tx: &mut Tx,
+        host: HostIdentity,
+        report: Checked<'_>,
+        now: i64,
+        ledger: &mut Ledger,
+    ) -> Result<ReportStatus> {
+        let Checked {
+            request,
+            outcome,
+            success,
+        } = report;
         let row = sqlx::query(&format!(
             "SELECT r.id, r.unit_id, r.state, r.host_id, r.deadline_ms, u.state AS unit_state,
                     j.state AS job_state, j.spec, j.module_hash, u.known_digest, u.known_fuel
@@ -63,7 +237,7 @@ impl Store {
             self.db.for_update_of("r, u")
         ))
         .bind(&request.lease_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no lease {:?}", request.lease_id)))?;
         let result_id: i64 = row.try_get("id")?;
@@ -82,11 +256,8 @@ impl Store {
         }
         if row.try_get::<Option<i64>, _>("deadline_ms")?.unwrap_or(0) < now {
             // The sweep has not caught it yet; the lease is over all the same.
-            let mut ledger = Ledger::default();
-            self.time_out_in(&mut tx, result_id, unit_id, now, &mut ledger)
+            self.time_out_in(tx, result_id, unit_id, now, ledger)
                 .await?;
-            self.settle_in(&mut tx, ledger, now).await?;
-            tx.commit().await?;
             return Ok(ReportStatus::TooLate);
         }
         let unit_open = row.try_get::<String, _>("unit_state")? == "pending"
@@ -101,7 +272,6 @@ impl Store {
         let known_digest: Option<Vec<u8>> = row.try_get("known_digest")?;
         let known_fuel = row.try_get::<i64, _>("known_fuel")?.max(0) as u64;
 
-        let mut ledger = Ledger::default();
         match (outcome, success) {
             (Outcome::Success(reported), Some((output, digest))) => {
                 // Invariant 9: no claim beyond what the job allows. A unit
@@ -136,7 +306,7 @@ impl Store {
                     )
                 }))
                 .bind(result_id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 if overclaim {
                     tracing::warn!(
@@ -150,7 +320,7 @@ impl Store {
                     let passed = match matched {
                         true => Some(
                             self.known_answer_credit_in(
-                                &mut tx,
+                                tx,
                                 unit_id,
                                 reported.fuel_used,
                                 known_fuel,
@@ -178,18 +348,15 @@ impl Store {
                 .bind(truncate(&error.kind, 64))
                 .bind(truncate(&error.message, 4096))
                 .bind(result_id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 ledger.outcome(host.host_id, &module, integrity::Outcome::Failed);
             }
             (Outcome::Success(_), None) => unreachable!("success outputs are checked above"),
         }
         if unit_open && known_digest.is_none() {
-            self.transition_in(&mut tx, unit_id, now, &mut ledger)
-                .await?;
+            self.transition_in(tx, unit_id, now, ledger).await?;
         }
-        self.settle_in(&mut tx, ledger, now).await?;
-        tx.commit().await?;
         Ok(if unit_open {
             ReportStatus::Accepted
         } else {
@@ -247,10 +414,14 @@ impl Store {
         Ok(allowance)
     }
 
-    /// Verifies that every blob a success names is stored with that size
-    /// and that every output name is a plain relative name, once; returns
-    /// the encoded output and its digest.
-    async fn checked_output(&self, success: &pb::Success) -> Result<(Vec<u8>, [u8; 32])> {
+    /// Verifies that every blob a success names is stored with that size,
+    /// or sent inline (added to `inline`), and that every output name is a
+    /// plain relative name, once; returns the encoded output and its digest.
+    async fn checked_output<'a>(
+        &self,
+        success: &'a pb::Success,
+        inline: &mut Vec<(BlobHash, &'a [u8])>,
+    ) -> Result<(Vec<u8>, [u8; 32])> {
         /// More output files than any unit needs; bounds the work a report costs.
         const MAX_OUTPUT_FILES: usize = 4_096;
         let stdout = success
@@ -283,14 +454,21 @@ impl Store {
             })?;
             blobs.push((file.name.as_str(), blob));
         }
+        let sent = self.checked_inline(success, &blobs)?;
         for (name, blob) in blobs {
             let hash = BlobHash::from_slice(&blob.hash)?;
-            if self.blobs.size_of(&hash).await != Some(blob.size) {
+            if sent.contains(&hash) {
+                continue;
+            }
+            if self.blob_size(&hash).await? != Some(blob.size) {
                 return Err(Error::InvalidArgument(format!(
                     "output {name:?}: blob {hash} ({} bytes) is not uploaded; upload it, then report again",
                     blob.size
                 )));
             }
+        }
+        for bytes in &success.inline {
+            inline.push((BlobHash::of(bytes), bytes.as_slice()));
         }
         let mut files = success.files.clone();
         files.sort_by(|a, b| a.name.cmp(&b.name));
@@ -299,9 +477,46 @@ impl Store {
             files,
             fuel_used: 0,
             elapsed_ms: 0,
+            inline: Vec::new(),
         };
         let digest = cobble_core::output::digest(stdout, &canonical.files);
         Ok((canonical.encode_to_vec(), digest))
+    }
+
+    /// The hashes of a success's inline outputs, each of which must be
+    /// small and the bytes of one of the outputs it names.
+    fn checked_inline(
+        &self,
+        success: &pb::Success,
+        named: &[(&str, &pb::BlobRef)],
+    ) -> Result<std::collections::HashSet<BlobHash>> {
+        let total: usize = success.inline.iter().map(Vec::len).sum();
+        if total > MAX_INLINE_BYTES_PER_REPORT {
+            return Err(Error::InvalidArgument(format!(
+                "{total} bytes of inline outputs; at most {MAX_INLINE_BYTES_PER_REPORT} per report (upload the rest)"
+            )));
+        }
+        let mut sent = std::collections::HashSet::new();
+        for bytes in &success.inline {
+            if bytes.len() > MAX_INLINE_BYTES {
+                return Err(Error::InvalidArgument(format!(
+                    "an inline output of {} bytes; at most {MAX_INLINE_BYTES} (upload it instead)",
+                    bytes.len()
+                )));
+            }
+            let hash = BlobHash::of(bytes);
+            let named_here = named
+                .iter()
+                .any(|(_, blob)| blob.hash == hash.0 && blob.size == bytes.len() as u64);
+            if !named_here {
+                return Err(Error::InvalidArgument(format!(
+                    "inline output {hash} ({} bytes) is none of the outputs the report names",
+                    bytes.len()
+                )));
+            }
+            sent.insert(hash);
+        }
+        Ok(sent)
     }
 
     /// Marks every overdue lease timed out and lets their units reissue.

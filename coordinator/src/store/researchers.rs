@@ -103,6 +103,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.db.make_durable().await?;
         tracing::info!(
             path = %token_path.display(),
             "the researcher token became the admin account {FIRST_RESEARCHER:?}"
@@ -157,6 +158,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.db.make_durable().await?;
         Ok(token)
     }
 
@@ -178,6 +180,7 @@ impl Store {
         }
         audit(&mut tx, "operator", "researcher_revoke", None, name).await?;
         tx.commit().await?;
+        self.db.make_durable().await?;
         Ok(())
     }
 
@@ -348,6 +351,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.db.make_durable().await?;
         Ok(())
     }
 
@@ -378,6 +382,7 @@ impl Store {
         let mut tx = self.db.begin_write().await?;
         audit(&mut tx, actor, action, job_id, detail).await?;
         tx.commit().await?;
+        self.db.make_durable().await?;
         Ok(())
     }
 

@@ -377,9 +377,7 @@ impl Store {
         };
         let files_digest = cobble_core::output::digest(&pb::BlobRef::default(), &output.files);
         let text = if stdout.size <= MAX_NUMERIC_STDOUT {
-            self.blobs
-                .read(&BlobHash::from_slice(&stdout.hash)?)
-                .await?
+            self.read_blob(&BlobHash::from_slice(&stdout.hash)?).await?
         } else {
             stdout.hash
         };
@@ -494,11 +492,13 @@ impl Store {
                     .await?;
             }
             if let Some(delta) = owners.remove(&(0, host_id)) {
-                apply_credit_in(tx, "hosts", host_id, delta, now).await?;
+                self.apply_credit_in(tx, "hosts", host_id, delta, now)
+                    .await?;
             }
         }
         for ((rank, id), delta) in owners {
-            apply_credit_in(tx, ["hosts", "accounts", "teams"][rank], id, delta, now).await?;
+            self.apply_credit_in(tx, ["hosts", "accounts", "teams"][rank], id, delta, now)
+                .await?;
         }
         Ok(())
     }
@@ -628,47 +628,92 @@ impl Store {
             .await?;
         // Two transactions closing a job's last two units must not each see
         // the other's unit still pending (write skew under PostgreSQL's read
-        // committed): the job row lock makes the second wait for the first.
-        sqlx::query(&format!(
-            "SELECT id FROM jobs WHERE id = $1{}",
-            self.db.for_update_of("jobs")
+        // committed), so near the end of a job they take its row lock in
+        // turn (`finish_job_in`) and count again. Far from the end, no
+        // transaction can miss the end: that needs more transactions at
+        // once than `NEAR_THE_END` (pools are far smaller), and the sweep's
+        // `finish_jobs` is the net beneath. Why not always lock and count:
+        // that serialized every unit of a job on one row, and the count grew
+        // with the job.
+        const NEAR_THE_END: i64 = 256;
+        let pending: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM (SELECT id FROM units
+                 WHERE job_id = $1 AND state = 'pending' AND known_digest IS NULL LIMIT {NEAR_THE_END}) p"
         ))
         .bind(job_id)
         .fetch_one(&mut **tx)
         .await?;
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM units WHERE job_id = $1 AND state = 'pending' AND known_digest IS NULL",
-        )
-        .bind(job_id)
-        .fetch_one(&mut **tx)
-        .await?;
-        if pending == 0 {
-            // Known-answer units check hosts only while the job runs.
-            sqlx::query(
-                "UPDATE results SET state = 'aborted' WHERE state = 'unsent' AND unit_id IN (
-                     SELECT id FROM units WHERE job_id = $1 AND known_digest IS NOT NULL)",
-            )
-            .bind(job_id)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query(
-                "UPDATE units SET state = 'done', finished_ms = $1
-                 WHERE job_id = $2 AND known_digest IS NOT NULL AND state = 'pending'",
-            )
-            .bind(now)
-            .bind(job_id)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query(
-                "UPDATE jobs SET state = 'done', finished_ms = $1 WHERE id = $2 AND state = 'running'",
-            )
-            .bind(now)
-            .bind(job_id)
-            .execute(&mut **tx)
-            .await?;
-            tracing::info!(job_id, "job done");
+        if pending < NEAR_THE_END {
+            self.finish_job_in(tx, job_id, now).await?;
         }
         Ok(())
+    }
+
+    /// Ends a running job none of whose units is pending: under its row
+    /// lock, checked again, so that it ends once.
+    pub(super) async fn finish_job_in(&self, tx: &mut Tx, job_id: i64, now: i64) -> Result<bool> {
+        let running: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE id = $1 AND state = 'running'{}",
+            self.db.for_update_of("jobs")
+        ))
+        .bind(job_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let pending: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM units WHERE job_id = $1 AND state = 'pending' AND known_digest IS NULL LIMIT 1",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if running.is_none() || pending.is_some() {
+            return Ok(false);
+        }
+        // Known-answer units check hosts only while the job runs.
+        sqlx::query(
+            "UPDATE results SET state = 'aborted' WHERE state = 'unsent' AND unit_id IN (
+                 SELECT id FROM units WHERE job_id = $1 AND known_digest IS NOT NULL)",
+        )
+        .bind(job_id)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE units SET state = 'done', finished_ms = $1
+             WHERE job_id = $2 AND known_digest IS NOT NULL AND state = 'pending'",
+        )
+        .bind(now)
+        .bind(job_id)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE jobs SET state = 'done', finished_ms = $1 WHERE id = $2")
+            .bind(now)
+            .bind(job_id)
+            .execute(&mut **tx)
+            .await?;
+        tracing::info!(job_id, "job done");
+        Ok(true)
+    }
+
+    /// Ends the running jobs with no pending unit left: those two last
+    /// reports at once each left to the other. The sweep calls it.
+    pub async fn finish_jobs(&self) -> Result<u64> {
+        let candidates: Vec<i64> = sqlx::query_scalar(
+            "SELECT j.id FROM jobs j WHERE j.state = 'running' AND NOT EXISTS (
+                 SELECT 1 FROM units u WHERE u.job_id = j.id AND u.state = 'pending' AND u.known_digest IS NULL)",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut finished = 0;
+        for job_id in candidates {
+            let mut tx = self.db.begin_write().await?;
+            if self
+                .finish_job_in(&mut tx, job_id, cobble_core::now_ms())
+                .await?
+            {
+                finished += 1;
+            }
+            tx.commit().await?;
+        }
+        Ok(finished)
     }
 }
 
@@ -696,38 +741,44 @@ async fn owner_of(tx: &mut Tx, result_id: i64) -> Result<sqlx::any::AnyRow> {
     .await?)
 }
 
-/// Adds (or, negative, takes back) credit on one host, account or team.
-/// RAC grows only with grants; a take-back lowers the total at once and
-/// lets RAC decay.
-async fn apply_credit_in(
-    tx: &mut Tx,
-    table: &str,
-    id: i64,
-    (amount, count, granted): (f64, i64, f64),
-    now: i64,
-) -> Result<()> {
-    let row = sqlx::query(&format!(
-        "SELECT rac, rac_time_ms FROM {table} WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_one(&mut **tx)
-    .await?;
-    let rac = credit::rac_after_grant(
-        row.try_get("rac")?,
-        row.try_get("rac_time_ms")?,
-        now,
-        granted,
-    );
-    sqlx::query(&format!(
-        "UPDATE {table} SET total_credit = total_credit + $1, rac = $2, rac_time_ms = $3,
-                valid_results = valid_results + $4 WHERE id = $5"
-    ))
-    .bind(amount)
-    .bind(rac)
-    .bind(now)
-    .bind(count)
-    .bind(id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+impl Store {
+    /// Adds (or, negative, takes back) credit on one host, account or team.
+    /// RAC grows only with grants; a take-back lowers the total at once and
+    /// lets RAC decay. The row is read locked: RAC is written as a value
+    /// computed from the one read, so two grants at once must not both read
+    /// the old one (a lost update on PostgreSQL).
+    async fn apply_credit_in(
+        &self,
+        tx: &mut Tx,
+        table: &str,
+        id: i64,
+        (amount, count, granted): (f64, i64, f64),
+        now: i64,
+    ) -> Result<()> {
+        let row = sqlx::query(&format!(
+            "SELECT rac, rac_time_ms FROM {table} WHERE id = $1{}",
+            self.db.for_update_of(table)
+        ))
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let rac = credit::rac_after_grant(
+            row.try_get("rac")?,
+            row.try_get("rac_time_ms")?,
+            now,
+            granted,
+        );
+        sqlx::query(&format!(
+            "UPDATE {table} SET total_credit = total_credit + $1, rac = $2, rac_time_ms = $3,
+                    valid_results = valid_results + $4 WHERE id = $5"
+        ))
+        .bind(amount)
+        .bind(rac)
+        .bind(now)
+        .bind(count)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
 }

@@ -197,6 +197,12 @@ impl Store {
                 .await
                 .map_err(Error::io(format!("creating {}", parent.display())))?;
         }
+        let hash = BlobHash::from_slice(&blob.hash)?;
+        if let Some(bytes) = self.small_blob(&hash).await? {
+            return tokio::fs::write(path, bytes)
+                .await
+                .map_err(Error::io(format!("writing {}", path.display())));
+        }
         if tokio::fs::hard_link(&source, path).await.is_err() {
             tokio::fs::copy(&source, path)
                 .await

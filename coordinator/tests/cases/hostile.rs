@@ -116,6 +116,7 @@ fn success(stdout: pb::BlobRef, files: Vec<pb::OutputFile>) -> Option<Outcome> {
         files,
         fuel_used: 1_000,
         elapsed_ms: 1,
+        inline: Vec::new(),
     }))
 }
 

@@ -244,6 +244,7 @@ pub(super) async fn success(store: &Store, stdout: &[u8], fuel: u64) -> pb::Repo
             files: vec![],
             fuel_used: fuel,
             elapsed_ms: 1,
+            inline: Vec::new(),
         })),
     }
 }
