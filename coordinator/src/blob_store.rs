@@ -253,10 +253,38 @@ impl BlobWriter {
                 "upload does not match its declared hash and size: declared {expected} ({size} bytes), received {actual} ({written} bytes)"
             )));
         }
-        self.file
-            .sync_all()
-            .await
-            .map_err(Error::io("syncing upload"))?;
+        // tokio's File reports a failed write (a full disk) at the next
+        // write or flush, not at sync_all: without the flush, a short file
+        // would be published under the hash of what was sent.
+        let mut file = self.file;
+        let written_out = async {
+            file.flush().await?;
+            file.sync_all().await?;
+            file.metadata().await.map(|m| m.len())
+        }
+        .await;
+        let on_disk = match written_out {
+            Ok(length) => length,
+            Err(source) => {
+                drop(file);
+                tokio::fs::remove_file(&self.temporary).await.ok();
+                return Err(Error::Io {
+                    context: "writing upload".into(),
+                    source,
+                });
+            }
+        };
+        if on_disk != size {
+            drop(file);
+            tokio::fs::remove_file(&self.temporary).await.ok();
+            return Err(Error::Io {
+                context: "writing upload".into(),
+                source: std::io::Error::other(format!(
+                    "{on_disk} bytes reached the disk of {size}"
+                )),
+            });
+        }
+        drop(file);
         let destination = store.path_of(expected);
         if let Some(parent) = destination.parent() {
             tokio::fs::create_dir_all(parent)

@@ -33,6 +33,11 @@ pub struct Config {
     /// `postgres://...` to use PostgreSQL; default: SQLite in the data dir.
     #[arg(long, env = "COBBLE_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
+    /// Where blobs (modules, inputs, outputs) are kept; default
+    /// `<data-dir>/blobs`. Coordinators sharing one database must share
+    /// this too (one directory on shared storage).
+    #[arg(long, env = "COBBLE_BLOB_DIR")]
+    pub blob_dir: Option<PathBuf>,
     /// Database connections this process keeps at most (default 8 for
     /// SQLite, 16 for PostgreSQL). With several coordinators on one
     /// PostgreSQL server, their sum must stay below its max_connections.
@@ -73,6 +78,11 @@ pub struct Config {
     /// upload nobody uses does not keep its disk for good.
     #[arg(long, default_value_t = 24)]
     pub unreferenced_blob_hours: u32,
+    /// How long a finished job's outputs and result rows are kept after its
+    /// researcher first collected them (listed its results); then they are
+    /// purged and their blobs deleted. Jobs never collected are kept.
+    #[arg(long, env = "COBBLE_KEEP_OUTPUTS_HOURS", default_value_t = 720)]
+    pub keep_outputs_hours: u32,
     /// Trust, spot-checks, quotas and replica placement.
     #[command(flatten)]
     pub integrity: crate::integrity::Policy,
@@ -96,6 +106,12 @@ impl Config {
             (Some(cert), Some(key)) => (cert.clone(), key.clone()),
             _ => (self.data_dir.join("tls.crt"), self.data_dir.join("tls.key")),
         }
+    }
+
+    pub fn blob_dir(&self) -> PathBuf {
+        self.blob_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("blobs"))
     }
 
     pub fn researcher_token_path(&self) -> PathBuf {

@@ -17,6 +17,11 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// Where write transactions run. SQLite: a pool of one connection, so
+    /// writers queue in order here instead of sleeping in SQLite's busy
+    /// handler (which polls with growing sleeps, and made a p99 of
+    /// hundreds of milliseconds with a few writers). PostgreSQL: `pool`.
+    writer: AnyPool,
     backend: Backend,
 }
 
@@ -40,17 +45,20 @@ impl Db {
             Backend::Sqlite
         };
         let default_connections = if backend == Backend::Sqlite { 8 } else { 16 };
-        let pool = AnyPoolOptions::new()
-            .max_connections(connections.unwrap_or(default_connections).max(2))
-            .acquire_timeout(Duration::from_secs(30))
-            .after_connect(move |connection, _| {
-                Box::pin(async move {
-                    for setting in session_settings(backend) {
-                        sqlx::query(setting).execute(&mut *connection).await?;
-                    }
-                    Ok(())
+        let options = || {
+            AnyPoolOptions::new()
+                .acquire_timeout(Duration::from_secs(30))
+                .after_connect(move |connection, _| {
+                    Box::pin(async move {
+                        for setting in session_settings(backend) {
+                            sqlx::query(setting).execute(&mut *connection).await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
+        };
+        let pool = options()
+            .max_connections(connections.unwrap_or(default_connections).max(2))
             .connect(url)
             .await?;
         if backend == Backend::Sqlite {
@@ -63,7 +71,15 @@ impl Db {
         } else {
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         }
-        Ok(Db { pool, backend })
+        let writer = match backend {
+            Backend::Sqlite => options().max_connections(1).connect(url).await?,
+            Backend::Postgres => pool.clone(),
+        };
+        Ok(Db {
+            pool,
+            writer,
+            backend,
+        })
     }
 
     /// Makes every committed transaction durable now. On SQLite with
@@ -101,8 +117,16 @@ impl Db {
         Ok(())
     }
 
+    /// For reads, and on PostgreSQL anything.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// For a write outside a transaction (one statement): on SQLite it
+    /// queues with the write transactions instead of waiting for them in
+    /// the busy handler.
+    pub fn writes(&self) -> &AnyPool {
+        &self.writer
     }
 
     pub fn backend(&self) -> Backend {
@@ -115,8 +139,8 @@ impl Db {
     /// in between, which the busy timeout cannot cure.
     pub async fn begin_write(&self) -> Result<Tx> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
         })
     }
 
@@ -146,6 +170,7 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }

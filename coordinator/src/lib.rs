@@ -51,7 +51,7 @@ pub async fn start(config: &Config) -> Result<Store> {
         Some(url) => Db::connect(url, config.database_connections).await?,
         None => Db::open_embedded(&config.data_dir).await?,
     };
-    let blobs = BlobStore::open(config.data_dir.join("blobs"))
+    let blobs = BlobStore::open(config.blob_dir())
         .await?
         .with_rate_limit(config.max_serve_bytes_per_sec);
     let (key_path, create) = match &config.signing_key {
@@ -147,11 +147,22 @@ pub async fn serve(
         .map_err(|e| Error::Server(format!("reflection descriptors: {e}")))?;
 
     let leadership = Arc::new(leader::Leadership::new(store.db.clone()));
-    let sweeper = tokio::spawn(sweep_overdue(store.clone(), leadership.clone()));
+    // Several coordinators may share a PostgreSQL database: the tracker's
+    // state is then theirs in common.
+    let tracker = Arc::new(match store.db.backend() {
+        db::Backend::Postgres => tracker::Tracker::shared(store.db.clone()),
+        db::Backend::Sqlite => tracker::Tracker::default(),
+    });
+    let sweeper = tokio::spawn(sweep_overdue(
+        store.clone(),
+        leadership.clone(),
+        tracker.clone(),
+    ));
     let collector = tokio::spawn(collect_garbage(
         store.clone(),
         leadership.clone(),
         i64::from(config.unreferenced_blob_hours) * 3_600_000,
+        i64::from(config.keep_outputs_hours) * 3_600_000,
     ));
     let validator = tokio::spawn(run_validators(store.clone(), leadership));
     let (stopping, mut stop_requested) = tokio::sync::watch::channel(false);
@@ -172,7 +183,7 @@ pub async fn serve(
         .add_service(WorkerServiceServer::new(service::WorkerApi {
             store: store.clone(),
             project_name: config.project_name.clone(),
-            tracker: std::sync::Arc::default(),
+            tracker,
         }))
         .add_service(JobServiceServer::new(service::JobApi {
             store: store.clone(),
@@ -316,13 +327,26 @@ impl tonic::transport::server::Connected for Counted {
     }
 }
 
-/// Deletes, every hour, uploads nothing refers to once `grace_ms` old.
-async fn collect_garbage(store: Store, leadership: Arc<leader::Leadership>, grace_ms: i64) {
+/// Every hour: purges jobs collected `keep_ms` ago, then deletes blobs
+/// nothing refers to once `grace_ms` old.
+async fn collect_garbage(
+    store: Store,
+    leadership: Arc<leader::Leadership>,
+    grace_ms: i64,
+    keep_ms: i64,
+) {
     let mut ticker = tokio::time::interval(Duration::from_secs(3_600));
     loop {
         ticker.tick().await;
         if !leadership.check().await {
             continue;
+        }
+        // Purged jobs' outputs become unreferenced, and go just below.
+        if let Err(error) = store
+            .purge_collected_jobs(cobble_core::now_ms() - keep_ms)
+            .await
+        {
+            tracing::warn!(%error, "purging collected jobs failed");
         }
         let before = cobble_core::now_ms() - grace_ms;
         if let Err(error) = store.collect_unreferenced_blobs(before).await {
@@ -334,7 +358,11 @@ async fn collect_garbage(store: Store, leadership: Arc<leader::Leadership>, grac
 /// Sweeps between two rounds of database maintenance (vacuum, analyze).
 const MAINTENANCE_EVERY_SWEEPS: u64 = 300;
 
-async fn sweep_overdue(store: Store, leadership: Arc<leader::Leadership>) {
+async fn sweep_overdue(
+    store: Store,
+    leadership: Arc<leader::Leadership>,
+    tracker: Arc<tracker::Tracker>,
+) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     let mut sweeps = 0u64;
     loop {
@@ -358,10 +386,13 @@ async fn sweep_overdue(store: Store, leadership: Arc<leader::Leadership>) {
         if let Err(error) = store.finish_jobs().await {
             tracing::warn!(%error, "finishing jobs failed");
         }
-        if sweeps.is_multiple_of(MAINTENANCE_EVERY_SWEEPS)
-            && let Err(error) = store.db.maintain().await
-        {
-            tracing::warn!(%error, "database maintenance failed");
+        if sweeps.is_multiple_of(MAINTENANCE_EVERY_SWEEPS) {
+            if let Err(error) = tracker.forget_stale(cobble_core::now_ms()).await {
+                tracing::warn!(%error, "forgetting stale blob holders failed");
+            }
+            if let Err(error) = store.db.maintain().await {
+                tracing::warn!(%error, "database maintenance failed");
+            }
         }
     }
 }

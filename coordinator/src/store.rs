@@ -9,6 +9,7 @@ mod jobs;
 mod leaderboard;
 mod reports;
 mod researchers;
+mod retention;
 mod scheduler;
 mod small_blobs;
 mod transfers;

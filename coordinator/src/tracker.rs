@@ -2,9 +2,16 @@
 //! recently fetched or hold it (the 20 most recent, like Spotify's
 //! tracker), and how often the coordinator itself handed out each chunk,
 //! so that it hands every chunk out about once and lets the workers trade
-//! the rest. Soft state, in memory: workers re-announce what they hold in
-//! every heartbeat, so a restart loses nothing that matters.
+//! the rest. Soft state: workers re-announce what they hold in every
+//! heartbeat, so a restart loses nothing that matters. One coordinator
+//! keeps it in memory; several on one PostgreSQL database keep it in the
+//! database (`blob_holders`, `seed_chunks`), so that a host attached to one
+//! finds peers that announced themselves to another. Two coordinators may
+//! then hand out the same seed chunk at once: the counts steer, they do
+//! not promise.
 
+use crate::db::Db;
+use crate::error::Result;
 use cobble_core::BlobHash;
 use cobble_core::chunk::ChunkSet;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -43,9 +50,158 @@ struct Swarm {
 #[derive(Debug, Default)]
 pub struct Tracker {
     swarms: Mutex<HashMap<BlobHash, Swarm>>,
+    /// Set when the state is shared with other coordinators.
+    shared: Option<Db>,
 }
 
 impl Tracker {
+    /// A tracker whose state lives in the database, for several
+    /// coordinators on one PostgreSQL server.
+    pub fn shared(db: Db) -> Self {
+        Tracker {
+            swarms: Mutex::default(),
+            shared: Some(db),
+        }
+    }
+
+    /// Records that `host_id`, serving peers at `contact`, fetches or holds
+    /// each of the blobs (what a heartbeat announces, or a GetPeers asks).
+    pub async fn note_holders(
+        &self,
+        hashes: &[BlobHash],
+        host_id: i64,
+        contact: Option<Contact>,
+        now_ms: i64,
+    ) -> Result<()> {
+        let Some(contact) = contact else {
+            return Ok(());
+        };
+        let Some(db) = &self.shared else {
+            for hash in hashes {
+                self.note_holder(hash, host_id, Some(contact.clone()), now_ms);
+            }
+            return Ok(());
+        };
+        let mut hashes = hashes.to_vec();
+        // One order for every writer: two upserts never wait on each other
+        // in a cycle.
+        hashes.sort_by_key(|h| h.0);
+        hashes.dedup();
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<String> = (0..hashes.len())
+            .map(|i| format!("(${}, $1, $2, $3, $4)", i + 5))
+            .collect();
+        let sql = format!(
+            "INSERT INTO blob_holders (hash, host_id, address, certificate, seen_ms) VALUES {}
+             ON CONFLICT (hash, host_id) DO UPDATE SET address = excluded.address,
+                 certificate = excluded.certificate, seen_ms = excluded.seen_ms",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(host_id)
+            .bind(&contact.address)
+            .bind(contact.certificate.to_vec())
+            .bind(now_ms);
+        for hash in &hashes {
+            query = query.bind(hash.0.to_vec());
+        }
+        query.execute(db.writes()).await?;
+        Ok(())
+    }
+
+    /// Up to `limit` recent holders of the blob, leaving out `exclude`.
+    pub async fn recent_peers(
+        &self,
+        hash: &BlobHash,
+        exclude: &HashSet<i64>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<Holder>> {
+        let Some(db) = &self.shared else {
+            return Ok(self.peers(hash, exclude, limit, now_ms));
+        };
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT host_id, address, certificate, seen_ms FROM blob_holders
+             WHERE hash = $1 AND seen_ms > $2 ORDER BY seen_ms DESC LIMIT $3",
+        )
+        .bind(hash.0.to_vec())
+        .bind(now_ms - HOLDER_TTL_MS)
+        .bind(i64::try_from(MAX_HOLDERS.min(limit + exclude.len())).unwrap_or(i64::MAX))
+        .fetch_all(db.pool())
+        .await?;
+        let mut holders = Vec::new();
+        for row in rows {
+            let host_id: i64 = row.try_get("host_id")?;
+            let certificate: Vec<u8> = row.try_get("certificate")?;
+            let Ok(certificate) = <[u8; 32]>::try_from(certificate.as_slice()) else {
+                continue;
+            };
+            if exclude.contains(&host_id) || holders.len() >= limit {
+                continue;
+            }
+            holders.push(Holder {
+                host_id,
+                contact: Contact {
+                    address: row.try_get("address")?,
+                    certificate,
+                },
+                seen_ms: row.try_get("seen_ms")?,
+            });
+        }
+        Ok(holders)
+    }
+
+    /// [`Tracker::take_seed_chunk`], with counts shared between
+    /// coordinators when there are several.
+    pub async fn next_seed_chunk(
+        &self,
+        hash: &BlobHash,
+        chunk_count: usize,
+        have: &ChunkSet,
+        peers_stalled: bool,
+    ) -> Result<Option<usize>> {
+        let Some(db) = &self.shared else {
+            return Ok(self.take_seed_chunk(hash, chunk_count, have, peers_stalled));
+        };
+        let counts: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT chunk, served FROM seed_chunks WHERE hash = $1")
+                .bind(hash.0.to_vec())
+                .fetch_all(db.pool())
+                .await?;
+        let mut served = vec![0u32; chunk_count];
+        for (chunk, count) in counts {
+            if let Some(slot) = usize::try_from(chunk).ok().and_then(|c| served.get_mut(c)) {
+                *slot = u32::try_from(count.max(0)).unwrap_or(u32::MAX);
+            }
+        }
+        let Some(chosen) = choose_seed_chunk(&served, have, peers_stalled) else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "INSERT INTO seed_chunks (hash, chunk, served) VALUES ($1, $2, 1)
+             ON CONFLICT (hash, chunk) DO UPDATE SET served = seed_chunks.served + 1",
+        )
+        .bind(hash.0.to_vec())
+        .bind(chosen as i64)
+        .execute(db.writes())
+        .await?;
+        Ok(Some(chosen))
+    }
+
+    /// Forgets holders not heard from for the holders' time to live.
+    pub async fn forget_stale(&self, now_ms: i64) -> Result<()> {
+        if let Some(db) = &self.shared {
+            sqlx::query("DELETE FROM blob_holders WHERE seen_ms <= $1")
+                .bind(now_ms - HOLDER_TTL_MS)
+                .execute(db.writes())
+                .await?;
+        }
+        Ok(())
+    }
+
     fn with_swarm<T>(&self, hash: &BlobHash, f: impl FnOnce(&mut Swarm) -> T) -> T {
         let mut swarms = self.swarms.lock().unwrap_or_else(|p| p.into_inner());
         f(swarms.entry(*hash).or_default())

@@ -45,6 +45,11 @@ pub fn is_plain_name(name: &str) -> bool {
             .all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
+/// The largest output a report may carry inline instead of uploading it
+/// first, and the most all of one report's inline outputs may add up to.
+pub const MAX_INLINE_BYTES: usize = 64 << 10;
+pub const MAX_INLINE_BYTES_PER_REPORT: usize = 1 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ mod cases {
     mod blobs;
     mod code_signing;
     mod exec;
+    mod faults;
     mod floating_point;
     mod install;
     mod integrity;

@@ -7,6 +7,7 @@
 
 mod background;
 mod fetch;
+mod report;
 
 use fetch::Queued;
 
@@ -135,6 +136,8 @@ struct Worker {
     blob_dir: PathBuf,
     journal: Journal,
     hooks: Hooks,
+    /// Reports waiting to go, batched by `report::send_reports`.
+    reports: report::Reports,
 }
 
 /// Attaches and computes until `shutdown` resolves. `monitor` decides when
@@ -239,7 +242,9 @@ pub async fn run(
         }
         None => (None, 0),
     };
+    let (reports, report_queue) = tokio::sync::mpsc::unbounded_channel();
     let worker = Arc::new(Worker {
+        reports,
         connection,
         prefs: config.prefs.clone(),
         slots: config.slots.max(1),
@@ -259,6 +264,7 @@ pub async fn run(
         journal,
         hooks,
     });
+    background.spawn(report::send_reports(worker.clone(), report_queue));
     // Units a previous run of this worker left unfinished go first in the
     // queue; finished ones only need their report sent again.
     for item in recovered {
@@ -584,18 +590,49 @@ impl Worker {
         if let Some(filter) = self.hooks.stdout_filter() {
             filter(&mut stdout);
         }
-        let stdout = with_retry(deadline_ms, "uploading stdout", || {
-            self.connection.upload_bytes(&stdout)
-        })
-        .await?;
-        self.count_upload(stdout.size);
-        let mut files = Vec::with_capacity(report.files.len());
-        for file in &report.files {
-            let blob = with_retry(deadline_ms, "uploading an output file", || {
-                self.connection.upload_file(&file.path)
+        // Small outputs go inline with the report: no upload call, and no
+        // file of their own on the coordinator.
+        let mut inline = Vec::new();
+        let mut budget = cobble_core::output::MAX_INLINE_BYTES_PER_REPORT;
+        let stdout = if stdout.len() <= cobble_core::output::MAX_INLINE_BYTES {
+            budget -= stdout.len();
+            let blob = inline_ref(&stdout);
+            inline.push(stdout);
+            blob
+        } else {
+            let blob = with_retry(deadline_ms, "uploading stdout", || {
+                self.connection.upload_bytes(&stdout)
             })
             .await?;
             self.count_upload(blob.size);
+            blob
+        };
+        let mut files = Vec::with_capacity(report.files.len());
+        for file in &report.files {
+            let small = usize::try_from(file.size)
+                .ok()
+                .filter(|size| *size <= cobble_core::output::MAX_INLINE_BYTES && *size <= budget);
+            let bytes = match small {
+                // Read with a bound: the file's size was taken when the unit ended.
+                Some(size) => read_at_most(&file.path, size),
+                None => None,
+            };
+            let blob = match bytes {
+                Some(bytes) => {
+                    budget -= bytes.len();
+                    let blob = inline_ref(&bytes);
+                    inline.push(bytes);
+                    blob
+                }
+                None => {
+                    let blob = with_retry(deadline_ms, "uploading an output file", || {
+                        self.connection.upload_file(&file.path)
+                    })
+                    .await?;
+                    self.count_upload(blob.size);
+                    blob
+                }
+            };
             files.push(pb::OutputFile {
                 name: file.name.clone(),
                 blob: Some(blob),
@@ -606,7 +643,7 @@ impl Worker {
             files,
             fuel_used: report.fuel_used,
             elapsed_ms: report.elapsed.as_millis() as u64,
-            inline: Vec::new(),
+            inline,
         }))
     }
 
@@ -747,8 +784,24 @@ impl Worker {
         }
     }
 
-    /// Reports, retrying through coordinator outages until the lease is over.
+    /// Reports, batched with whatever else finished meanwhile, retrying
+    /// through coordinator outages until the lease is over; returns once
+    /// the coordinator answered (or the report was given up).
     async fn report(&self, manifest: &pb::Manifest, report: pb::ReportRequest) {
+        let (sent, answered) = tokio::sync::oneshot::channel();
+        let queued = self.reports.send(report::Pending {
+            manifest: manifest.clone(),
+            request: report.clone(),
+            sent,
+        });
+        if queued.is_err() || answered.await.is_err() {
+            // No batcher (shutting down): send it alone.
+            self.report_one(manifest, report).await;
+        }
+    }
+
+    /// Reports one unit by itself, retrying until the lease is over.
+    async fn report_one(&self, manifest: &pb::Manifest, report: pb::ReportRequest) {
         let sent = with_retry(manifest.deadline_ms, "reporting", || async {
             self.client()
                 .report_result(self.authorized(report.clone()))
@@ -766,6 +819,25 @@ impl Worker {
             }
         }
     }
+}
+
+/// How a report names an output it carries inline.
+fn inline_ref(bytes: &[u8]) -> pb::BlobRef {
+    pb::BlobRef {
+        hash: BlobHash::of(bytes).0.to_vec(),
+        size: bytes.len() as u64,
+        chunk_root: Vec::new(),
+    }
+}
+
+/// A file's bytes if it holds exactly `size` of them (it was measured when
+/// the unit ended; anything else means it changed, and it is uploaded).
+fn read_at_most(path: &Path, size: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).ok()?;
+    let mut bytes = Vec::with_capacity(size);
+    file.take(size as u64 + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() == size).then_some(bytes)
 }
 
 fn is_transient(status: &tonic::Status) -> bool {

@@ -6,7 +6,7 @@
 //! - `cargo xtask setup`: install what the build needs (wasm target, clang,
 //!   the pinned third-party WASI program); `.ci/run` calls it before clippy.
 //! - `cargo xtask units`: build the example work units for wasm32-wasip1.
-//! - `cargo xtask bench [units|volunteer|swarm|integrity|flood]`: set up, then run the benchmarks.
+//! - `cargo xtask bench [units|volunteer|swarm|integrity|flood|load]`: set up, then run the benchmarks.
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -61,7 +61,9 @@ fn main() -> anyhow::Result<()> {
             // costs its owner; `swarm`: peer-to-peer input delivery;
             // `integrity`: wrong results and replication cost under
             // saboteurs; `flood`: an honest worker's latency while one
-            // address floods the coordinator. All unless one is named.
+            // address floods the coordinator; `load`: validated units per
+            // second and what each costs, SQLite and PostgreSQL, one and
+            // two coordinators. All unless one is named.
             let which = std::env::args().nth(2);
             let benches = [
                 ("cobble-sandbox", "units"),
@@ -69,6 +71,7 @@ fn main() -> anyhow::Result<()> {
                 ("cobble-e2e", "swarm"),
                 ("cobble-e2e", "integrity"),
                 ("cobble-e2e", "flood"),
+                ("cobble-e2e", "load"),
             ];
             for (package, bench) in benches {
                 if which.as_deref().is_none_or(|name| name == bench) {
@@ -85,7 +88,7 @@ fn main() -> anyhow::Result<()> {
             demo(&root)
         }
         _ => bail!(
-            "usage: cargo xtask <demo|test|setup|units|bench [units|volunteer|swarm|integrity|flood]>"
+            "usage: cargo xtask <demo|test|setup|units|bench [units|volunteer|swarm|integrity|flood|load]>"
         ),
     }
 }

@@ -11,3 +11,27 @@ CREATE TABLE small_blobs (
 -- host and state, so the count does not grow with the host's history.
 DROP INDEX results_by_host;
 CREATE INDEX results_by_host_state ON results(host_id, state);
+
+-- The tracker's state when several coordinators share one database: who
+-- holds which blob (announced in heartbeats), and how often the
+-- coordinators handed out each chunk as the super-seed. Soft state.
+CREATE TABLE blob_holders (
+    hash BYTEA NOT NULL,
+    host_id BIGINT NOT NULL,
+    address TEXT NOT NULL,
+    certificate BYTEA NOT NULL,
+    seen_ms BIGINT NOT NULL,
+    PRIMARY KEY (hash, host_id)
+);
+CREATE INDEX blob_holders_by_seen ON blob_holders(hash, seen_ms);
+CREATE TABLE seed_chunks (
+    hash BYTEA NOT NULL,
+    chunk BIGINT NOT NULL,
+    served BIGINT NOT NULL,
+    PRIMARY KEY (hash, chunk)
+);
+
+-- Retention: when the researcher first collected a finished job's results,
+-- and when its results and units were purged (the job row stays).
+ALTER TABLE jobs ADD COLUMN collected_ms BIGINT;
+ALTER TABLE jobs ADD COLUMN purged_ms BIGINT;

@@ -167,12 +167,15 @@ impl WorkerService for WorkerApi {
         }
         let contact = peer_contact(&request, heartbeat.peer_port, &heartbeat.peer_certificate);
         let now = cobble_core::now_ms();
-        for raw in heartbeat.held_blobs.iter().take(MAX_ANNOUNCED_BLOBS) {
-            if let Ok(hash) = BlobHash::from_slice(raw) {
-                self.tracker
-                    .note_holder(&hash, host.host_id, contact.clone(), now);
-            }
-        }
+        let held: Vec<BlobHash> = heartbeat
+            .held_blobs
+            .iter()
+            .take(MAX_ANNOUNCED_BLOBS)
+            .filter_map(|raw| BlobHash::from_slice(raw).ok())
+            .collect();
+        self.tracker
+            .note_holders(&held, host.host_id, contact, now)
+            .await?;
         let abort_leases = self
             .store
             .leases_to_abort(host, &request.get_ref().running_leases)
@@ -231,7 +234,8 @@ impl WorkerService for WorkerApi {
         let now = cobble_core::now_ms();
         let peers = self
             .tracker
-            .peers(&hash, &exclude, PEERS_PER_REQUEST, now)
+            .recent_peers(&hash, &exclude, PEERS_PER_REQUEST, now)
+            .await?
             .into_iter()
             .map(|holder| pb::Peer {
                 host_id: holder.host_id,
@@ -249,7 +253,9 @@ impl WorkerService for WorkerApi {
         // Asking means fetching: from now on this host is a holder others
         // can trade with, even before it has the whole blob.
         let contact = peer_contact(&request, ask.peer_port, &ask.peer_certificate);
-        self.tracker.note_holder(&hash, host.host_id, contact, now);
+        self.tracker
+            .note_holders(&[hash], host.host_id, contact, now)
+            .await?;
         Ok(Response::new(pb::PeersResponse { peers, capability }))
     }
 
@@ -270,7 +276,8 @@ impl WorkerService for WorkerApi {
         })?;
         let chosen = self
             .tracker
-            .take_seed_chunk(&hash, list.len(), &have, ask.peers_stalled);
+            .next_seed_chunk(&hash, list.len(), &have, ask.peers_stalled)
+            .await?;
         let response = match chosen {
             Some(index) => {
                 let data = self

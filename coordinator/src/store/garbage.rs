@@ -1,6 +1,7 @@
 //! Collecting blobs nothing refers to: uploads never submitted, outputs of
-//! reports that were refused. A blob is kept while any job's spec (module,
-//! inputs, split files, validator) or any result's output names it.
+//! reports that were refused, and what purged jobs left (`retention.rs`).
+//! A blob, file or inline row, is kept while any unpurged job's spec
+//! (module, inputs, split files, validator) or any result's output names it.
 
 use super::Store;
 use crate::error::{Error, Result};
@@ -14,11 +15,32 @@ impl Store {
     /// result refers to; returns how many, and the bytes freed.
     pub async fn collect_unreferenced_blobs(&self, before: i64) -> Result<(u64, u64)> {
         let candidates = self.blobs.older_than(before).await?;
-        if candidates.is_empty() {
+        let small: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT hash FROM small_blobs WHERE created_ms < $1")
+                .bind(before)
+                .fetch_all(self.db.pool())
+                .await?;
+        if candidates.is_empty() && small.is_empty() {
             return Ok((0, 0));
         }
         let referenced = self.referenced_blobs().await?;
         let (mut count, mut bytes) = (0, 0);
+        for raw in small {
+            let Ok(hash) = BlobHash::from_slice(&raw) else {
+                continue;
+            };
+            if !referenced.contains(&hash) {
+                let deleted = sqlx::query_scalar::<_, i64>(
+                    "DELETE FROM small_blobs WHERE hash = $1 RETURNING LENGTH(bytes)",
+                )
+                .bind(raw)
+                .fetch_optional(self.db.writes())
+                .await?;
+                bytes += deleted.map_or(0, |size| size.max(0) as u64);
+                self.forget_researcher_blob(&hash).await?;
+                count += 1;
+            }
+        }
         for hash in candidates {
             if !referenced.contains(&hash) {
                 bytes += self.blobs.remove(&hash).await;
@@ -39,9 +61,11 @@ impl Store {
                 referenced.insert(hash);
             }
         };
-        let specs: Vec<Vec<u8>> = sqlx::query_scalar("SELECT spec FROM jobs")
-            .fetch_all(self.db.pool())
-            .await?;
+        // A purged job's module and inputs are no longer kept for it.
+        let specs: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT spec FROM jobs WHERE purged_ms IS NULL")
+                .fetch_all(self.db.pool())
+                .await?;
         for spec in specs {
             let spec = pb::JobSpec::decode(spec.as_slice())
                 .map_err(|e| Error::Corrupt(format!("job spec: {e}")))?;

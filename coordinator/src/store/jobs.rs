@@ -198,7 +198,8 @@ impl Store {
 
     pub async fn job_status(&self, job_id: i64) -> Result<pb::JobStatus> {
         let job = sqlx::query(
-            "SELECT name, state, units_total, created_ms, finished_ms FROM jobs WHERE id = $1",
+            "SELECT name, CASE WHEN purged_ms IS NULL THEN state ELSE 'purged' END AS state,
+                    units_total, created_ms, finished_ms FROM jobs WHERE id = $1",
         )
         .bind(job_id)
         .fetch_optional(self.db.pool())
@@ -292,6 +293,9 @@ impl Store {
     /// Every unit of a job with its canonical output, if it has one.
     pub async fn job_results(&self, job_id: i64) -> Result<pb::JobResults> {
         let status = self.job_status(job_id).await?;
+        // Listing a finished job's results is collecting them: its
+        // retention clock starts (`retention.rs`).
+        self.note_collected(job_id).await?;
         let rows = sqlx::query(
             "SELECT u.idx, u.state, u.payload, u.error, u.replicated, r.output
              FROM units u LEFT JOIN results r ON r.id = u.canonical_result_id

@@ -40,9 +40,7 @@ impl ReportStatus {
 /// Reports one call may carry: enough to amortize a transaction, few
 /// enough that one call's transaction stays short.
 pub const MAX_REPORTS_PER_BATCH: usize = 64;
-/// The largest output sent inline, and all inline outputs of one report.
-pub const MAX_INLINE_BYTES: usize = 64 << 10;
-pub const MAX_INLINE_BYTES_PER_REPORT: usize = 1 << 20;
+pub use cobble_core::output::{MAX_INLINE_BYTES, MAX_INLINE_BYTES_PER_REPORT};
 
 /// A report whose outputs were checked before any transaction.
 struct Checked<'a> {
@@ -210,7 +208,7 @@ impl Store {
                 query = query.bind(hash.0.to_vec()).bind(bytes.to_vec()).bind(now);
             }
         }
-        query.execute(self.db.pool()).await?;
+        query.execute(self.db.writes()).await?;
         Ok(())
     }
 
@@ -541,9 +539,13 @@ impl Store {
     }
 
     async fn expire_overdue_in(&self, tx: &mut Tx, now: i64) -> Result<u64> {
-        let overdue = sqlx::query(
-            "SELECT id, unit_id FROM results WHERE state = 'in_progress' AND deadline_ms < $1",
-        )
+        // Several coordinators (and every request for work) sweep: each
+        // takes the overdue leases nobody else is timing out right now.
+        let overdue = sqlx::query(&format!(
+            "SELECT id, unit_id FROM results WHERE state = 'in_progress' AND deadline_ms < $1
+             ORDER BY id LIMIT 1000{}",
+            self.db.skip_locked("results")
+        ))
         .bind(now)
         .fetch_all(&mut **tx)
         .await?;
@@ -614,7 +616,7 @@ impl Store {
             .bind(lease.fraction.clamp(0.0, 1.0))
             .bind(&lease.lease_id)
             .bind(host.host_id)
-            .execute(self.db.pool())
+            .execute(self.db.writes())
             .await?;
         }
         Ok(())

@@ -351,7 +351,6 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        self.db.make_durable().await?;
         Ok(())
     }
 
@@ -382,7 +381,6 @@ impl Store {
         let mut tx = self.db.begin_write().await?;
         audit(&mut tx, actor, action, job_id, detail).await?;
         tx.commit().await?;
-        self.db.make_durable().await?;
         Ok(())
     }
 
@@ -411,7 +409,7 @@ impl Store {
     pub(crate) async fn forget_researcher_blob(&self, hash: &BlobHash) -> Result<()> {
         sqlx::query("DELETE FROM researcher_blobs WHERE hash = $1")
             .bind(hash.0.to_vec())
-            .execute(self.db.pool())
+            .execute(self.db.writes())
             .await?;
         Ok(())
     }

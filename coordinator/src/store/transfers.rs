@@ -26,7 +26,7 @@ impl Store {
         .bind(clamp(delta.from_peers))
         .bind(clamp(delta.served_to_peers))
         .bind(host.host_id)
-        .execute(self.db.pool())
+        .execute(self.db.writes())
         .await?;
         Ok(())
     }

@@ -389,11 +389,12 @@ impl Store {
     /// a transition never locks other units' results for it.
     pub async fn release_deferred_credit(&self) -> Result<u64> {
         let mut tx = self.db.begin_write().await?;
-        let owed = sqlx::query(
+        let owed = sqlx::query(&format!(
             "SELECT r.id, r.fuel_used FROM results r JOIN hosts h ON h.id = r.host_id
              WHERE r.credit = 'deferred' AND r.validate_state = 'valid' AND r.reported_ms <= h.checked_ms
-             ORDER BY r.id LIMIT 1000",
-        )
+             ORDER BY r.id LIMIT 1000{}",
+            self.db.skip_locked("r")
+        ))
         .fetch_all(&mut *tx)
         .await?;
         let mut ledger = Ledger::default();

@@ -365,3 +365,181 @@ async fn both_migration_sets_make_the_same_schema() {
         backend.cleanup().await;
     }
 }
+
+/// Two coordinators' trackers on one database: a host announced to one is
+/// a peer the other names, and the super-seed's counts are theirs in
+/// common, so between them every chunk goes out once before any twice.
+#[tokio::test]
+async fn trackers_of_two_coordinators_share_holders_and_seed_counts() {
+    use cobble_coordinator::tracker::{Contact, Tracker};
+    use cobble_core::chunk::ChunkSet;
+    use std::collections::HashSet;
+    for backend in backends().await {
+        let (one, other) = (
+            Tracker::shared(backend.store.db.clone()),
+            Tracker::shared(backend.store.db.clone()),
+        );
+        let blob = BlobHash::of(b"an input");
+        let contact = |host: i64| Contact {
+            address: format!("192.0.2.{host}:7000"),
+            certificate: [host as u8; 32],
+        };
+        for host in 1..=3 {
+            one.note_holders(&[blob], host, Some(contact(host)), 1_000 + host)
+                .await
+                .expect("announce");
+        }
+        // A host serving nobody is not a peer.
+        one.note_holders(&[blob], 9, None, 2_000)
+            .await
+            .expect("announce");
+        let peers = other
+            .recent_peers(&blob, &HashSet::from([2]), 16, 5_000)
+            .await
+            .expect("peers");
+        let ids: Vec<i64> = peers.iter().map(|p| p.host_id).collect();
+        assert_eq!(ids, [3, 1], "most recent first, the excluded left out");
+        assert_eq!(peers[0].contact, contact(3));
+        // Heard of again through the other coordinator: fresh there too.
+        other
+            .note_holders(&[blob], 1, Some(contact(1)), 9_000)
+            .await
+            .expect("announce");
+        let ids: Vec<i64> = one
+            .recent_peers(&blob, &HashSet::new(), 16, 9_500)
+            .await
+            .expect("peers")
+            .iter()
+            .map(|p| p.host_id)
+            .collect();
+        assert_eq!(ids, [1, 3, 2]);
+        // Stale holders are forgotten.
+        one.forget_stale(10 * 60 * 1000 + 5_000)
+            .await
+            .expect("forget");
+        let left = other
+            .recent_peers(&blob, &HashSet::new(), 16, 9_500)
+            .await
+            .expect("peers");
+        assert_eq!(left.iter().map(|p| p.host_id).collect::<Vec<_>>(), [1]);
+
+        let nothing = ChunkSet::empty(3);
+        let mut handed = Vec::new();
+        for tracker in [&one, &other, &one, &other] {
+            handed.push(
+                tracker
+                    .next_seed_chunk(&blob, 3, &nothing, false)
+                    .await
+                    .expect("seed"),
+            );
+        }
+        assert_eq!(handed, [Some(0), Some(1), Some(2), None]);
+        backend.cleanup().await;
+    }
+}
+
+/// A project that runs for a year, in miniature: round after round a job
+/// is submitted, computed (inline and uploaded outputs), collected, kept
+/// for its retention time and purged; the database and the blob store end
+/// each round as small as they began it, and purged jobs still say what
+/// they were.
+#[tokio::test]
+async fn collected_jobs_are_purged_and_storage_stays_bounded() {
+    const ROUNDS: usize = 4;
+    for backend in backends().await {
+        let store = &backend.store;
+        let owner = super::store::owner(store).await;
+        let (alice, bob) = (attach(store, "alice").await, attach(store, "bob").await);
+        let mut sizes = Vec::new();
+        let mut jobs = Vec::new();
+        for round in 0..ROUNDS {
+            let spec = super::store::job_spec(store, 2, (2, 2, 4), 600, None).await;
+            let (job, _) = store.submit_job(&spec, &owner).await.expect("submit");
+            jobs.push(job);
+            for _ in 0..2 {
+                for host in [alice, bob] {
+                    let manifest = take_one(store, host).await.expect("a unit");
+                    let text = format!("round {round} unit {}\n", manifest.unit_id);
+                    // Stdout inline, one output file uploaded.
+                    let file = format!("file of round {round} unit {}", manifest.unit_id);
+                    let stored = store.blobs.put(file.as_bytes()).await.expect("upload");
+                    let mut request = inline_success(&manifest.lease_id, text.as_bytes());
+                    if let Some(Outcome::Success(s)) = &mut request.outcome {
+                        s.files = vec![pb::OutputFile {
+                            name: "result.txt".into(),
+                            blob: Some(pb::BlobRef {
+                                hash: stored.0.to_vec(),
+                                size: file.len() as u64,
+                                chunk_root: Vec::new(),
+                            }),
+                        }];
+                    }
+                    store.report_result(host, &request).await.expect("report");
+                }
+            }
+            assert_eq!(store.job_status(job).await.expect("status").state, "done");
+            // Kept while not collected, however old.
+            let later = cobble_core::now_ms() + 1_000;
+            assert_eq!(
+                store.purge_collected_jobs(later).await.expect("purge"),
+                (0, 0)
+            );
+            let listed = store.job_results(job).await.expect("collect");
+            assert_eq!(listed.units.len(), 2);
+            // Kept until its time is over...
+            let collected_just_now = cobble_core::now_ms() - 60_000;
+            assert_eq!(
+                store
+                    .purge_collected_jobs(collected_just_now)
+                    .await
+                    .expect("purge")
+                    .0,
+                0
+            );
+            // ...then purged: rows now, blobs at the next collection.
+            let (purged, results) = store.purge_collected_jobs(later).await.expect("purge");
+            assert_eq!((purged, results), (1, 4));
+            store
+                .collect_unreferenced_blobs(later)
+                .await
+                .expect("collect garbage");
+            let count = |sql: &'static str| async move {
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(store.db.pool())
+                    .await
+                    .expect("count")
+            };
+            let files = std::fs::read_dir(
+                store
+                    .blobs
+                    .path_of(&BlobHash::of(b"x"))
+                    .parent()
+                    .and_then(|p| p.parent())
+                    .expect("blob root"),
+            )
+            .expect("blob root")
+            .flatten()
+            .filter(|e| e.file_name() != "tmp")
+            .map(|e| std::fs::read_dir(e.path()).map(|d| d.count()).unwrap_or(0))
+            .sum::<usize>();
+            sizes.push((
+                count("SELECT COUNT(*) FROM units").await,
+                count("SELECT COUNT(*) FROM results").await,
+                count("SELECT COUNT(*) FROM small_blobs").await,
+                files,
+            ));
+        }
+        assert!(
+            sizes.iter().all(|s| *s == (0, 0, 0, 0)),
+            "rows of units, results, inline outputs and blob files after each round: {sizes:?}"
+        );
+        for job in jobs {
+            let status = store
+                .job_status(job)
+                .await
+                .expect("a purged job still has a status");
+            assert_eq!((status.state.as_str(), status.units_total), ("purged", 2));
+        }
+        backend.cleanup().await;
+    }
+}
