@@ -12,6 +12,7 @@ mod cases {
     mod job;
     mod peers;
     mod prefs;
+    mod reflection;
     mod researchers;
     mod resume;
     mod signing;

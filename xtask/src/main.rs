@@ -4,7 +4,8 @@
 //!   three workers and the example primes job; print results and leaderboard.
 //! - `cargo xtask test`: set up, then run every test of the workspace.
 //! - `cargo xtask setup`: install what the build needs (wasm target, clang,
-//!   the pinned third-party WASI program); `.ci/run` calls it before clippy.
+//!   the pinned third-party WASI program, Python's gRPC reflection client
+//!   for one test); `.ci/run` calls it before clippy.
 //! - `cargo xtask units`: build the example work units for wasm32-wasip1.
 //! - `cargo xtask bench [units|volunteer|swarm|integrity|flood|load]`: set up, then run the benchmarks.
 
@@ -41,12 +42,14 @@ fn main() -> anyhow::Result<()> {
             ensure_wasm_target()?;
             ensure_c_toolchain()?;
             fetch_third_party(&root);
+            ensure_python_reflection();
             run(Command::new(cargo()).args(["test", "--workspace", "--locked"]))
         }
         "setup" => {
             ensure_wasm_target()?;
             ensure_c_toolchain()?;
             fetch_third_party(&root);
+            ensure_python_reflection();
             Ok(())
         }
         "units" => {
@@ -182,6 +185,34 @@ fn ensure_c_toolchain() -> anyhow::Result<()> {
 /// Fetches the unmodified third-party WASI program into
 /// `target/third-party/flite.wasm` and checks it against its pinned hash.
 /// Failure is not fatal: the test that needs it says that it skips.
+/// The stock Python gRPC client and its reflection package (PyPI), which a
+/// test uses to check that older tools can discover the API. Best effort:
+/// without them that test says it skips.
+fn ensure_python_reflection() {
+    let present = Command::new("python3")
+        .args(["-c", "import grpc_reflection.v1alpha"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return;
+    }
+    eprintln!("installing grpcio and grpcio-reflection from PyPI");
+    let installed = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "grpcio==1.85.0",
+            "grpcio-reflection==1.85.0",
+        ])
+        .status();
+    if !matches!(installed, Ok(status) if status.success()) {
+        eprintln!("could not install grpcio-reflection; the reflection test will skip");
+    }
+}
+
 fn fetch_third_party(root: &Path) {
     let dir = root.join("target/third-party");
     let wasm = dir.join("flite.wasm");
