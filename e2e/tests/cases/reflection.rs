@@ -13,13 +13,18 @@ fn the_stock_python_reflection_client_discovers_the_api() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_client {
-        eprintln!("skipping: python3 with grpcio-reflection is not installed (`cargo xtask setup` installs it)");
+        eprintln!(
+            "skipping: python3 with grpcio-reflection is not installed (`cargo xtask setup` installs it)"
+        );
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
     // Plaintext on loopback: the test is about reflection, not TLS.
     let coordinator = Coordinator::start_with(dir.path(), &["--insecure-plaintext"]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/reflection_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/reflection_client.py"
+    );
     let output = Command::new("python3")
         .arg(script)
         .arg(coordinator.address())
