@@ -182,31 +182,21 @@ impl Store {
         if blobs.is_empty() {
             return Ok(());
         }
-        let now = cobble_core::now_ms();
-        let mut sql = String::from("INSERT INTO small_blobs (hash, bytes, created_ms) VALUES ");
+        // Replicas in one batch may send the same bytes: each row once.
         let mut seen = std::collections::HashSet::new();
-        let mut count = 0;
-        for (hash, _) in blobs {
-            if seen.insert(*hash) {
-                if count > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${})",
-                    3 * count + 1,
-                    3 * count + 2,
-                    3 * count + 3
-                ));
-                count += 1;
-            }
-        }
-        sql.push_str(" ON CONFLICT (hash) DO NOTHING");
+        let unique: Vec<&(BlobHash, &[u8])> =
+            blobs.iter().filter(|(h, _)| seen.insert(*h)).collect();
+        let rows: Vec<String> = (0..unique.len())
+            .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+            .collect();
+        let sql = format!(
+            "INSERT INTO small_blobs (hash, bytes, created_ms) VALUES {} ON CONFLICT (hash) DO NOTHING",
+            rows.join(", ")
+        );
+        let now = cobble_core::now_ms();
         let mut query = sqlx::query(&sql);
-        let mut bound = std::collections::HashSet::new();
-        for (hash, bytes) in blobs {
-            if bound.insert(*hash) {
-                query = query.bind(hash.0.to_vec()).bind(bytes.to_vec()).bind(now);
-            }
+        for (hash, bytes) in unique {
+            query = query.bind(hash.0.to_vec()).bind(bytes.to_vec()).bind(now);
         }
         query.execute(self.db.writes()).await?;
         Ok(())
@@ -455,7 +445,7 @@ impl Store {
         let sent = self.checked_inline(success, &blobs)?;
         for (name, blob) in blobs {
             let hash = BlobHash::from_slice(&blob.hash)?;
-            if sent.contains(&hash) {
+            if sent.iter().any(|(inline, _)| *inline == hash) {
                 continue;
             }
             if self.blob_size(&hash).await? != Some(blob.size) {
@@ -465,9 +455,7 @@ impl Store {
                 )));
             }
         }
-        for bytes in &success.inline {
-            inline.push((BlobHash::of(bytes), bytes.as_slice()));
-        }
+        inline.extend(sent);
         let mut files = success.files.clone();
         files.sort_by(|a, b| a.name.cmp(&b.name));
         let canonical = pb::Success {
@@ -481,20 +469,21 @@ impl Store {
         Ok((canonical.encode_to_vec(), digest))
     }
 
-    /// The hashes of a success's inline outputs, each of which must be
-    /// small and the bytes of one of the outputs it names.
-    fn checked_inline(
+    /// A success's inline outputs with their hashes (computed once here),
+    /// each of which must be small and the bytes of one of the outputs it
+    /// names.
+    fn checked_inline<'a>(
         &self,
-        success: &pb::Success,
+        success: &'a pb::Success,
         named: &[(&str, &pb::BlobRef)],
-    ) -> Result<std::collections::HashSet<BlobHash>> {
+    ) -> Result<Vec<(BlobHash, &'a [u8])>> {
         let total: usize = success.inline.iter().map(Vec::len).sum();
         if total > MAX_INLINE_BYTES_PER_REPORT {
             return Err(Error::InvalidArgument(format!(
                 "{total} bytes of inline outputs; at most {MAX_INLINE_BYTES_PER_REPORT} per report (upload the rest)"
             )));
         }
-        let mut sent = std::collections::HashSet::new();
+        let mut sent = Vec::with_capacity(success.inline.len());
         for bytes in &success.inline {
             if bytes.len() > MAX_INLINE_BYTES {
                 return Err(Error::InvalidArgument(format!(
@@ -512,7 +501,7 @@ impl Store {
                     bytes.len()
                 )));
             }
-            sent.insert(hash);
+            sent.push((hash, bytes.as_slice()));
         }
         Ok(sent)
     }
