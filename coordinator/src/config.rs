@@ -1,6 +1,8 @@
 //! The coordinator's configuration: one struct, every field documented,
 //! defaults that run a project on one machine with nothing else installed.
 
+use crate::blob_store::Location;
+use crate::error::Error;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -33,11 +35,16 @@ pub struct Config {
     /// `postgres://...` to use PostgreSQL; default: SQLite in the data dir.
     #[arg(long, env = "COBBLE_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
-    /// Where blobs (modules, inputs, outputs) are kept; default
-    /// `<data-dir>/blobs`. Coordinators sharing one database must share
-    /// this too (one directory on shared storage).
-    #[arg(long, env = "COBBLE_BLOB_DIR")]
-    pub blob_dir: Option<PathBuf>,
+    /// Where blobs (modules, inputs, outputs) are kept: a directory
+    /// (default `<data-dir>/blobs`) or `s3://bucket[/prefix]`, keys from
+    /// the usual AWS_* variables. Coordinators sharing one database must
+    /// share this too (a bucket, or one directory on shared storage).
+    #[arg(long, alias = "blob-dir", env = "COBBLE_BLOB_STORE")]
+    pub blob_store: Option<String>,
+    /// The endpoint of an S3-compatible service (MinIO, Ceph, Garage...)
+    /// for an `s3://` blob store; default: AWS.
+    #[arg(long, env = "COBBLE_BLOB_STORE_ENDPOINT")]
+    pub blob_store_endpoint: Option<String>,
     /// Database connections this process keeps at most (default 8 for
     /// SQLite, 16 for PostgreSQL). With several coordinators on one
     /// PostgreSQL server, their sum must stay below its max_connections.
@@ -108,10 +115,20 @@ impl Config {
         }
     }
 
-    pub fn blob_dir(&self) -> PathBuf {
-        self.blob_dir
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("blobs"))
+    pub fn blob_location(&self) -> crate::error::Result<Location> {
+        match &self.blob_store {
+            Some(text) => {
+                // Keys from the environment only, never a command line.
+                let keys = std::env::var("AWS_ACCESS_KEY_ID")
+                    .ok()
+                    .zip(std::env::var("AWS_SECRET_ACCESS_KEY").ok());
+                Location::parse(text, self.blob_store_endpoint.clone(), keys)
+            }
+            None if self.blob_store_endpoint.is_some() => Err(Error::InvalidArgument(
+                "--blob-store-endpoint needs --blob-store s3://bucket".into(),
+            )),
+            None => Ok(Location::Directory(self.data_dir.join("blobs"))),
+        }
     }
 
     pub fn researcher_token_path(&self) -> PathBuf {

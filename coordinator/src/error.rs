@@ -12,6 +12,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The shared object store failed or could not be reached.
+    #[error("{context}: {source}")]
+    BlobStore {
+        context: String,
+        #[source]
+        source: object_store::Error,
+    },
     #[error(transparent)]
     Core(#[from] cobble_core::Error),
     /// The sandbox refused a researcher's validator module, or failed.
@@ -61,6 +68,7 @@ impl Error {
             Error::Database(_)
             | Error::Migrate(_)
             | Error::Io { .. }
+            | Error::BlobStore { .. }
             | Error::Sandbox(_)
             | Error::Corrupt(_)
             | Error::Secret { .. }
@@ -147,6 +155,10 @@ impl From<Error> for tonic::Status {
             {
                 tracing::error!(%context, error = %source, "the coordinator's storage is full");
                 Status::unavailable("the coordinator's storage is full; try again later")
+            }
+            Error::BlobStore { context, source } => {
+                tracing::error!(%context, error = %source, "the blob store failed");
+                Status::unavailable("the coordinator's blob store is unreachable; try again later")
             }
             // Internal details go to the operator's log, not to callers.
             internal @ (Error::Database(_)

@@ -51,7 +51,8 @@ pub async fn start(config: &Config) -> Result<Store> {
         Some(url) => Db::connect(url, config.database_connections).await?,
         None => Db::open_embedded(&config.data_dir).await?,
     };
-    let blobs = BlobStore::open(config.blob_dir())
+    // With a bucket, the data dir holds the upload scratch space.
+    let blobs = BlobStore::open(config.blob_location()?, config.data_dir.join("blobs"))
         .await?
         .with_rate_limit(config.max_serve_bytes_per_sec);
     let (key_path, create) = match &config.signing_key {

@@ -27,6 +27,43 @@ pub fn chunk_span(size: u64, index: usize) -> (u64, usize) {
     (offset, length as usize)
 }
 
+/// Builds a blob's chunk list from its bytes as they stream past, in
+/// pieces of any size (an upload, an object store's response).
+#[derive(Debug, Default)]
+pub struct ChunkHasher {
+    size: u64,
+    hashes: Vec<[u8; 32]>,
+    current: blake3::Hasher,
+    in_chunk: u64,
+}
+
+impl ChunkHasher {
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = (CHUNK_SIZE - self.in_chunk).min(data.len() as u64) as usize;
+            self.current.update(&data[..take]);
+            self.in_chunk += take as u64;
+            self.size += take as u64;
+            if self.in_chunk == CHUNK_SIZE {
+                self.hashes.push(*self.current.finalize().as_bytes());
+                self.current.reset();
+                self.in_chunk = 0;
+            }
+            data = &data[take..];
+        }
+    }
+
+    pub fn finish(mut self) -> ChunkList {
+        if self.in_chunk > 0 {
+            self.hashes.push(*self.current.finalize().as_bytes());
+        }
+        ChunkList {
+            size: self.size,
+            hashes: self.hashes,
+        }
+    }
+}
+
 /// The hash of every chunk of one blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkList {
@@ -190,6 +227,24 @@ mod tests {
 
     fn blob(size: usize) -> Vec<u8> {
         (0..size).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn streamed_pieces_of_any_size_give_the_same_list() {
+        for size in [0, 1, CHUNK_SIZE as usize, 2 * CHUNK_SIZE as usize + 10] {
+            let bytes = blob(size);
+            for piece in [1, 1000, CHUNK_SIZE as usize - 1, CHUNK_SIZE as usize + 3] {
+                let mut hasher = ChunkHasher::default();
+                for part in bytes.chunks(piece) {
+                    hasher.update(part);
+                }
+                assert_eq!(
+                    hasher.finish(),
+                    ChunkList::of_bytes(&bytes),
+                    "{size}/{piece}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -117,8 +117,20 @@ impl Coordinator {
     /// (a later `--listen` wins over the random port, a later
     /// `--spot-check-*` over the tests' zero).
     pub fn start_at(dir: &Path, data_dir: &Path, extra: &[&str]) -> Coordinator {
+        Self::start_env(dir, data_dir, extra, &[])
+    }
+
+    /// Like [`Coordinator::start_at`], with environment variables (secrets
+    /// such as an object store's keys, which never go on a command line).
+    pub fn start_env(
+        dir: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Coordinator {
         let data_dir = data_dir.to_path_buf();
         let mut command = Command::new(binary("cobble-coordinator"));
+        command.envs(env.iter().copied());
         // No random spot-checks: a test with one worker and a quorum-1 job
         // would wait for a second host that never comes. The store tests
         // cover spot-checks with their rate set.
@@ -430,4 +442,23 @@ pub fn submit_folding_job(
         "folding.wasm",
         &spec,
     ))
+}
+
+/// A new empty database on the PostgreSQL server at `admin_url`, for one
+/// test or benchmark run; returns its URL.
+pub async fn fresh_postgres(admin_url: &str) -> anyhow::Result<String> {
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(admin_url).await?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let database = format!("cobble_run_{}_{nanos}", unique_suffix().replace('-', "_"));
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    match admin_url.rsplit_once('/') {
+        Some((base, _)) => Ok(format!("{base}/{database}")),
+        None => anyhow::bail!("COBBLE_TEST_POSTGRES_URL needs a database path"),
+    }
 }

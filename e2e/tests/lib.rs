@@ -10,6 +10,7 @@ mod cases {
     mod install;
     mod integrity;
     mod job;
+    mod object_store;
     mod peers;
     mod prefs;
     mod reflection;

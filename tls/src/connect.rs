@@ -257,6 +257,21 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// A client configuration for ordinary HTTPS services (an S3-compatible
+/// object store): the system's roots, HTTP/1.1, no client certificate.
+pub fn web_client_config() -> Result<Arc<rustls::ClientConfig>> {
+    let provider = provider();
+    let roots = system_roots(&provider)
+        .ok_or_else(|| Error::Tls("no usable root certificates on this system".into()))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_webpki_verifier(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The connector a channel uses: TCP, then TLS to the endpoint's host.
 /// The endpoint's URI must say `http://` (tonic's own TLS would otherwise
 /// insist on doing the handshake itself).

@@ -17,6 +17,7 @@ mod connect;
 pub use accept::{HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, ServerStream, accept};
 pub use connect::{
     ConnectError, Seen, Trust, chain, client_config, connect_channel, connect_channel_lazy,
+    web_client_config,
 };
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};

@@ -42,14 +42,14 @@ fn main() -> anyhow::Result<()> {
             ensure_wasm_target()?;
             ensure_c_toolchain()?;
             fetch_third_party(&root);
-            ensure_python_reflection();
+            ensure_python_tools();
             run(Command::new(cargo()).args(["test", "--workspace", "--locked"]))
         }
         "setup" => {
             ensure_wasm_target()?;
             ensure_c_toolchain()?;
             fetch_third_party(&root);
-            ensure_python_reflection();
+            ensure_python_tools();
             Ok(())
         }
         "units" => {
@@ -188,15 +188,17 @@ fn ensure_c_toolchain() -> anyhow::Result<()> {
 /// The stock Python gRPC client and its reflection package (PyPI), which a
 /// test uses to check that older tools can discover the API. Best effort:
 /// without them that test says it skips.
-fn ensure_python_reflection() {
+/// The Python tools tests use: the stock gRPC reflection client (the
+/// reflection test) and moto's S3 server (the shared blob store test).
+fn ensure_python_tools() {
     let present = Command::new("python3")
-        .args(["-c", "import grpc_reflection.v1alpha"])
+        .args(["-c", "import grpc_reflection.v1alpha, moto.server"])
         .output()
         .is_ok_and(|o| o.status.success());
     if present {
         return;
     }
-    eprintln!("installing grpcio and grpcio-reflection from PyPI");
+    eprintln!("installing grpcio, grpcio-reflection and moto from PyPI");
     let installed = Command::new("python3")
         .args([
             "-m",
@@ -206,10 +208,11 @@ fn ensure_python_reflection() {
             "--disable-pip-version-check",
             "grpcio==1.85.0",
             "grpcio-reflection==1.85.0",
+            "moto[server]==5.2.5",
         ])
         .status();
     if !matches!(installed, Ok(status) if status.success()) {
-        eprintln!("could not install grpcio-reflection; the reflection test will skip");
+        eprintln!("could not install the Python test tools; the tests that need them will say so");
     }
 }
 

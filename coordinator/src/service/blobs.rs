@@ -8,7 +8,6 @@ use cobble_proto::v1::{self as pb, blob_service_server::BlobService};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncReadExt;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -132,8 +131,8 @@ impl BlobService for BlobApi {
                 Some(_) => {}
             }
         }
-        if blobs.size_of(&hash).await == Some(expected.size) {
-            blobs.touch(&hash).await;
+        if blobs.size_of(&hash).await? == Some(expected.size) {
+            blobs.touch(&hash).await?;
             while next_chunk(&mut stream).await?.is_some() {}
             if let Caller::Researcher(researcher) = &caller {
                 self.store
@@ -145,27 +144,18 @@ impl BlobService for BlobApi {
                 already_present: true,
             }));
         }
+        // Dropped on any early return, the writer removes its file.
         let mut writer = blobs.writer().await?;
         let mut chunk = Some(first);
         while let Some(message) = chunk {
             if writer.written() + message.data.len() as u64 > expected.size {
-                writer.discard().await;
                 return Err(Status::from(Error::InvalidArgument(format!(
                     "upload is longer than its declared {} bytes",
                     expected.size
                 ))));
             }
-            if let Err(error) = writer.write(&message.data).await {
-                writer.discard().await;
-                return Err(error.into());
-            }
-            chunk = match next_chunk(&mut stream).await {
-                Ok(next) => next,
-                Err(status) => {
-                    writer.discard().await;
-                    return Err(status);
-                }
-            };
+            writer.write(&message.data).await?;
+            chunk = next_chunk(&mut stream).await?;
         }
         writer.finish(blobs, &hash, expected.size).await?;
         if let Caller::Researcher(researcher) = &caller {
@@ -202,60 +192,47 @@ impl BlobService for BlobApi {
         if let Caller::Host(host) = &caller {
             super::worker::require_needed(&self.store, host.host_id, &hash).await?;
         }
-        let path = self.store.blobs.path_of(&hash);
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(_) => {
-                // A small output sent inline: one chunk from its row.
-                let data =
-                    self.store.small_blob(&hash).await?.ok_or_else(|| {
-                        Error::NotFound(format!("blob {hash} is not stored here"))
-                    })?;
+        let Some(size) = self.store.blobs.size_of(&hash).await? else {
+            // A small output sent inline: one chunk from its row.
+            let data = self
+                .store
+                .small_blob(&hash)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("blob {hash} is not stored here")))?;
+            let chunk = pb::BlobChunk {
+                expected: Some(pb::BlobRef {
+                    hash: hash.0.to_vec(),
+                    size: data.len() as u64,
+                    chunk_root: Vec::new(),
+                }),
+                data,
+            };
+            return Ok(Response::new(Box::pin(tokio_stream::iter([Ok(chunk)]))));
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let blobs = self.store.blobs.clone();
+        tokio::spawn(async move {
+            let mut offset = 0u64;
+            loop {
+                let length = (size - offset).min(CHUNK_BYTES as u64) as usize;
+                let data = match blobs.read_range(&hash, offset, length).await {
+                    Ok(data) => data,
+                    Err(error) => {
+                        sender.send(Err(Status::from(error))).await.ok();
+                        return;
+                    }
+                };
+                blobs.pace(length).await;
                 let chunk = pb::BlobChunk {
-                    expected: Some(pb::BlobRef {
+                    expected: (offset == 0).then(|| pb::BlobRef {
                         hash: hash.0.to_vec(),
-                        size: data.len() as u64,
+                        size,
                         chunk_root: Vec::new(),
                     }),
                     data,
                 };
-                return Ok(Response::new(Box::pin(tokio_stream::iter([Ok(chunk)]))));
-            }
-        };
-        let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-        let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        let blobs = self.store.blobs.clone();
-        tokio::spawn(async move {
-            let mut first = true;
-            loop {
-                let mut buffer = vec![0u8; CHUNK_BYTES];
-                let read = match file.read(&mut buffer).await {
-                    Ok(read) => read,
-                    Err(error) => {
-                        let status = Status::from(Error::Io {
-                            context: format!("reading blob {hash}"),
-                            source: error,
-                        });
-                        sender.send(Err(status)).await.ok();
-                        return;
-                    }
-                };
-                if read == 0 && !first {
-                    return;
-                }
-                buffer.truncate(read);
-                blobs.pace(read).await;
-                let expected = first.then(|| pb::BlobRef {
-                    hash: hash.0.to_vec(),
-                    size,
-                    chunk_root: Vec::new(),
-                });
-                first = false;
-                let chunk = pb::BlobChunk {
-                    expected,
-                    data: buffer,
-                };
-                if sender.send(Ok(chunk)).await.is_err() || read == 0 {
+                offset += length as u64;
+                if sender.send(Ok(chunk)).await.is_err() || offset >= size {
                     return;
                 }
             }

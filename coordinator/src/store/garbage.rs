@@ -43,7 +43,7 @@ impl Store {
         }
         for hash in candidates {
             if !referenced.contains(&hash) {
-                bytes += self.blobs.remove(&hash).await;
+                bytes += self.blobs.remove(&hash).await?;
                 self.forget_researcher_blob(&hash).await?;
                 count += 1;
             }

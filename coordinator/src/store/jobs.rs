@@ -178,7 +178,7 @@ impl Store {
         }
         for (name, blob) in refs {
             let hash = BlobHash::from_slice(&blob.hash)?;
-            match self.blobs.size_of(&hash).await {
+            match self.blobs.size_of(&hash).await? {
                 Some(size) if size == blob.size => {}
                 Some(size) => {
                     return Err(Error::InvalidArgument(format!(

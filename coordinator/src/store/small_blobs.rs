@@ -4,13 +4,13 @@
 //! commits anyway, where a file costs a create, an fsync and a rename.
 
 use super::Store;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use cobble_core::BlobHash;
 
 impl Store {
     /// The size of a stored blob, file or row; None if neither exists.
     pub async fn blob_size(&self, hash: &BlobHash) -> Result<Option<u64>> {
-        if let Some(size) = self.blobs.size_of(hash).await {
+        if let Some(size) = self.blobs.size_of(hash).await? {
             return Ok(Some(size));
         }
         let size: Option<i64> =
@@ -35,7 +35,8 @@ impl Store {
     pub async fn read_blob(&self, hash: &BlobHash) -> Result<Vec<u8>> {
         match self.blobs.read(hash).await {
             Ok(bytes) => Ok(bytes),
-            Err(missing) => self.small_blob(hash).await?.ok_or(missing),
+            Err(missing @ Error::NotFound(_)) => self.small_blob(hash).await?.ok_or(missing),
+            Err(failed) => Err(failed),
         }
     }
 }

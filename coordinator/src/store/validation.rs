@@ -38,9 +38,8 @@ impl Store {
     /// caches it) from the blob store.
     async fn compiled_validator(&self, module: &pb::BlobRef) -> Result<PreparedModule> {
         let hash = BlobHash::from_slice(&module.hash)?;
-        self.validators
-            .prepare(&hash, &self.blobs.path_of(&hash))
-            .await
+        let local = self.blobs.local(&hash).await?;
+        self.validators.prepare(&hash, local.path()).await
     }
 
     /// Waits until a unit may need its job's validator (or a second has
@@ -191,7 +190,6 @@ impl Store {
     /// Links (or, across file systems, copies) a stored blob to `path`:
     /// the validator sees it read-only, so the blob store is never at risk.
     async fn place(&self, blob: &pb::BlobRef, path: &Path) -> Result<()> {
-        let source = self.blobs.path_of(&BlobHash::from_slice(&blob.hash)?);
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
@@ -203,12 +201,7 @@ impl Store {
                 .await
                 .map_err(Error::io(format!("writing {}", path.display())));
         }
-        if tokio::fs::hard_link(&source, path).await.is_err() {
-            tokio::fs::copy(&source, path)
-                .await
-                .map_err(Error::io(format!("copying {}", source.display())))?;
-        }
-        Ok(())
+        self.blobs.copy_to(&hash, path).await
     }
 
     async fn outputs_of(&self, unit_id: i64) -> Result<Vec<Output>> {

@@ -850,12 +850,15 @@ async fn unreferenced_blobs_are_collected_and_referenced_ones_kept() {
             .await
             .expect("collect");
         assert_eq!((count, bytes), (1, 25), "only the orphan goes");
-        assert!(!store.blobs.contains(&orphan).await);
+        assert!(!store.blobs.contains(&orphan).await.expect("look up"));
         assert!(
-            store.blobs.contains(&module).await,
+            store.blobs.contains(&module).await.expect("look up"),
             "the job's module stays"
         );
-        assert!(store.blobs.contains(&kept).await, "a result's output stays");
+        assert!(
+            store.blobs.contains(&kept).await.expect("look up"),
+            "a result's output stays"
+        );
         backend.cleanup().await;
     }
 }
