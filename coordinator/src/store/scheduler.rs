@@ -81,6 +81,17 @@ impl Store {
         // results, are not spent on first replicas alone). Within each, from
         // a random point of the random order to its end, then from its
         // start: every unsent result can be reached, none is favoured.
+        // The host's best run of valid results for any module: a bound on
+        // its trust for each, so rows reserved above it are skipped on
+        // their own columns, before any join (with many new hosts,
+        // thousands of further replicas wait reserved for proven ones, and
+        // every request of a new host would otherwise join each of them).
+        let best_trust: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(consecutive_valid), 0) FROM host_trust WHERE host_id = $1",
+        )
+        .bind(host.host_id)
+        .fetch_one(&mut *tx)
+        .await?;
         let from = random_key();
         let passes = [
             (true, from, i64::MAX),
@@ -97,7 +108,7 @@ impl Store {
                         network.as_deref(),
                         now,
                         (further, low, high),
-                        room,
+                        (room, best_trust),
                     )
                     .await?;
                 let fetched = batch.len();
@@ -202,7 +213,7 @@ impl Store {
         network: Option<&str>,
         now: i64,
         (further, low, high): (bool, i64, i64),
-        limit: usize,
+        (limit, best_trust): (usize, i64),
     ) -> Result<Vec<Candidate>> {
         let rows = sqlx::query(&format!(
             "SELECT r.id, r.unit_id, u.payload, j.id AS job_id, j.spec, j.deadline_s,
@@ -213,7 +224,9 @@ impl Store {
              JOIN units u ON u.id = r.unit_id
              JOIN jobs j ON j.id = u.job_id
              WHERE r.state = 'unsent' AND r.rand_key >= $1 AND r.rand_key < $2
-               AND r.ready_ms <= $3 AND u.state = 'pending' AND j.state = 'running'
+               AND r.ready_ms <= $3
+               AND (r.reserved_until_ms <= $3 OR r.reserved_min_valid <= $9)
+               AND u.state = 'pending' AND j.state = 'running'
                AND (r.reserved_until_ms <= $3 OR COALESCE((
                        SELECT t.consecutive_valid FROM host_trust t
                        WHERE t.host_id = $4 AND t.module = j.module_hash), 0) >= r.reserved_min_valid)
@@ -233,6 +246,7 @@ impl Store {
         .bind(network)
         .bind(limit as i64)
         .bind(i64::from(further))
+        .bind(best_trust)
         .fetch_all(&mut **tx)
         .await?;
         rows.iter()
