@@ -6,7 +6,7 @@
 //! done, errored or cancelled changes nothing either (invariant 2). Credit
 //! moves only when a result turns valid, which happens once (invariant 3).
 
-use super::transition::Ledger;
+use super::transition::{Ledger, Stdouts};
 use super::{HostIdentity, Store};
 use crate::db::Tx;
 use crate::error::{Error, Result};
@@ -343,7 +343,10 @@ impl Store {
             (Outcome::Success(_), None) => unreachable!("success outputs are checked above"),
         }
         if unit_open && known_digest.is_none() {
-            self.transition_in(tx, unit_id, now, ledger).await?;
+            // No stdout read here: a report never waits on the blob store
+            // inside its transaction (numeric units go to the daemon).
+            self.transition_in(tx, unit_id, now, ledger, &Stdouts::new())
+                .await?;
         }
         Ok(if unit_open {
             ReportStatus::Accepted
@@ -586,7 +589,8 @@ impl Store {
             let module: Vec<u8> = row.try_get("module_hash")?;
             ledger.outcome(host_id, &module, integrity::Outcome::Failed);
         }
-        self.transition_in(tx, unit_id, now, ledger).await
+        self.transition_in(tx, unit_id, now, ledger, &Stdouts::new())
+            .await
     }
 
     /// Records the progress a host reports for its leases.

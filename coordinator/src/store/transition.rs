@@ -18,7 +18,7 @@ use cobble_core::agreement::Agreement;
 use cobble_proto::v1 as pb;
 use prost::Message;
 use sqlx::Row;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// What a decision does to hosts, accounts and teams, gathered first and
 /// applied in one global order (hosts, accounts, teams, each by id) so that
@@ -86,6 +86,7 @@ impl Store {
         unit_id: i64,
         now: i64,
         ledger: &mut Ledger,
+        stdouts: &Stdouts,
     ) -> Result<()> {
         let unit = sqlx::query(&format!(
             "SELECT u.state, u.job_id, u.quorum, u.known_digest, j.min_quorum, j.max_total_results,
@@ -119,7 +120,12 @@ impl Store {
         let spec = pb::JobSpec::decode(spec.as_slice())
             .map_err(|e| Error::Corrupt(format!("job spec: {e}")))?;
         let agreement = Agreement::of(spec.validator.as_ref());
-        let rows = self.result_rows_in(tx, unit_id, agreement).await?;
+        let Some(rows) = self.result_rows_in(tx, unit_id, agreement, stdouts).await? else {
+            // A numeric stdout to read: the daemon reads it outside any
+            // transaction, then decides the unit.
+            self.want_validation_in(tx, unit_id).await?;
+            return Ok(());
+        };
         let views: Vec<ResultView> = rows.iter().map(|r| r.view.clone()).collect();
         let row_of = |id: i64| rows.iter().find(|r| r.view.id == id);
 
@@ -232,13 +238,7 @@ impl Store {
                     "unit done"
                 );
             }
-            Decision::Validate => {
-                sqlx::query("UPDATE units SET needs_validator = 1 WHERE id = $1")
-                    .bind(unit_id)
-                    .execute(&mut **tx)
-                    .await?;
-                self.validation_wanted.notify_one();
-            }
+            Decision::Validate => self.want_validation_in(tx, unit_id).await?,
             Decision::Errored { reason } => {
                 // What the hosts said, so a researcher sees why (a memory
                 // limit, a trap) without reading the database.
@@ -264,6 +264,16 @@ impl Store {
                     .await?;
             }
         }
+        Ok(())
+    }
+
+    /// Hands the unit to the validator daemon (`store/validation.rs`).
+    async fn want_validation_in(&self, tx: &mut Tx, unit_id: i64) -> Result<()> {
+        sqlx::query("UPDATE units SET needs_validator = 1 WHERE id = $1")
+            .bind(unit_id)
+            .execute(&mut **tx)
+            .await?;
+        self.validation_wanted.notify_one();
         Ok(())
     }
 
@@ -302,12 +312,15 @@ impl Store {
         Ok(true)
     }
 
+    /// The unit's results as the decision sees them; None if a numeric
+    /// stdout it needs was not read beforehand.
     async fn result_rows_in(
         &self,
         tx: &mut Tx,
         unit_id: i64,
         agreement: Agreement,
-    ) -> Result<Vec<ResultRow>> {
+        stdouts: &Stdouts,
+    ) -> Result<Option<Vec<ResultRow>>> {
         let rows = sqlx::query(
             "SELECT id, state, outcome, validate_state, digest, output, fuel_used, host_id, credit,
                     agreement_group
@@ -335,7 +348,10 @@ impl Store {
             };
             let (digest, stdout) = match (state, agreement) {
                 (ResultState::Success, Agreement::Numeric { .. }) => {
-                    self.numeric_view(row.try_get("output")?).await?
+                    match numeric_view(row.try_get("output")?, stdouts)? {
+                        Some(view) => view,
+                        None => return Ok(None),
+                    }
                 }
                 _ => (row.try_get("digest")?, None),
             };
@@ -356,32 +372,7 @@ impl Store {
                 credit: row.try_get("credit")?,
             });
         }
-        Ok(results)
-    }
-
-    /// For a numeric validator: the digest of a success's files alone, and
-    /// its stdout, read from the blob store (capped: a huge stdout is not a
-    /// table of numbers, and then compares by its hash only).
-    async fn numeric_view(
-        &self,
-        output: Option<Vec<u8>>,
-    ) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
-        const MAX_NUMERIC_STDOUT: u64 = 16 << 20;
-        let Some(output) = output else {
-            return Ok((None, None));
-        };
-        let output = pb::Success::decode(output.as_slice())
-            .map_err(|e| Error::Corrupt(format!("result output: {e}")))?;
-        let Some(stdout) = output.stdout else {
-            return Ok((None, None));
-        };
-        let files_digest = cobble_core::output::digest(&pb::BlobRef::default(), &output.files);
-        let text = if stdout.size <= MAX_NUMERIC_STDOUT {
-            self.read_blob(&BlobHash::from_slice(&stdout.hash)?).await?
-        } else {
-            stdout.hash
-        };
-        Ok((Some(files_digest.to_vec()), Some(text)))
+        Ok(Some(results))
     }
 
     /// Pays what hosts earned on their word alone before they last passed
@@ -782,4 +773,38 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Numeric validators' stdouts, read before the transaction that decides
+/// their unit (by the validator daemon): a transaction never waits on the
+/// blob store, which may be a bucket across the network.
+pub(super) type Stdouts = HashMap<BlobHash, Vec<u8>>;
+
+/// A stdout larger than this is not a table of numbers: it compares by
+/// its hash alone, and is never read.
+pub(super) const MAX_NUMERIC_STDOUT: u64 = 16 << 20;
+
+/// What a numeric validator compares: the digest of a success's files
+/// alone, and its stdout's text (or hash, when too large to be numbers).
+type NumericView = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// A success's [`NumericView`], its stdout from `stdouts`; None when a
+/// stdout that must be read is not there (the unit then goes to the
+/// validator daemon, which reads it).
+fn numeric_view(output: Option<Vec<u8>>, stdouts: &Stdouts) -> Result<Option<NumericView>> {
+    let Some(output) = output else {
+        return Ok(Some((None, None)));
+    };
+    let output = pb::Success::decode(output.as_slice())
+        .map_err(|e| Error::Corrupt(format!("result output: {e}")))?;
+    let Some(stdout) = output.stdout else {
+        return Ok(Some((None, None)));
+    };
+    let files_digest = cobble_core::output::digest(&pb::BlobRef::default(), &output.files);
+    if stdout.size > MAX_NUMERIC_STDOUT {
+        return Ok(Some((Some(files_digest.to_vec()), Some(stdout.hash))));
+    }
+    Ok(stdouts
+        .get(&BlobHash::from_slice(&stdout.hash)?)
+        .map(|text| (Some(files_digest.to_vec()), Some(text.clone()))))
 }

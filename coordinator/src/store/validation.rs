@@ -2,12 +2,15 @@
 //! (BOINC's validator daemon). A validator may take seconds, so it never
 //! runs inside a transaction: the outputs are read, the module runs, and
 //! one short transaction records its verdicts and decides the unit again.
+//! Units of numeric validators come here too: their stdouts are read
+//! before that transaction, never inside one.
 
 use super::Store;
-use super::transition::Ledger;
+use super::transition::{Ledger, MAX_NUMERIC_STDOUT, Stdouts};
 use crate::error::{Error, Result};
 use crate::validator::{self, Verdict};
 use cobble_core::BlobHash;
+use cobble_core::agreement::Agreement;
 use cobble_proto::v1 as pb;
 use cobble_sandbox::PreparedModule;
 use prost::Message;
@@ -84,23 +87,56 @@ impl Store {
         let spec = pb::JobSpec::decode(spec.as_slice())
             .map_err(|e| Error::Corrupt(format!("job spec: {e}")))?;
         let pending = unit.try_get::<String, _>("state")? == "pending";
+        if pending
+            && matches!(
+                Agreement::of(spec.validator.as_ref()),
+                Agreement::Numeric { .. }
+            )
+        {
+            let stdouts = self.numeric_stdouts(unit_id).await?;
+            return self.record_verdicts(unit_id, &[], None, &stdouts).await;
+        }
         let Some(module_ref) = validator_module(&spec).filter(|_| pending) else {
-            return self.record_verdicts(unit_id, &[], None).await;
+            return self
+                .record_verdicts(unit_id, &[], None, &Stdouts::new())
+                .await;
         };
         let outputs = self.outputs_of(unit_id).await?;
         if outputs.iter().all(|o| o.group.is_some()) {
-            return self.record_verdicts(unit_id, &[], None).await;
+            return self
+                .record_verdicts(unit_id, &[], None, &Stdouts::new())
+                .await;
         }
         let module = match self.compiled_validator(module_ref).await {
             Ok(module) => module,
             Err(Error::Sandbox(e)) => {
                 let reason = format!("the job's validator module is unusable: {e}");
-                return self.record_verdicts(unit_id, &[], Some(reason)).await;
+                return self
+                    .record_verdicts(unit_id, &[], Some(reason), &Stdouts::new())
+                    .await;
             }
             Err(other) => return Err(other),
         };
         let (assigned, failure) = self.judge(&module, &outputs).await?;
-        self.record_verdicts(unit_id, &assigned, failure).await
+        self.record_verdicts(unit_id, &assigned, failure, &Stdouts::new())
+            .await
+    }
+
+    /// The stdouts a numeric validator compares, read outside any
+    /// transaction (a blob that cannot be read now fails the pass, and the
+    /// unit is tried again later, losing nothing).
+    async fn numeric_stdouts(&self, unit_id: i64) -> Result<Stdouts> {
+        let mut stdouts = Stdouts::new();
+        for output in self.outputs_of(unit_id).await? {
+            let Some(stdout) = output.success.stdout else {
+                continue;
+            };
+            let hash = BlobHash::from_slice(&stdout.hash)?;
+            if stdout.size <= MAX_NUMERIC_STDOUT && !stdouts.contains_key(&hash) {
+                stdouts.insert(hash, self.read_blob(&hash).await?);
+            }
+        }
+        Ok(stdouts)
     }
 
     /// Runs the validator over every success; if it fails, over each new
@@ -236,6 +272,7 @@ impl Store {
         unit_id: i64,
         assigned: &[(i64, i64)],
         failure: Option<String>,
+        stdouts: &Stdouts,
     ) -> Result<()> {
         let now = cobble_core::now_ms();
         let mut tx = self.db.begin_write().await?;
@@ -270,7 +307,7 @@ impl Store {
                         .await?;
                 }
                 None => {
-                    self.transition_in(&mut tx, unit_id, now, &mut ledger)
+                    self.transition_in(&mut tx, unit_id, now, &mut ledger, stdouts)
                         .await?
                 }
             }
