@@ -59,9 +59,20 @@ pub struct Config {
     /// and uploading blobs need the token it holds.
     #[arg(long, env = "COBBLE_RESEARCHER_TOKEN_FILE")]
     pub researcher_token: Option<PathBuf>,
-    /// Name shown to volunteers when they attach.
+    /// Name shown to volunteers when they attach, and on the web site.
     #[arg(long, default_value = "cobble")]
     pub project_name: String,
+    /// A sentence or two about the project, for the web site's home page.
+    #[arg(long, env = "COBBLE_PROJECT_DESCRIPTION", default_value = "")]
+    pub project_description: String,
+    /// The web site and its JSON API (plain HTTP: put a reverse proxy in
+    /// front for TLS), or `off`.
+    #[arg(long, env = "COBBLE_WEB_LISTEN", default_value = "127.0.0.1:7780")]
+    pub web_listen: String,
+    /// The address volunteers attach to, as the site's join command shows
+    /// it (default: this coordinator's own address).
+    #[arg(long, env = "COBBLE_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Largest blob (module, input or output) accepted, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     pub max_blob_bytes: u64,

@@ -23,6 +23,21 @@ pub fn decayed_rac(rac: f64, rac_time_ms: i64, now_ms: i64) -> f64 {
     rac * (-elapsed * std::f64::consts::LN_2 / RAC_HALF_LIFE_MS).exp()
 }
 
+/// The ordering key of a RAC: ln(rac) + ln 2 · t / half-life. At any one
+/// moment every RAC has decayed by the same factor since its own time, so
+/// keys order RACs as they are now, and a list sorted by RAC is an index
+/// scan rather than a decay computed for every row.
+pub fn rac_order_key(rac: f64, rac_time_ms: i64) -> f64 {
+    if rac > 0.0 && rac.is_finite() {
+        rac.ln() + std::f64::consts::LN_2 * rac_time_ms as f64 / RAC_HALF_LIFE_MS
+    } else {
+        NO_RAC_KEY
+    }
+}
+
+/// The key of a RAC of zero: below every other.
+pub const NO_RAC_KEY: f64 = -1e300;
+
 /// RAC after `credit` is granted at `now_ms`. RAC estimates credit per day
 /// with an exponential kernel: a steady stream of `c` credits a day
 /// converges to a RAC of `c`.
@@ -51,6 +66,17 @@ mod tests {
         }
         // Daily grants are a coarse sampling of the kernel: within 6%.
         assert!((rac - 50.0).abs() < 3.0, "rac {rac}");
+    }
+
+    #[test]
+    fn rac_keys_order_racs_as_they_are_now() {
+        let day = DAY_MS as i64;
+        // 100 a week ago is 50 now: below 60 of today, above 40.
+        let old = rac_order_key(100.0, 0);
+        assert!(old < rac_order_key(60.0, 7 * day));
+        assert!(old > rac_order_key(40.0, 7 * day));
+        assert_eq!(rac_order_key(0.0, day), NO_RAC_KEY);
+        assert!(NO_RAC_KEY < rac_order_key(1e-9, 0));
     }
 
     #[test]

@@ -77,6 +77,41 @@ impl Error {
         }
     }
 
+    /// The HTTP status of this error on the web site: the same judgement
+    /// as the gRPC mapping below, in one exhaustive match.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::InvalidArgument(_) | Error::Core(_) => 400,
+            Error::Unauthenticated(_) => 401,
+            Error::PermissionDenied(_) => 403,
+            Error::NotFound(_) => 404,
+            Error::AlreadyExists(_) => 409,
+            Error::ResourceExhausted(_) => 429,
+            Error::TimedOut(_) => 408,
+            Error::Database(e) if database_code(e).is_some() => 503,
+            Error::BlobStore { .. } => 503,
+            Error::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                503
+            }
+            Error::Sandbox(
+                cobble_sandbox::Error::InvalidModule(_) | cobble_sandbox::Error::NotACommand,
+            ) => 400,
+            Error::Database(_)
+            | Error::Migrate(_)
+            | Error::Io { .. }
+            | Error::Sandbox(_)
+            | Error::Corrupt(_)
+            | Error::Secret { .. }
+            | Error::Tls(_)
+            | Error::Server(_) => 500,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }

@@ -20,6 +20,7 @@ pub mod store;
 pub mod tracker;
 pub mod validate;
 pub mod validator;
+pub mod web;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -74,6 +75,7 @@ pub async fn start(config: &Config) -> Result<Store> {
     store
         .adopt_first_researcher(&config.researcher_token_path())
         .await?;
+    store.fill_rac_keys().await?;
     Ok(store)
 }
 
@@ -353,6 +355,7 @@ async fn collect_garbage(
         if let Err(error) = store.collect_unreferenced_blobs(before).await {
             tracing::warn!(%error, "collecting unreferenced blobs failed");
         }
+        store.loops().ran(store::Loop::Garbage);
     }
 }
 
@@ -387,6 +390,7 @@ async fn sweep_overdue(
         if let Err(error) = store.finish_jobs().await {
             tracing::warn!(%error, "finishing jobs failed");
         }
+        store.loops().ran(store::Loop::Sweeper);
         if sweeps.is_multiple_of(MAINTENANCE_EVERY_SWEEPS) {
             if let Err(error) = tracker.forget_stale(cobble_core::now_ms()).await {
                 tracing::warn!(%error, "forgetting stale blob holders failed");
@@ -407,7 +411,9 @@ async fn run_validators(store: Store, leadership: Arc<leader::Leadership>) {
             store.validation_wanted().await;
             continue;
         }
-        match store.run_validators().await {
+        let ran = store.run_validators().await;
+        store.loops().ran(store::Loop::Validators);
+        match ran {
             Ok(0) => store.validation_wanted().await,
             Ok(_) => {}
             Err(error) => {

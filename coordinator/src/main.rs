@@ -80,6 +80,18 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     let key = hex::encode(store.signing_key().verifying_key().as_bytes());
+    let web = match config.web_listen.as_str() {
+        "off" => None,
+        address => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot serve the web site on {address} (--web-listen; `off` to disable)"
+                    )
+                })?,
+        ),
+    };
     let (scheme, certificate) = match &tls {
         Some(cert) => (
             "https",
@@ -89,8 +101,12 @@ async fn main() -> anyhow::Result<()> {
     };
     // Scripts and tests read these lines, up to the signing key, which comes
     // last; keep their form stable. A closed stdout must not stop a server.
+    let site = match &web {
+        Some(listener) => format!("web site at http://{}/", listener.local_addr()?),
+        None => "web site off".to_string(),
+    };
     let banner = format!(
-        "cobble-coordinator listening on {scheme}://{address}\nresearcher token in {}\n{certificate}\nproject signing key {key}\n",
+        "cobble-coordinator listening on {scheme}://{address}\nresearcher token in {}\n{certificate}\n{site}\nproject signing key {key}\n",
         config.researcher_token_path().display()
     );
     let mut stdout = std::io::stdout().lock();
@@ -103,6 +119,19 @@ async fn main() -> anyhow::Result<()> {
     drop(stdout);
     if let Some(cert) = &tls {
         tokio::spawn(reload_on_hangup(config.clone(), cert.clone()));
+    }
+    if let Some(listener) = web {
+        let info = cobble_coordinator::web::SiteInfo {
+            project: config.project_name.clone(),
+            description: config.project_description.clone(),
+            coordinator_url: config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{address}")),
+            project_key: key.clone(),
+        };
+        let router = cobble_coordinator::web::router(store.clone(), info);
+        tokio::spawn(cobble_coordinator::web::serve(listener, router));
     }
     cobble_coordinator::serve(store, &config, listener, tls, shutdown_signal()).await?;
     Ok(())

@@ -11,6 +11,7 @@ mod reports;
 mod researchers;
 mod retention;
 mod scheduler;
+pub mod site;
 mod small_blobs;
 mod transfers;
 mod transition;
@@ -58,6 +59,43 @@ pub struct Store {
     /// Abuse limits: per-host request rates are checked where hosts
     /// authenticate.
     limits: Arc<crate::limits::Limits>,
+    /// When this process last ran each background loop (the status page).
+    loops: Arc<LoopClock>,
+}
+
+/// The background loops whose last run the status page shows.
+#[derive(Debug, Clone, Copy)]
+pub enum Loop {
+    /// Overdue leases, deferred credit, ending jobs.
+    Sweeper,
+    /// Researchers' validator modules and numeric comparisons.
+    Validators,
+    /// Retention and unreferenced blobs.
+    Garbage,
+}
+
+/// Unix ms of each loop's last run in this process (0: never).
+#[derive(Debug, Default)]
+pub struct LoopClock([std::sync::atomic::AtomicI64; 3]);
+
+impl LoopClock {
+    pub fn ran(&self, which: Loop) {
+        self.0[which as usize].store(cobble_core::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn last_runs(&self) -> Vec<(&'static str, Option<i64>)> {
+        [
+            ("lease sweeper and transitioner", Loop::Sweeper),
+            ("validators", Loop::Validators),
+            ("retention and garbage collection", Loop::Garbage),
+        ]
+        .into_iter()
+        .map(|(name, which)| {
+            let at = self.0[which as usize].load(std::sync::atomic::Ordering::Relaxed);
+            (name, (at > 0).then_some(at))
+        })
+        .collect()
+    }
 }
 
 impl Store {
@@ -74,7 +112,12 @@ impl Store {
             invite_code: None,
             code_key: None,
             limits: crate::limits::Limits::off(),
+            loops: Arc::default(),
         }
+    }
+
+    pub fn loops(&self) -> &LoopClock {
+        &self.loops
     }
 
     pub fn with_limits(mut self, limits: Arc<crate::limits::Limits>) -> Self {

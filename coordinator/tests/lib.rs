@@ -7,6 +7,7 @@ mod cases {
     mod limits;
     mod researchers;
     mod scale;
+    mod site;
     mod store;
     mod validators;
 }

@@ -101,6 +101,8 @@ pub struct Coordinator {
     pub project_key: String,
     /// SHA-256 of the coordinator's self-signed TLS certificate, hex.
     pub tls_fingerprint: Option<String>,
+    /// `http://127.0.0.1:PORT/`: the web site (None with `--web-listen off`).
+    pub web_url: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -135,7 +137,14 @@ impl Coordinator {
         // would wait for a second host that never comes. The store tests
         // cover spot-checks with their rate set.
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--web-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
             .arg(&data_dir)
             .args(["--spot-check-untrusted", "0", "--spot-check-trusted", "0"])
             .args(extra)
@@ -147,7 +156,11 @@ impl Coordinator {
         let mut url = None;
         let mut project_key = None;
         let mut tls_fingerprint = None;
+        let mut web_url = None;
         while let Some(Ok(line)) = lines.next() {
+            if let Some(site) = line.strip_prefix("web site at ") {
+                web_url = Some(site.to_string());
+            }
             if let Some(address) = line.strip_prefix("cobble-coordinator listening on ") {
                 url = Some(address.to_string());
             }
@@ -167,6 +180,7 @@ impl Coordinator {
             url,
             project_key,
             tls_fingerprint,
+            web_url,
             data_dir,
         }
     }
@@ -461,4 +475,74 @@ pub async fn fresh_postgres(admin_url: &str) -> anyhow::Result<String> {
         Some((base, _)) => Ok(format!("{base}/{database}")),
         None => anyhow::bail!("COBBLE_TEST_POSTGRES_URL needs a database path"),
     }
+}
+
+/// An HTTP answer as a test reads it.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// GET over a plain TCP socket (HTTP/1.1, one request per connection):
+/// what a browser's first request is, with no client library between.
+pub fn http_get(url: &str, path: &str) -> HttpAnswer {
+    use std::io::{Read, Write};
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut stream = std::net::TcpStream::connect(&address).expect("connecting to the web site");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending the request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("reading the answer");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (key, value) = l.split_once(':')?;
+                key.eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let body = if header("transfer-encoding").eq_ignore_ascii_case("chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    HttpAnswer {
+        status,
+        content_type: header("content-type"),
+        body,
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }

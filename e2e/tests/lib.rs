@@ -20,4 +20,5 @@ mod cases {
     mod suspend;
     mod third_party;
     mod tls;
+    mod web;
 }

@@ -36,19 +36,16 @@ impl Store {
             .fetch_all(self.db.pool())
             .await?;
         let mut entries = Vec::with_capacity(rows.len());
-        for (rank, row) in rows.iter().enumerate() {
+        for (place, row) in rows.iter().enumerate() {
+            let entry = super::site::ranked_row(row, place as u64 + 1, now)?;
             entries.push(pb::LeaderboardEntry {
-                rank: rank as u32 + 1,
-                id: row.try_get("id")?,
-                name: row.try_get("name")?,
-                detail: row.try_get("detail")?,
-                total_credit: row.try_get("total_credit")?,
-                recent_average_credit: credit::decayed_rac(
-                    row.try_get("rac")?,
-                    row.try_get("rac_time_ms")?,
-                    now,
-                ),
-                valid_results: row.try_get::<i64, _>("valid_results")?.max(0) as u64,
+                rank: entry.rank as u32,
+                id: entry.id,
+                name: entry.name,
+                detail: entry.detail,
+                total_credit: entry.total_credit,
+                recent_average_credit: entry.recent_average_credit,
+                valid_results: entry.valid_results,
             });
         }
         Ok(pb::Leaderboard {

@@ -762,12 +762,13 @@ impl Store {
         );
         sqlx::query(&format!(
             "UPDATE {table} SET total_credit = total_credit + $1, rac = $2, rac_time_ms = $3,
-                    valid_results = valid_results + $4 WHERE id = $5"
+                    valid_results = valid_results + $4, rac_key = $5 WHERE id = $6"
         ))
         .bind(amount)
         .bind(rac)
         .bind(now)
         .bind(count)
+        .bind(credit::rac_order_key(rac, now))
         .bind(id)
         .execute(&mut **tx)
         .await?;

@@ -1,0 +1,401 @@
+//! What the project's web site shows: its counters, the ranked lists of
+//! users, teams and hosts (paginated, by total credit or by RAC, searched
+//! by name), and the server's status. Read-only; the web layer caches it.
+
+use super::Store;
+use crate::credit;
+use crate::error::{Error, Result};
+use serde::Serialize;
+use sqlx::Row;
+
+/// Which list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Board {
+    Users,
+    Teams,
+    Hosts,
+}
+
+impl Board {
+    pub fn parse(text: &str) -> Option<Board> {
+        match text {
+            "users" => Some(Board::Users),
+            "teams" => Some(Board::Teams),
+            "hosts" => Some(Board::Hosts),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Board::Users => "users",
+            Board::Teams => "teams",
+            Board::Hosts => "hosts",
+        }
+    }
+
+    /// The rows and their `detail` (a user's team, a host's owner), and
+    /// the table ranks are counted in.
+    fn source(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Board::Users => (
+                "accounts x LEFT JOIN teams t ON t.id = x.team_id",
+                "COALESCE(t.name, '')",
+                "accounts",
+            ),
+            Board::Teams => ("teams x", "''", "teams"),
+            Board::Hosts => (
+                "hosts x JOIN accounts a ON a.id = x.account_id",
+                "a.name",
+                "hosts",
+            ),
+        }
+    }
+}
+
+/// What a list is ranked by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ranking {
+    /// Total credit, ties by age: the order `cobble leaderboard` gives.
+    Credit,
+    /// Recent average credit as of now (a 7-day half-life).
+    Rac,
+}
+
+impl Ranking {
+    pub fn parse(text: &str) -> Option<Ranking> {
+        match text {
+            "credit" => Some(Ranking::Credit),
+            "rac" => Some(Ranking::Rac),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Ranking::Credit => "credit",
+            Ranking::Rac => "rac",
+        }
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            Ranking::Credit => "total_credit",
+            Ranking::Rac => "rac_key",
+        }
+    }
+}
+
+/// Longest name search taken (names are at most 64 characters).
+pub const MAX_SEARCH_CHARS: usize = 100;
+/// Most rows on one page.
+pub const MAX_PER_PAGE: u32 = 100;
+/// Highest page number taken.
+pub const MAX_PAGE: u32 = 1_000_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    pub board: Board,
+    pub ranking: Ranking,
+    /// From 1.
+    pub page: u32,
+    pub per_page: u32,
+    pub search: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ranked {
+    /// Among all of the board by this ranking, a search or not.
+    pub rank: u64,
+    pub id: i64,
+    pub name: String,
+    pub detail: String,
+    pub total_credit: f64,
+    pub recent_average_credit: f64,
+    pub valid_results: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RankedPage {
+    pub board: Board,
+    pub ranking: Ranking,
+    pub page: u32,
+    pub per_page: u32,
+    /// Rows matching the search (all of the board without one).
+    pub total: u64,
+    pub entries: Vec<Ranked>,
+}
+
+/// The project's figures for its home page.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectCounters {
+    pub hosts_active_24h: u64,
+    pub results_unsent: u64,
+    pub results_in_progress: u64,
+    pub results_validated_24h: u64,
+    pub users: u64,
+    pub total_credit: f64,
+    /// The sum of users' RAC: credit per day, one credit being about a
+    /// second of one core's work.
+    pub recent_average_credit: f64,
+    /// That, as cores computing around the clock.
+    pub cores_busy: f64,
+}
+
+/// What BOINC's server status page shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerStatus {
+    pub units_by_state: Vec<(String, u64)>,
+    pub results_by_state: Vec<(String, u64)>,
+    /// Units waiting for the validator daemon.
+    pub validation_backlog: u64,
+    pub users_with_recent_credit: u64,
+    pub hosts_with_recent_credit: u64,
+    pub database_latency_ms: f64,
+}
+
+const DAY_MS: i64 = 24 * 3_600_000;
+
+impl Store {
+    /// One page of a ranked list.
+    pub async fn ranked(&self, query: &ListQuery) -> Result<RankedPage> {
+        if query.search.chars().count() > MAX_SEARCH_CHARS {
+            return Err(Error::InvalidArgument(format!(
+                "a name search is at most {MAX_SEARCH_CHARS} characters"
+            )));
+        }
+        if !(1..=MAX_PAGE).contains(&query.page) || !(1..=MAX_PER_PAGE).contains(&query.per_page) {
+            return Err(Error::InvalidArgument(format!(
+                "page runs from 1 to {MAX_PAGE}, per_page from 1 to {MAX_PER_PAGE}"
+            )));
+        }
+        let (from, detail, table) = query.board.source();
+        let column = query.ranking.column();
+        let pattern = like_pattern(&query.search);
+        let filter = "($1 = '' OR LOWER(x.name) LIKE LOWER($2) ESCAPE '\\')";
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {from} WHERE {filter}"))
+            .bind(&query.search)
+            .bind(&pattern)
+            .fetch_one(self.db.pool())
+            .await?;
+        let offset = i64::from(query.page - 1) * i64::from(query.per_page);
+        // Without a search a row's rank is its place; with one it is
+        // counted among the whole board.
+        let rank = format!(
+            "(SELECT COUNT(*) FROM {table} b WHERE b.{column} > x.{column}
+                 OR (b.{column} = x.{column} AND b.id < x.id)) + 1"
+        );
+        let rows = sqlx::query(&format!(
+            "SELECT x.id, x.name, {detail} AS detail, x.total_credit, x.rac, x.rac_time_ms,
+                    x.valid_results, {rank} AS rank
+             FROM {from} WHERE {filter}
+             ORDER BY x.{column} DESC, x.id LIMIT $3 OFFSET $4",
+            rank = if query.search.is_empty() {
+                "CAST(0 AS BIGINT)"
+            } else {
+                &rank
+            }
+        ))
+        .bind(&query.search)
+        .bind(&pattern)
+        .bind(i64::from(query.per_page))
+        .bind(offset)
+        .fetch_all(self.db.pool())
+        .await?;
+        let now = cobble_core::now_ms();
+        let mut entries = Vec::with_capacity(rows.len());
+        for (place, row) in rows.iter().enumerate() {
+            let counted: i64 = row.try_get("rank")?;
+            let rank = if query.search.is_empty() {
+                (offset + place as i64 + 1) as u64
+            } else {
+                counted.max(1) as u64
+            };
+            entries.push(ranked_row(row, rank, now)?);
+        }
+        Ok(RankedPage {
+            board: query.board,
+            ranking: query.ranking,
+            page: query.page,
+            per_page: query.per_page,
+            total: total.max(0) as u64,
+            entries,
+        })
+    }
+
+    pub async fn project_counters(&self) -> Result<ProjectCounters> {
+        let now = cobble_core::now_ms();
+        let pool = self.db.pool();
+        let count = |sql: &'static str| async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(now - DAY_MS)
+                .fetch_one(pool)
+                .await
+                .map(|n| n.max(0) as u64)
+        };
+        let hosts_active_24h =
+            count("SELECT COUNT(*) FROM hosts WHERE last_contact_ms > $1").await?;
+        let results_validated_24h = count(
+            "SELECT COUNT(*) FROM results WHERE validate_state = 'valid' AND reported_ms > $1",
+        )
+        .await?;
+        let by_state = self.results_by_state().await?;
+        let of = |state: &str| {
+            by_state
+                .iter()
+                .find(|(s, _)| s == state)
+                .map_or(0, |(_, n)| *n)
+        };
+        let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+            .fetch_one(pool)
+            .await?;
+        let total_credit: f64 =
+            sqlx::query_scalar("SELECT COALESCE(SUM(total_credit), 0.0) FROM accounts")
+                .fetch_one(pool)
+                .await?;
+        // Each account's RAC decays from its own time: summed here rather
+        // than in SQL, which SQLite could not (no exp()).
+        let racs = sqlx::query("SELECT rac, rac_time_ms FROM accounts WHERE rac > 0")
+            .fetch_all(pool)
+            .await?;
+        let mut recent_average_credit = 0.0;
+        for row in &racs {
+            recent_average_credit +=
+                credit::decayed_rac(row.try_get("rac")?, row.try_get("rac_time_ms")?, now);
+        }
+        Ok(ProjectCounters {
+            hosts_active_24h,
+            results_unsent: of("unsent"),
+            results_in_progress: of("in_progress"),
+            results_validated_24h,
+            users: users.max(0) as u64,
+            total_credit,
+            recent_average_credit,
+            cores_busy: recent_average_credit / 86_400.0,
+        })
+    }
+
+    pub async fn server_status(&self) -> Result<ServerStatus> {
+        let now = cobble_core::now_ms();
+        let pool = self.db.pool();
+        let started = std::time::Instant::now();
+        sqlx::query_scalar::<_, i64>("SELECT 1")
+            .fetch_one(pool)
+            .await?;
+        let database_latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let units_by_state = grouped(
+            sqlx::query("SELECT state, COUNT(*) AS n FROM units GROUP BY state ORDER BY state")
+                .fetch_all(pool)
+                .await?,
+        )?;
+        let validation_backlog: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM units WHERE needs_validator = 1")
+                .fetch_one(pool)
+                .await?;
+        let week = now - 7 * DAY_MS;
+        let users_with_recent_credit: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE rac_time_ms > $1")
+                .bind(week)
+                .fetch_one(pool)
+                .await?;
+        let hosts_with_recent_credit: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM hosts WHERE rac_time_ms > $1")
+                .bind(week)
+                .fetch_one(pool)
+                .await?;
+        Ok(ServerStatus {
+            units_by_state,
+            results_by_state: self.results_by_state().await?,
+            validation_backlog: validation_backlog.max(0) as u64,
+            users_with_recent_credit: users_with_recent_credit.max(0) as u64,
+            hosts_with_recent_credit: hosts_with_recent_credit.max(0) as u64,
+            database_latency_ms,
+        })
+    }
+
+    async fn results_by_state(&self) -> Result<Vec<(String, u64)>> {
+        grouped(
+            sqlx::query("SELECT state, COUNT(*) AS n FROM results GROUP BY state ORDER BY state")
+                .fetch_all(self.db.pool())
+                .await?,
+        )
+    }
+
+    /// Gives rows credited before RAC ordering keys existed their key (a
+    /// no-op once done); run at start.
+    pub async fn fill_rac_keys(&self) -> Result<()> {
+        for table in ["accounts", "teams", "hosts"] {
+            let rows = sqlx::query(&format!(
+                "SELECT id, rac, rac_time_ms FROM {table} WHERE rac > 0 AND rac_key <= $1"
+            ))
+            .bind(credit::NO_RAC_KEY)
+            .fetch_all(self.db.pool())
+            .await?;
+            for row in rows {
+                let key = credit::rac_order_key(row.try_get("rac")?, row.try_get("rac_time_ms")?);
+                sqlx::query(&format!("UPDATE {table} SET rac_key = $1 WHERE id = $2"))
+                    .bind(key)
+                    .bind(row.try_get::<i64, _>("id")?)
+                    .execute(self.db.writes())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A row of `id, name, detail, total_credit, rac, rac_time_ms,
+/// valid_results` as a ranked entry, its RAC decayed to `now`.
+pub(super) fn ranked_row(row: &sqlx::any::AnyRow, rank: u64, now: i64) -> Result<Ranked> {
+    Ok(Ranked {
+        rank,
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        detail: row.try_get("detail")?,
+        total_credit: row.try_get("total_credit")?,
+        recent_average_credit: credit::decayed_rac(
+            row.try_get("rac")?,
+            row.try_get("rac_time_ms")?,
+            now,
+        ),
+        valid_results: row.try_get::<i64, _>("valid_results")?.max(0) as u64,
+    })
+}
+
+fn grouped(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<(String, u64)>> {
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("state")?,
+                row.try_get::<i64, _>("n")?.max(0) as u64,
+            ))
+        })
+        .collect()
+}
+
+/// `%text%` for LIKE, with LIKE's own characters taken literally.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_take_wildcards_literally() {
+        assert_eq!(like_pattern("ada"), "%ada%");
+        assert_eq!(like_pattern("100%_\\"), "%100\\%\\_\\\\%");
+    }
+}

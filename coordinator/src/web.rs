@@ -1,0 +1,664 @@
+//! The project's web site and its JSON API (`--web-listen`, plain HTTP on
+//! its own port: a reverse proxy adds TLS, as for any web site; the gRPC
+//! port stays HTTP/2 and TLS only). Server-rendered HTML (askama, checked
+//! at compile time, escaped by default), no JavaScript needed.
+//!
+//! Every page has its JSON twin under `/api/v1/`. Lists and counters are
+//! cached for [`FRESH_FOR`]: a page view costs no query most of the time,
+//! and BOINC caches its top lists for an hour.
+
+use crate::error::Error;
+use crate::store::Store;
+use crate::store::site::{
+    Board, ListQuery, MAX_PAGE, MAX_PER_PAGE, ProjectCounters, RankedPage, Ranking, ServerStatus,
+};
+use askama::Template;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How stale a list or a counter may be.
+pub const FRESH_FOR: Duration = Duration::from_secs(10);
+const DEFAULT_PER_PAGE: u32 = 25;
+
+/// What the site says about the project, fixed at start.
+#[derive(Debug, Clone)]
+pub struct SiteInfo {
+    pub project: String,
+    pub description: String,
+    /// The gRPC address volunteers attach to.
+    pub coordinator_url: String,
+    pub project_key: String,
+}
+
+#[derive(Clone)]
+struct Site {
+    store: Store,
+    info: Arc<SiteInfo>,
+    started: Instant,
+    counters: Arc<Cached<ProjectCounters>>,
+    status: Arc<Cached<ServerStatus>>,
+    lists: Arc<ListCache>,
+}
+
+/// Pages of lists by their query, with when each was read.
+type ListCache = Mutex<HashMap<String, (Instant, Arc<RankedPage>)>>;
+
+/// One value, recomputed when older than [`FRESH_FOR`].
+struct Cached<T>(Mutex<Option<(Instant, Arc<T>)>>);
+
+impl<T> Cached<T> {
+    fn new() -> Self {
+        Cached(Mutex::new(None))
+    }
+
+    async fn get<F>(&self, load: F) -> Result<Arc<T>, Error>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
+        if let Some((at, value)) = &*self.0.lock().unwrap_or_else(|p| p.into_inner())
+            && at.elapsed() < FRESH_FOR
+        {
+            return Ok(value.clone());
+        }
+        let value = Arc::new(load.await?);
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), value.clone()));
+        Ok(value)
+    }
+}
+
+/// The router: pages, their JSON twins, and a 404 for the rest.
+pub fn router(store: Store, info: SiteInfo) -> axum::Router {
+    let site = Site {
+        store,
+        info: Arc::new(info),
+        started: Instant::now(),
+        counters: Arc::new(Cached::new()),
+        status: Arc::new(Cached::new()),
+        lists: Arc::default(),
+    };
+    axum::Router::new()
+        .route("/", get(home))
+        .route("/status", get(status_page))
+        .route("/{board}", get(list_page))
+        .route("/api/v1/project", get(project_json))
+        .route("/api/v1/status", get(status_json))
+        .route("/api/v1/{board}", get(list_json))
+        .fallback(not_found)
+        .with_state(site)
+}
+
+/// Serves the site on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router) {
+    if let Err(error) = axum::serve(listener, router).await {
+        tracing::error!(%error, "the web site stopped");
+    }
+}
+
+/// A failed page or API call: its status and a message for people.
+#[derive(Debug)]
+struct Failure {
+    status: StatusCode,
+    message: String,
+    json: bool,
+}
+
+impl Failure {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Failure {
+            status,
+            message: message.into(),
+            json: false,
+        }
+    }
+
+    fn from_error(error: Error) -> Self {
+        let status =
+            StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = if status.is_server_error() {
+            tracing::error!(%error, "a web page failed");
+            "the server could not answer now; try again in a moment".to_string()
+        } else {
+            error.to_string()
+        };
+        Failure::new(status, message)
+    }
+
+    fn into_json(mut self) -> Self {
+        self.json = true;
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    status: u16,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    site: Chrome<'a>,
+    heading: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        if self.json {
+            let body = ErrorBody {
+                error: &self.message,
+                status: self.status.as_u16(),
+            };
+            return (self.status, Json(body)).into_response();
+        }
+        let heading = self.status.canonical_reason().unwrap_or("Error");
+        let page = ErrorPage {
+            site: Chrome::plain(),
+            heading,
+            message: &self.message,
+        };
+        match page.render() {
+            Ok(html) => (self.status, Html(html)).into_response(),
+            Err(_) => (self.status, self.message).into_response(),
+        }
+    }
+}
+
+/// What every page's frame shows.
+struct Chrome<'a> {
+    project: &'a str,
+    version: &'static str,
+}
+
+impl<'a> Chrome<'a> {
+    fn of(info: &'a SiteInfo) -> Self {
+        Chrome {
+            project: &info.project,
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+
+    fn plain() -> Self {
+        Chrome {
+            project: "Cobble",
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+fn render(page: impl Template) -> Result<Html<String>, Failure> {
+    page.render().map(Html).map_err(|error| {
+        tracing::error!(%error, "rendering a page failed");
+        Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the page could not be drawn",
+        )
+    })
+}
+
+async fn not_found() -> Failure {
+    Failure::new(StatusCode::NOT_FOUND, "There is no page at this address.")
+}
+
+struct Counter {
+    value: String,
+    label: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "home.html")]
+struct HomePage<'a> {
+    site: Chrome<'a>,
+    description: &'a str,
+    counters: Vec<Counter>,
+    join_command: String,
+    project_key: &'a str,
+}
+
+#[derive(Serialize)]
+struct ProjectJson<'a> {
+    name: &'a str,
+    description: &'a str,
+    coordinator: &'a str,
+    project_key: &'a str,
+    join_command: String,
+    counters: &'a ProjectCounters,
+}
+
+impl Site {
+    fn join_command(&self) -> String {
+        format!(
+            "cobble-worker install --coordinator {} --user YOUR_NAME",
+            self.info.coordinator_url
+        )
+    }
+
+    async fn counters(&self) -> Result<Arc<ProjectCounters>, Failure> {
+        self.counters
+            .get(self.store.project_counters())
+            .await
+            .map_err(Failure::from_error)
+    }
+
+    async fn status(&self) -> Result<Arc<ServerStatus>, Failure> {
+        self.status
+            .get(self.store.server_status())
+            .await
+            .map_err(Failure::from_error)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Arc<RankedPage>, Failure> {
+        let key = format!("{query:?}");
+        if let Some((at, page)) = self
+            .lists
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && at.elapsed() < FRESH_FOR
+        {
+            return Ok(page.clone());
+        }
+        let page = Arc::new(
+            self.store
+                .ranked(query)
+                .await
+                .map_err(Failure::from_error)?,
+        );
+        let mut lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
+        // Searches are many and each is asked rarely: the cache stays small.
+        if lists.len() > 1000 {
+            lists.retain(|_, (at, _)| at.elapsed() < FRESH_FOR);
+        }
+        lists.insert(key, (Instant::now(), page.clone()));
+        Ok(page)
+    }
+}
+
+async fn home(State(site): State<Site>) -> Result<Html<String>, Failure> {
+    let counters = site.counters().await?;
+    render(HomePage {
+        site: Chrome::of(&site.info),
+        description: &site.info.description,
+        counters: vec![
+            Counter {
+                value: whole(counters.hosts_active_24h),
+                label: "hosts active in the last 24 h",
+            },
+            Counter {
+                value: whole(counters.results_unsent),
+                label: "results ready to send",
+            },
+            Counter {
+                value: whole(counters.results_in_progress),
+                label: "results in progress",
+            },
+            Counter {
+                value: whole(counters.results_validated_24h),
+                label: "results validated in the last 24 h",
+            },
+            Counter {
+                value: amount(counters.total_credit),
+                label: "total credit",
+            },
+            Counter {
+                value: amount(counters.cores_busy),
+                label: "cores' worth of computing (from RAC)",
+            },
+        ],
+        join_command: site.join_command(),
+        project_key: &site.info.project_key,
+    })
+}
+
+async fn project_json(State(site): State<Site>) -> Result<Json<serde_json::Value>, Failure> {
+    let counters = site.counters().await.map_err(Failure::into_json)?;
+    let body = ProjectJson {
+        name: &site.info.project,
+        description: &site.info.description,
+        coordinator: &site.info.coordinator_url,
+        project_key: &site.info.project_key,
+        join_command: site.join_command(),
+        counters: &counters,
+    };
+    serde_json::to_value(body)
+        .map(Json)
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_json())
+}
+
+/// A list's query string, every field taken as text so that a bad value
+/// gets its own message rather than a generic rejection.
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    sort: Option<String>,
+    page: Option<String>,
+    per_page: Option<String>,
+    q: Option<String>,
+}
+
+fn list_query(board: &str, params: &ListParams) -> Result<ListQuery, Failure> {
+    let board = Board::parse(board)
+        .ok_or_else(|| Failure::new(StatusCode::NOT_FOUND, "There is no page at this address."))?;
+    let bad = |m: String| Failure::new(StatusCode::BAD_REQUEST, m);
+    let ranking = match params.sort.as_deref().filter(|s| !s.is_empty()) {
+        None => Ranking::Credit,
+        Some(text) => Ranking::parse(text)
+            .ok_or_else(|| bad(format!("sort is \"credit\" or \"rac\", not {text:?}")))?,
+    };
+    let number = |name: &str, value: &Option<String>, default: u32, most: u32| match value
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=most).contains(n))
+            .ok_or_else(|| bad(format!("{name} runs from 1 to {most}, not {text:?}"))),
+    };
+    Ok(ListQuery {
+        board,
+        ranking,
+        page: number("page", &params.page, 1, MAX_PAGE)?,
+        per_page: number("per_page", &params.per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE)?,
+        search: params.q.clone().unwrap_or_default().trim().to_string(),
+    })
+}
+
+struct Row {
+    rank: u64,
+    name: String,
+    detail: String,
+    total_credit: String,
+    recent_average_credit: String,
+    valid_results: String,
+}
+
+#[derive(Template)]
+#[template(path = "list.html")]
+struct ListPage<'a> {
+    site: Chrome<'a>,
+    kind: &'static str,
+    heading: &'static str,
+    detail_heading: &'static str,
+    sort: &'static str,
+    query: &'a str,
+    by_credit: String,
+    by_rac: String,
+    rows: Vec<Row>,
+    page: u32,
+    pages: u64,
+    total: u64,
+    previous: Option<String>,
+    next: Option<String>,
+}
+
+/// The link to another page of the same list.
+fn list_link(query: &ListQuery, ranking: Ranking, page: u32) -> String {
+    let mut link = format!(
+        "/{}?sort={}&page={page}",
+        query.board.name(),
+        ranking.name()
+    );
+    if query.per_page != DEFAULT_PER_PAGE {
+        link.push_str(&format!("&per_page={}", query.per_page));
+    }
+    if !query.search.is_empty() {
+        link.push_str("&q=");
+        link.push_str(&percent_encode(&query.search));
+    }
+    link
+}
+
+async fn list_page(
+    State(site): State<Site>,
+    Path(board): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<Html<String>, Failure> {
+    let query = list_query(&board, &params)?;
+    let page = site.list(&query).await?;
+    let pages = page.total.div_ceil(u64::from(query.per_page)).max(1);
+    let (heading, detail_heading) = match query.board {
+        Board::Users => ("Top users", "Team"),
+        Board::Teams => ("Top teams", ""),
+        Board::Hosts => ("Top hosts", "Owner"),
+    };
+    render(ListPage {
+        site: Chrome::of(&site.info),
+        kind: query.board.name(),
+        heading,
+        detail_heading,
+        sort: query.ranking.name(),
+        query: &query.search,
+        by_credit: list_link(&query, Ranking::Credit, 1),
+        by_rac: list_link(&query, Ranking::Rac, 1),
+        rows: page
+            .entries
+            .iter()
+            .map(|e| Row {
+                rank: e.rank,
+                name: e.name.clone(),
+                detail: e.detail.clone(),
+                total_credit: amount(e.total_credit),
+                recent_average_credit: amount(e.recent_average_credit),
+                valid_results: whole(e.valid_results),
+            })
+            .collect(),
+        page: query.page,
+        pages,
+        total: page.total,
+        previous: (query.page > 1).then(|| list_link(&query, query.ranking, query.page - 1)),
+        next: (u64::from(query.page) < pages)
+            .then(|| list_link(&query, query.ranking, query.page + 1)),
+    })
+}
+
+async fn list_json(
+    State(site): State<Site>,
+    Path(board): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<RankedPage>, Failure> {
+    let query = list_query(&board, &params).map_err(Failure::into_json)?;
+    let page = site.list(&query).await.map_err(Failure::into_json)?;
+    Ok(Json((*page).clone()))
+}
+
+struct LoopRow {
+    name: &'static str,
+    last_run: String,
+}
+
+#[derive(Template)]
+#[template(path = "status.html")]
+struct StatusPage<'a> {
+    site: Chrome<'a>,
+    counters: Vec<Counter>,
+    loops: Vec<LoopRow>,
+    uptime: String,
+    database_latency: String,
+}
+
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    version: &'static str,
+    uptime_s: u64,
+    #[serde(flatten)]
+    status: &'a ServerStatus,
+    /// Unix ms of each background loop's last run here (None: never, as on
+    /// a coordinator that is not the leader).
+    loops: Vec<(&'static str, Option<i64>)>,
+}
+
+async fn status_page(State(site): State<Site>) -> Result<Html<String>, Failure> {
+    let status = site.status().await?;
+    let mut counters = Vec::new();
+    for (state, n) in &status.units_by_state {
+        counters.push(Counter {
+            value: whole(*n),
+            label: unit_label(state),
+        });
+    }
+    for (state, n) in &status.results_by_state {
+        counters.push(Counter {
+            value: whole(*n),
+            label: result_label(state),
+        });
+    }
+    counters.extend([
+        Counter {
+            value: whole(status.validation_backlog),
+            label: "units waiting for validation",
+        },
+        Counter {
+            value: whole(status.users_with_recent_credit),
+            label: "users with credit this week",
+        },
+        Counter {
+            value: whole(status.hosts_with_recent_credit),
+            label: "hosts with credit this week",
+        },
+    ]);
+    let now = cobble_core::now_ms();
+    let loops = site
+        .store
+        .loops()
+        .last_runs()
+        .into_iter()
+        .map(|(name, at)| LoopRow {
+            name,
+            last_run: match at {
+                Some(at) => format!(
+                    "{} ago",
+                    span(Duration::from_millis((now - at).max(0) as u64))
+                ),
+                None => "not on this coordinator (another one leads)".to_string(),
+            },
+        })
+        .collect();
+    render(StatusPage {
+        site: Chrome::of(&site.info),
+        counters,
+        loops,
+        uptime: span(site.started.elapsed()),
+        database_latency: format!("{:.1} ms", status.database_latency_ms),
+    })
+}
+
+async fn status_json(State(site): State<Site>) -> Result<Json<serde_json::Value>, Failure> {
+    let status = site.status().await.map_err(Failure::into_json)?;
+    let body = StatusJson {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_s: site.started.elapsed().as_secs(),
+        status: &status,
+        loops: site.store.loops().last_runs(),
+    };
+    serde_json::to_value(body)
+        .map(Json)
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_json())
+}
+
+fn unit_label(state: &str) -> &'static str {
+    match state {
+        "pending" => "units in progress",
+        "done" => "units done",
+        "error" => "units given up",
+        "cancelled" => "units cancelled",
+        _ => "units (other)",
+    }
+}
+
+fn result_label(state: &str) -> &'static str {
+    match state {
+        "unsent" => "results ready to send",
+        "in_progress" => "results in progress",
+        "reported" => "results reported",
+        "timed_out" => "results timed out",
+        "aborted" => "results aborted",
+        _ => "results (other)",
+    }
+}
+
+/// 12,345
+fn whole(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// 12,345.6: whole above a million, one decimal above 100, three below 1
+/// (a new volunteer's first credit is often a fraction).
+fn amount(x: f64) -> String {
+    if !x.is_finite() || x <= 0.0 {
+        return "0".to_string();
+    }
+    if x >= 1e6 {
+        return whole(x.round() as u64);
+    }
+    if x < 1.0 {
+        return format!("{x:.3}");
+    }
+    if x < 100.0 {
+        return format!("{x:.2}");
+    }
+    let tenths = (x * 10.0).round() as u64;
+    format!("{}.{}", whole(tenths / 10), tenths % 10)
+}
+
+/// "3 d 4 h", "5 min", "12 s".
+fn span(duration: Duration) -> String {
+    let s = duration.as_secs();
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+const _: () = assert!(DEFAULT_PER_PAGE <= MAX_PER_PAGE);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_as_people_write_them() {
+        assert_eq!(whole(0), "0");
+        assert_eq!(whole(1234567), "1,234,567");
+        assert_eq!(amount(1234.56), "1,234.6");
+        assert_eq!(amount(0.0042), "0.004");
+        assert_eq!(amount(42.0), "42.00");
+        assert_eq!(amount(f64::NAN), "0");
+        assert_eq!(span(Duration::from_secs(90_061)), "1 d 1 h");
+    }
+
+    #[test]
+    fn search_terms_are_escaped_in_links() {
+        assert_eq!(percent_encode("a b&c=<"), "a%20b%26c%3D%3C");
+    }
+}

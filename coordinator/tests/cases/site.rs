@@ -1,0 +1,137 @@
+//! What the web site reads, on both backends: ranked lists by total
+//! credit and by RAC as of now, pages, name searches that rank among
+//! everyone, and LIKE's wildcards taken literally.
+
+use super::store::{attach, backends};
+use cobble_coordinator::credit;
+use cobble_coordinator::store::site::{Board, ListQuery, Ranking};
+
+const DAY_MS: i64 = 24 * 3_600_000;
+
+#[tokio::test]
+async fn ranked_lists_agree_with_credit_and_rac_as_of_now() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let now = cobble_core::now_ms();
+        // (name, total credit, RAC, when that RAC was computed)
+        let accounts = [
+            ("ada", 500.0, 100.0, now - 7 * DAY_MS), // RAC 50 now
+            ("grace", 300.0, 60.0, now),
+            ("linus_", 900.0, 40.0, now),
+            ("100%", 100.0, 0.0, 0),
+        ];
+        for (name, total, rac, at) in accounts {
+            attach(store, name).await;
+            sqlx::query(
+                "UPDATE accounts SET total_credit = $1, rac = $2, rac_time_ms = $3, rac_key = $4
+                 WHERE name = $5",
+            )
+            .bind(total)
+            .bind(rac)
+            .bind(at)
+            .bind(credit::rac_order_key(rac, at))
+            .bind(name)
+            .execute(store.db.pool())
+            .await
+            .expect("credit");
+        }
+        let list = |ranking, page, per_page, search: &str| ListQuery {
+            board: Board::Users,
+            ranking,
+            page,
+            per_page,
+            search: search.to_string(),
+        };
+        let names = |page: &cobble_coordinator::store::site::RankedPage| {
+            page.entries
+                .iter()
+                .map(|e| (e.rank, e.name.clone()))
+                .collect::<Vec<_>>()
+        };
+        let by_credit = store
+            .ranked(&list(Ranking::Credit, 1, 10, ""))
+            .await
+            .expect("list");
+        assert_eq!(by_credit.total, 4);
+        assert_eq!(
+            names(&by_credit),
+            [(1, "linus_"), (2, "ada"), (3, "grace"), (4, "100%")].map(|(r, n)| (r, n.to_string()))
+        );
+        let board = store.leaderboard("users", 10).await.expect("leaderboard");
+        let cli: Vec<_> = board
+            .entries
+            .iter()
+            .map(|e| (e.rank as u64, e.name.clone()))
+            .collect();
+        assert_eq!(
+            names(&by_credit),
+            cli,
+            "the site and `cobble leaderboard` agree"
+        );
+
+        // ada's 100 a week ago is 50 now: below grace's 60, above linus's 40.
+        let by_rac = store
+            .ranked(&list(Ranking::Rac, 1, 10, ""))
+            .await
+            .expect("list");
+        assert_eq!(
+            names(&by_rac),
+            [(1, "grace"), (2, "ada"), (3, "linus_"), (4, "100%")].map(|(r, n)| (r, n.to_string()))
+        );
+        assert!((by_rac.entries[1].recent_average_credit - 50.0).abs() < 0.01);
+
+        // Pages, and a page past the end.
+        let second = store
+            .ranked(&list(Ranking::Credit, 2, 3, ""))
+            .await
+            .expect("list");
+        assert_eq!(names(&second), vec![(4, "100%".to_string())]);
+        let beyond = store
+            .ranked(&list(Ranking::Credit, 9, 3, ""))
+            .await
+            .expect("list");
+        assert!(beyond.entries.is_empty());
+
+        // A search ranks among everyone, case aside; `_` and `%` are
+        // literal characters, not wildcards.
+        let found = store
+            .ranked(&list(Ranking::Rac, 1, 10, "ADA"))
+            .await
+            .expect("search");
+        assert_eq!(names(&found), vec![(2, "ada".to_string())]);
+        let underscore = store
+            .ranked(&list(Ranking::Credit, 1, 10, "_"))
+            .await
+            .expect("search");
+        assert_eq!(names(&underscore), vec![(1, "linus_".to_string())]);
+        let percent = store
+            .ranked(&list(Ranking::Credit, 1, 10, "%"))
+            .await
+            .expect("search");
+        assert_eq!(names(&percent), vec![(4, "100%".to_string())]);
+
+        // The worst values are refused, not run.
+        for bad in [
+            list(Ranking::Credit, 0, 10, ""),
+            list(Ranking::Credit, 1, 0, ""),
+            list(Ranking::Credit, 1, 101, ""),
+            list(Ranking::Credit, u32::MAX, 100, ""),
+            list(Ranking::Credit, 1, 10, &"x".repeat(10_000)),
+        ] {
+            let refused = store.ranked(&bad).await;
+            assert!(
+                matches!(refused, Err(cobble_coordinator::Error::InvalidArgument(_))),
+                "{bad:?}: {refused:?}"
+            );
+        }
+
+        let counters = store.project_counters().await.expect("counters");
+        assert_eq!(counters.users, 4);
+        assert!((counters.total_credit - 1800.0).abs() < 1e-6);
+        assert!(
+            (counters.recent_average_credit - 150.0).abs() < 0.1,
+            "{counters:?}"
+        );
+        backend.cleanup().await;
+    }
+}

@@ -1,0 +1,224 @@
+//! The project's web site, over real HTTP from a real coordinator, after a
+//! real job computed by real workers: the home page's counters and join
+//! command, the ranked lists agreeing with `cobble leaderboard --json`,
+//! names a volunteer chose as HTML shown escaped, the server status, the
+//! JSON API, and the answers to bad requests.
+
+use cobble_e2e::{Coordinator, HttpAnswer, http_get, start_worker_with, wait_until, write_job};
+use serde_json::Value;
+use std::time::Duration;
+
+/// A volunteer who names themselves as a script, and a team likewise.
+const SCRIPT_NAME: &str = "<script>alert(1)</script>";
+const HTML_TEAM: &str = "<img src=x onerror=alert(2)>";
+
+fn json(answer: &HttpAnswer) -> Value {
+    assert!(
+        answer.content_type.starts_with("application/json"),
+        "{answer:?}"
+    );
+    serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("{e}: {}", answer.body))
+}
+
+/// The page's text with askama's numeric entities for `<` and `>` read
+/// as the named ones: either is escaped.
+fn escaped(body: &str) -> String {
+    body.replace("&#60;", "&lt;").replace("&#62;", "&gt;")
+}
+
+fn names(entries: &Value) -> Vec<(u64, String)> {
+    entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["rank"].as_u64().expect("rank"),
+                e["name"].as_str().expect("name").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_site_shows_the_project_its_volunteers_and_its_status() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let coordinator = Coordinator::start_with(
+        dir,
+        &[
+            "--project-name",
+            "Prime Hunt",
+            "--project-description",
+            "Counting primes <fast>",
+        ],
+    );
+    let site = coordinator
+        .web_url
+        .clone()
+        .expect("the banner names the site");
+    let job = coordinator.submit(&write_job(
+        dir,
+        cobble_unit_artifacts::PRIMES,
+        "primes.wasm",
+        "name = \"p\"\nmodule = \"primes.wasm\"\nargs = [\"{start}\", \"{end}\"]\n\
+         [split]\nrange = { start = 0, end = 60000, per_unit = 10000 }\n",
+    ));
+    let _workers = [
+        start_worker_with(
+            "cobble-worker",
+            &coordinator,
+            &dir.join("w1"),
+            SCRIPT_NAME,
+            &["--team", HTML_TEAM],
+        ),
+        start_worker_with("cobble-worker", &coordinator, &dir.join("w2"), "bob", &[]),
+        start_worker_with("cobble-worker", &coordinator, &dir.join("w3"), "carol", &[]),
+    ];
+    let (done, status) = coordinator.wait_done(&job, Duration::from_secs(180));
+    assert!(done, "{status}");
+
+    // The lists are cached for up to 10 s: wait for them to show everyone.
+    let cli: Value =
+        serde_json::from_str(&coordinator.cli_ok(&["leaderboard", "--json"])).expect("json");
+    let expected = names(&cli["entries"]);
+    assert_eq!(expected.len(), 3, "{cli}");
+    let mut listed = Value::Null;
+    let agreed = wait_until(Duration::from_secs(15), || {
+        listed = json(&http_get(&site, "/api/v1/users?per_page=100"));
+        names(&listed["entries"]) == expected
+    });
+    assert!(agreed, "site {listed} against cli {cli}");
+    assert_eq!(listed["total"], 3);
+    for (mine, theirs) in listed["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(cli["entries"].as_array().into_iter().flatten())
+    {
+        let close = |field: &str| {
+            (mine[field].as_f64().unwrap_or(-1.0) - theirs[field].as_f64().unwrap_or(-2.0)).abs()
+                < 1e-6
+        };
+        assert!(close("total_credit"), "{mine} against {theirs}");
+        assert_eq!(mine["valid_results"], theirs["valid_results"]);
+    }
+
+    // The users page: every name, escaped, never as markup.
+    let page = http_get(&site, "/users");
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.content_type.starts_with("text/html"), "{page:?}");
+    assert!(
+        escaped(&page.body).contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains(SCRIPT_NAME),
+        "a name rendered as markup"
+    );
+    assert!(!page.body.contains(HTML_TEAM), "a team rendered as markup");
+    assert!(page.body.contains("bob") && page.body.contains("carol"));
+    let by_rac = http_get(&site, "/users?sort=rac&page=1");
+    assert_eq!(by_rac.status, 200);
+    let teams = http_get(&site, "/teams");
+    assert!(
+        escaped(&teams.body).contains("&lt;img src=x onerror=alert(2)&gt;"),
+        "{}",
+        teams.body
+    );
+    let hosts = json(&http_get(&site, "/api/v1/hosts?sort=rac"));
+    assert_eq!(
+        hosts["entries"].as_array().map(Vec::len),
+        Some(3),
+        "{hosts}"
+    );
+
+    // A search ranks a row among everyone, not among the matches.
+    let found = json(&http_get(&site, "/api/v1/users?q=ScRiPt"));
+    let rank_in_all = expected
+        .iter()
+        .find(|(_, name)| name == SCRIPT_NAME)
+        .map(|(rank, _)| *rank);
+    assert_eq!(
+        names(&found["entries"]),
+        vec![(rank_in_all.expect("listed"), SCRIPT_NAME.to_string())]
+    );
+    // LIKE's wildcards are taken as they are.
+    let none = json(&http_get(&site, "/api/v1/users?q=%25"));
+    assert_eq!(none["total"], 0, "{none}");
+
+    // The home page: the project, its figures, how to join.
+    let home = http_get(&site, "/");
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains("Prime Hunt"));
+    assert!(escaped(&home.body).contains("Counting primes &lt;fast&gt;"));
+    assert!(home.body.contains(&format!(
+        "cobble-worker install --coordinator {} --user YOUR_NAME",
+        coordinator.url
+    )));
+    let project = json(&http_get(&site, "/api/v1/project"));
+    assert_eq!(project["name"], "Prime Hunt");
+    assert!(
+        project["counters"]["total_credit"].as_f64() > Some(0.0),
+        "{project}"
+    );
+    assert_eq!(project["counters"]["users"], 3);
+
+    // The server status, as a page and as JSON.
+    let status_page = http_get(&site, "/status");
+    assert_eq!(status_page.status, 200);
+    assert!(
+        status_page.body.contains("units done"),
+        "{}",
+        status_page.body
+    );
+    let status = json(&http_get(&site, "/api/v1/status"));
+    let units: Vec<(String, u64)> =
+        serde_json::from_value(status["units_by_state"].clone()).expect("pairs");
+    assert_eq!(units, vec![("done".to_string(), 6)], "{status}");
+    let sweeper = status["loops"][0].clone();
+    assert!(sweeper[1].as_i64() > Some(0), "the sweeper ran: {status}");
+
+    // Bad requests: a clear answer with the right status, never a 500.
+    for (path, expected) in [
+        ("/nowhere", 404),
+        ("/users/1/extra", 404),
+        ("/users?page=0", 400),
+        ("/users?page=-1", 400),
+        ("/users?page=abc", 400),
+        ("/users?page=99999999999", 400),
+        ("/users?per_page=1000", 400),
+        ("/users?sort=name", 400),
+        ("/users?page=500", 200),
+    ] {
+        let answer = http_get(&site, path);
+        assert_eq!(answer.status, expected, "{path}: {answer:?}");
+        assert!(answer.content_type.starts_with("text/html"), "{path}");
+    }
+    let long = format!("/users?q={}", "a".repeat(10_000));
+    let refused = http_get(&site, &long);
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        refused.body.contains("at most 100 characters"),
+        "{}",
+        refused.body
+    );
+    for (path, expected) in [
+        ("/api/v1/nowhere", 404),
+        ("/api/v1/users?page=0", 400),
+        ("/api/v1/users?per_page=-5", 400),
+    ] {
+        let answer = http_get(&site, path);
+        assert_eq!(answer.status, expected, "{path}: {answer:?}");
+        let body = json(&answer);
+        assert_eq!(body["status"], expected);
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+    }
+    let beyond = json(&http_get(&site, "/api/v1/users?page=500"));
+    assert_eq!(beyond["entries"].as_array().map(Vec::len), Some(0));
+    assert_eq!(beyond["total"], 3);
+}
