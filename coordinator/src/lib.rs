@@ -369,6 +369,9 @@ async fn sweep_overdue(
 ) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     let mut sweeps = 0u64;
+    // When credit days were last recorded here (0: not yet; then the last
+    // day's credit is looked at).
+    let mut days_recorded = 0i64;
     loop {
         ticker.tick().await;
         sweeps += 1;
@@ -389,6 +392,18 @@ async fn sweep_overdue(
         }
         if let Err(error) = store.finish_jobs().await {
             tracing::warn!(%error, "finishing jobs failed");
+        }
+        if sweeps.is_multiple_of(60) || days_recorded == 0 {
+            let now = cobble_core::now_ms();
+            let since = if days_recorded == 0 {
+                now - 24 * 3_600_000
+            } else {
+                days_recorded - 60_000
+            };
+            match store.record_credit_days(since).await {
+                Ok(()) => days_recorded = now,
+                Err(error) => tracing::warn!(%error, "recording daily credit failed"),
+            }
         }
         store.loops().ran(store::Loop::Sweeper);
         if sweeps.is_multiple_of(MAINTENANCE_EVERY_SWEEPS) {

@@ -256,21 +256,13 @@ async fn audit(limit: i64, config: &cobble_coordinator::Config) -> anyhow::Resul
     Ok(())
 }
 
-/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil from days, after
-/// Howard Hinnant's algorithm), so the log reads without a calculator.
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`, so the log reads
+/// without a calculator.
 fn utc(ms: i64) -> String {
     let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{}T{:02}:{:02}:{:02}.{:03}Z",
+        cobble_core::civil_date(days),
         in_day / 3_600_000,
         in_day / 60_000 % 60,
         in_day / 1_000 % 60,

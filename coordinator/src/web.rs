@@ -10,7 +10,8 @@
 use crate::error::Error;
 use crate::store::Store;
 use crate::store::site::{
-    Board, ListQuery, MAX_PAGE, MAX_PER_PAGE, ProjectCounters, RankedPage, Ranking, ServerStatus,
+    Board, DayPoint, ListQuery, MAX_PAGE, MAX_PER_PAGE, Profile, ProjectCounters, Ranked,
+    RankedPage, Ranking, ServerStatus,
 };
 use askama::Template;
 use axum::Json;
@@ -87,9 +88,11 @@ pub fn router(store: Store, info: SiteInfo) -> axum::Router {
         .route("/", get(home))
         .route("/status", get(status_page))
         .route("/{board}", get(list_page))
+        .route("/{board}/{id}", get(profile_page))
         .route("/api/v1/project", get(project_json))
         .route("/api/v1/status", get(status_json))
         .route("/api/v1/{board}", get(list_json))
+        .route("/api/v1/{board}/{id}", get(profile_json))
         .fallback(not_found)
         .with_state(site)
 }
@@ -374,11 +377,27 @@ fn list_query(board: &str, params: &ListParams) -> Result<ListQuery, Failure> {
 
 struct Row {
     rank: u64,
+    href: String,
     name: String,
     detail: String,
     total_credit: String,
     recent_average_credit: String,
     valid_results: String,
+}
+
+impl Row {
+    /// A ranked entry as a table row, linking to its page on `board`.
+    fn of(entry: &Ranked, board: Board) -> Row {
+        Row {
+            rank: entry.rank,
+            href: format!("/{}/{}", board.name(), entry.id),
+            name: entry.name.clone(),
+            detail: entry.detail.clone(),
+            total_credit: amount(entry.total_credit),
+            recent_average_credit: amount(entry.recent_average_credit),
+            valid_results: whole(entry.valid_results),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -442,14 +461,7 @@ async fn list_page(
         rows: page
             .entries
             .iter()
-            .map(|e| Row {
-                rank: e.rank,
-                name: e.name.clone(),
-                detail: e.detail.clone(),
-                total_credit: amount(e.total_credit),
-                recent_average_credit: amount(e.recent_average_credit),
-                valid_results: whole(e.valid_results),
-            })
+            .map(|e| Row::of(e, query.board))
             .collect(),
         page: query.page,
         pages,
@@ -468,6 +480,221 @@ async fn list_json(
     let query = list_query(&board, &params).map_err(Failure::into_json)?;
     let page = site.list(&query).await.map_err(Failure::into_json)?;
     Ok(Json((*page).clone()))
+}
+
+/// The profile asked for, or a 404 that says what was not found.
+async fn profile_of(site: &Site, board: &str, id: &str) -> Result<Profile, Failure> {
+    let board = Board::parse(board)
+        .ok_or_else(|| Failure::new(StatusCode::NOT_FOUND, "There is no page at this address."))?;
+    let missing = || {
+        let what = match board {
+            Board::Users => "user",
+            Board::Teams => "team",
+            Board::Hosts => "host",
+        };
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            format!("There is no {what} {id:?} here."),
+        )
+    };
+    let id: i64 = id.parse().map_err(|_| missing())?;
+    site.store
+        .profile(board, id)
+        .await
+        .map_err(Failure::from_error)?
+        .ok_or_else(missing)
+}
+
+struct LinkView {
+    href: String,
+    name: String,
+}
+
+struct ResultView {
+    id: i64,
+    unit: String,
+    outcome: &'static str,
+    credit: String,
+    reported: String,
+}
+
+#[derive(Template)]
+#[template(path = "profile.html")]
+struct ProfilePage<'a> {
+    site: Chrome<'a>,
+    board: &'static str,
+    board_title: &'static str,
+    name: &'a str,
+    facts: Vec<Counter>,
+    link_label: &'static str,
+    link: Option<LinkView>,
+    chart: String,
+    members_title: &'static str,
+    members: Vec<Row>,
+    results: Vec<ResultView>,
+}
+
+async fn profile_page(
+    State(site): State<Site>,
+    Path((board, id)): Path<(String, String)>,
+) -> Result<Html<String>, Failure> {
+    let profile = profile_of(&site, &board, &id).await?;
+    let (board_title, link_label, members_title, member_board) = match profile.board {
+        Board::Users => ("Top users", "Team", "Hosts", Board::Hosts),
+        Board::Teams => ("Top teams", "", "Members", Board::Users),
+        Board::Hosts => ("Top hosts", "Owner", "", Board::Hosts),
+    };
+    let mut facts = vec![
+        Counter {
+            value: format!("#{}", whole(profile.rank)),
+            label: "rank by total credit",
+        },
+        Counter {
+            value: amount(profile.total_credit),
+            label: "total credit",
+        },
+        Counter {
+            value: amount(profile.recent_average_credit),
+            label: "recent average credit",
+        },
+        Counter {
+            value: whole(profile.valid_results),
+            label: "valid results",
+        },
+        Counter {
+            value: date(profile.created_ms.div_euclid(86_400_000)),
+            label: "joined",
+        },
+    ];
+    if let (Some(cpus), Some(os)) = (profile.cpus, &profile.os) {
+        facts.push(Counter {
+            value: format!("{cpus} CPUs"),
+            label: "processors",
+        });
+        if !os.is_empty() {
+            facts.push(Counter {
+                value: os.clone(),
+                label: "operating system",
+            });
+        }
+    }
+    render(ProfilePage {
+        site: Chrome::of(&site.info),
+        board: profile.board.name(),
+        board_title,
+        name: &profile.name,
+        facts,
+        link_label,
+        link: profile.link.as_ref().map(|l| LinkView {
+            href: format!("/{}/{}", l.board.name(), l.id),
+            name: l.name.clone(),
+        }),
+        chart: chart(&profile.history),
+        members_title,
+        members: profile
+            .members
+            .iter()
+            .map(|e| Row::of(e, member_board))
+            .collect(),
+        results: profile
+            .results
+            .iter()
+            .map(|r| ResultView {
+                id: r.result_id,
+                unit: format!("job {} / unit {}", r.job_id, r.unit_index),
+                outcome: r.outcome,
+                credit: amount(r.credit),
+                reported: r
+                    .reported_ms
+                    .map_or_else(String::new, |ms| date(ms.div_euclid(86_400_000))),
+            })
+            .collect(),
+    })
+}
+
+async fn profile_json(
+    State(site): State<Site>,
+    Path((board, id)): Path<(String, String)>,
+) -> Result<Json<Profile>, Failure> {
+    Ok(Json(
+        profile_of(&site, &board, &id)
+            .await
+            .map_err(Failure::into_json)?,
+    ))
+}
+
+/// The credit-over-time chart, drawn on the server: each day's total as a
+/// point, joined by lines. Only numbers and fixed text go into it.
+fn chart(points: &[DayPoint]) -> String {
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        return String::new();
+    };
+    const WIDTH: f64 = 640.0;
+    const HEIGHT: f64 = 220.0;
+    const LEFT: f64 = 70.0;
+    const BOTTOM: f64 = 30.0;
+    const TOP: f64 = 15.0;
+    const RIGHT: f64 = 20.0;
+    let start = first.day.min(last.day - 1);
+    let span = (last.day - start).max(1) as f64;
+    let top = points
+        .iter()
+        .map(|p| p.total_credit)
+        .fold(0.0f64, f64::max)
+        .max(f64::MIN_POSITIVE)
+        * 1.1;
+    let x = |day: i64| LEFT + (day - start) as f64 / span * (WIDTH - LEFT - RIGHT);
+    let y = |credit: f64| TOP + (1.0 - credit / top) * (HEIGHT - TOP - BOTTOM);
+    let line: Vec<String> = points
+        .iter()
+        .map(|p| format!("{:.1},{:.1}", x(p.day), y(p.total_credit)))
+        .collect();
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\" aria-label=\"Total credit by day\">"
+    );
+    let base = HEIGHT - BOTTOM;
+    svg.push_str(&format!(
+        "<line x1=\"{LEFT}\" y1=\"{base}\" x2=\"{}\" y2=\"{base}\" stroke=\"#c9d1dd\"/>\
+         <line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{base}\" stroke=\"#c9d1dd\"/>",
+        WIDTH - RIGHT
+    ));
+    svg.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\" fill=\"#5b6574\">{}</text>\
+         <text x=\"{}\" y=\"{base}\" font-size=\"11\" text-anchor=\"end\" fill=\"#5b6574\">0</text>",
+        LEFT - 6.0,
+        TOP + 8.0,
+        amount(top / 1.1),
+        LEFT - 6.0
+    ));
+    svg.push_str(&format!(
+        "<text x=\"{LEFT}\" y=\"{}\" font-size=\"11\" fill=\"#5b6574\">{}</text>\
+         <text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\" fill=\"#5b6574\">{}</text>",
+        HEIGHT - 10.0,
+        date(start),
+        WIDTH - RIGHT,
+        HEIGHT - 10.0,
+        date(last.day)
+    ));
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#2f6fde\" stroke-width=\"2\" points=\"{}\"/>",
+        line.join(" ")
+    ));
+    for p in points {
+        svg.push_str(&format!(
+            "<circle class=\"day\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#2f6fde\"><title>{}: {}</title></circle>",
+            x(p.day),
+            y(p.total_credit),
+            date(p.day),
+            amount(p.total_credit)
+        ));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// `YYYY-MM-DD` of a day since 1970-01-01.
+fn date(days: i64) -> String {
+    cobble_core::civil_date(days)
 }
 
 struct LoopRow {
@@ -655,6 +882,37 @@ mod tests {
         assert_eq!(amount(42.0), "42.00");
         assert_eq!(amount(f64::NAN), "0");
         assert_eq!(span(Duration::from_secs(90_061)), "1 d 1 h");
+    }
+
+    #[test]
+    fn dates_follow_the_calendar() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(20_423), "2025-12-01");
+        assert_eq!(date(11_016), "2000-02-29");
+        assert_eq!(date(-1), "1969-12-31");
+    }
+
+    #[test]
+    fn a_chart_has_a_point_per_day_and_no_text_from_outside() {
+        assert!(chart(&[]).is_empty());
+        let svg = chart(&[
+            DayPoint {
+                day: 20_000,
+                total_credit: 1.0,
+            },
+            DayPoint {
+                day: 20_002,
+                total_credit: 5.5,
+            },
+        ]);
+        assert_eq!(svg.matches("<circle").count(), 2);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        let one = chart(&[DayPoint {
+            day: 20_000,
+            total_credit: 0.5,
+        }]);
+        assert_eq!(one.matches("<circle").count(), 1);
+        assert!(!one.contains("NaN") && !one.contains("inf"), "{one}");
     }
 
     #[test]

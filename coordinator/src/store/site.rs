@@ -158,6 +158,61 @@ pub struct ServerStatus {
 
 const DAY_MS: i64 = 24 * 3_600_000;
 
+/// One user's, team's or host's page.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    pub board: Board,
+    pub id: i64,
+    pub name: String,
+    /// By total credit, among all of the board.
+    pub rank: u64,
+    pub total_credit: f64,
+    pub recent_average_credit: f64,
+    pub valid_results: u64,
+    pub created_ms: i64,
+    /// A user's team, a host's owner.
+    pub link: Option<Link>,
+    /// A host's processor count and operating system.
+    pub cpus: Option<u32>,
+    pub os: Option<String>,
+    /// A team's members, a user's hosts, by total credit.
+    pub members: Vec<Ranked>,
+    /// A host's latest results.
+    pub results: Vec<RecentResult>,
+    /// Total credit at the end of each day it changed, today's live.
+    pub history: Vec<DayPoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Link {
+    pub board: Board,
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DayPoint {
+    /// Days since 1970-01-01 (UTC).
+    pub day: i64,
+    pub total_credit: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentResult {
+    pub result_id: i64,
+    pub job_id: i64,
+    pub unit_index: i64,
+    /// valid, invalid, pending validation, error, timed out, in progress,
+    /// aborted, not needed.
+    pub outcome: &'static str,
+    pub credit: f64,
+    pub reported_ms: Option<i64>,
+}
+
+/// How many of a host's results its page lists, and members a page shows.
+const RECENT_RESULTS: i64 = 20;
+const MEMBERS_SHOWN: i64 = 100;
+
 impl Store {
     /// One page of a ranked list.
     pub async fn ranked(&self, query: &ListQuery) -> Result<RankedPage> {
@@ -321,6 +376,215 @@ impl Store {
                 .fetch_all(self.db.pool())
                 .await?,
         )
+    }
+
+    /// A user's, team's or host's page; None if there is no such id.
+    pub async fn profile(&self, board: Board, id: i64) -> Result<Option<Profile>> {
+        let (from, detail, table) = board.source();
+        let pool = self.db.pool();
+        let Some(row) = sqlx::query(&format!(
+            "SELECT x.id, x.name, {detail} AS detail, x.total_credit, x.rac, x.rac_time_ms,
+                    x.valid_results, x.created_ms
+             FROM {from} WHERE x.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let now = cobble_core::now_ms();
+        let total_credit: f64 = row.try_get("total_credit")?;
+        let ahead: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM {table} b
+             WHERE b.total_credit > $1 OR (b.total_credit = $1 AND b.id < $2)"
+        ))
+        .bind(total_credit)
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
+        let entry = ranked_row(&row, ahead.max(0) as u64 + 1, now)?;
+        let mut profile = Profile {
+            board,
+            id,
+            name: entry.name,
+            rank: entry.rank,
+            total_credit,
+            recent_average_credit: entry.recent_average_credit,
+            valid_results: entry.valid_results,
+            created_ms: row.try_get("created_ms")?,
+            link: None,
+            cpus: None,
+            os: None,
+            members: Vec::new(),
+            results: Vec::new(),
+            history: self.history(board, id, total_credit, now).await?,
+        };
+        match board {
+            Board::Users => {
+                let team = sqlx::query(
+                    "SELECT t.id, t.name FROM accounts a JOIN teams t ON t.id = a.team_id
+                     WHERE a.id = $1",
+                )
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+                if let Some(team) = team {
+                    profile.link = Some(Link {
+                        board: Board::Teams,
+                        id: team.try_get("id")?,
+                        name: team.try_get("name")?,
+                    });
+                }
+                profile.members = self
+                    .members(
+                        "hosts x JOIN accounts a ON a.id = x.account_id WHERE x.account_id = $1",
+                        "a.name",
+                        id,
+                        now,
+                    )
+                    .await?;
+            }
+            Board::Teams => {
+                profile.members = self
+                    .members(
+                        "accounts x JOIN teams t ON t.id = x.team_id WHERE x.team_id = $1",
+                        "t.name",
+                        id,
+                        now,
+                    )
+                    .await?;
+            }
+            Board::Hosts => {
+                let host = sqlx::query(
+                    "SELECT h.account_id, a.name, h.cpus, h.os FROM hosts h
+                     JOIN accounts a ON a.id = h.account_id WHERE h.id = $1",
+                )
+                .bind(id)
+                .fetch_one(pool)
+                .await?;
+                profile.link = Some(Link {
+                    board: Board::Users,
+                    id: host.try_get("account_id")?,
+                    name: host.try_get("name")?,
+                });
+                profile.cpus = Some(host.try_get::<i64, _>("cpus")?.clamp(0, 1 << 20) as u32);
+                profile.os = Some(host.try_get("os")?);
+                profile.results = self.recent_results(id).await?;
+            }
+        }
+        Ok(Some(profile))
+    }
+
+    /// Rows of `from` (which ends in a `WHERE ... = $1`) ranked by credit.
+    async fn members(&self, from: &str, detail: &str, id: i64, now: i64) -> Result<Vec<Ranked>> {
+        let rows = sqlx::query(&format!(
+            "SELECT x.id, x.name, {detail} AS detail, x.total_credit, x.rac, x.rac_time_ms,
+                    x.valid_results
+             FROM {from} ORDER BY x.total_credit DESC, x.id LIMIT {MEMBERS_SHOWN}"
+        ))
+        .bind(id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .enumerate()
+            .map(|(place, row)| ranked_row(row, place as u64 + 1, now))
+            .collect()
+    }
+
+    async fn recent_results(&self, host_id: i64) -> Result<Vec<RecentResult>> {
+        let rows = sqlx::query(&format!(
+            "SELECT r.id, u.job_id, u.idx, r.state, r.outcome, r.validate_state,
+                    r.granted_credit, r.reported_ms
+             FROM results r JOIN units u ON u.id = r.unit_id
+             WHERE r.host_id = $1 ORDER BY r.id DESC LIMIT {RECENT_RESULTS}"
+        ))
+        .bind(host_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut results = Vec::with_capacity(rows.len());
+        for row in rows {
+            let outcome = match (
+                row.try_get::<String, _>("state")?.as_str(),
+                row.try_get::<Option<String>, _>("outcome")?.as_deref(),
+                row.try_get::<String, _>("validate_state")?.as_str(),
+            ) {
+                ("in_progress", _, _) => "in progress",
+                ("timed_out", _, _) => "timed out",
+                ("aborted", _, _) => "aborted",
+                ("reported", Some("success"), "valid") => "valid",
+                ("reported", Some("success"), "invalid") => "invalid",
+                ("reported", Some("success"), "not_needed") => "not needed",
+                ("reported", Some("success"), _) => "pending validation",
+                ("reported", _, _) => "error",
+                _ => "unsent",
+            };
+            results.push(RecentResult {
+                result_id: row.try_get("id")?,
+                job_id: row.try_get("job_id")?,
+                unit_index: row.try_get("idx")?,
+                outcome,
+                credit: row.try_get("granted_credit")?,
+                reported_ms: row.try_get("reported_ms")?,
+            });
+        }
+        Ok(results)
+    }
+
+    /// The stored daily totals, and today's from the live total.
+    async fn history(
+        &self,
+        board: Board,
+        id: i64,
+        total_credit: f64,
+        now: i64,
+    ) -> Result<Vec<DayPoint>> {
+        let today = now.div_euclid(DAY_MS);
+        let rows = sqlx::query(
+            "SELECT day, total_credit FROM credit_days
+             WHERE board = $1 AND id = $2 AND day < $3 ORDER BY day",
+        )
+        .bind(board.name())
+        .bind(id)
+        .bind(today)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut points = rows
+            .iter()
+            .map(|row| {
+                Ok(DayPoint {
+                    day: row.try_get("day")?,
+                    total_credit: row.try_get("total_credit")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if total_credit > 0.0 {
+            points.push(DayPoint {
+                day: today,
+                total_credit,
+            });
+        }
+        Ok(points)
+    }
+
+    /// Records today's total for every user, team and host credited since
+    /// `since` (Unix ms); the leader runs it every minute or so.
+    pub async fn record_credit_days(&self, since: i64) -> Result<()> {
+        let today = cobble_core::now_ms().div_euclid(DAY_MS);
+        for board in [Board::Users, Board::Teams, Board::Hosts] {
+            let (_, _, table) = board.source();
+            sqlx::query(&format!(
+                "INSERT INTO credit_days (board, id, day, total_credit)
+                 SELECT $1, id, $2, total_credit FROM {table} WHERE rac_time_ms >= $3
+                 ON CONFLICT (board, id, day) DO UPDATE SET total_credit = excluded.total_credit"
+            ))
+            .bind(board.name())
+            .bind(today)
+            .bind(since)
+            .execute(self.db.writes())
+            .await?;
+        }
+        Ok(())
     }
 
     /// Gives rows credited before RAC ordering keys existed their key (a

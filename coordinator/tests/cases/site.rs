@@ -125,6 +125,67 @@ async fn ranked_lists_agree_with_credit_and_rac_as_of_now() {
             );
         }
 
+        // A user's page: rank, daily totals (two stored days and today's
+        // live one), hosts; a team's members; unknown ids.
+        let ada = by_credit.entries[1].id;
+        let today = cobble_core::now_ms().div_euclid(DAY_MS);
+        for (day, total) in [(today - 3, 120.0), (today - 1, 480.0), (today, 1.0)] {
+            sqlx::query(
+                "INSERT INTO credit_days (board, id, day, total_credit) VALUES ('users', $1, $2, $3)",
+            )
+            .bind(ada)
+            .bind(day)
+            .bind(total)
+            .execute(store.db.pool())
+            .await
+            .expect("history");
+        }
+        let profile = store
+            .profile(Board::Users, ada)
+            .await
+            .expect("profile")
+            .expect("ada");
+        assert_eq!((profile.name.as_str(), profile.rank), ("ada", 2));
+        let days: Vec<(i64, f64)> = profile
+            .history
+            .iter()
+            .map(|p| (p.day, p.total_credit))
+            .collect();
+        assert_eq!(
+            days,
+            vec![(today - 3, 120.0), (today - 1, 480.0), (today, 500.0)],
+            "today's point is the live total"
+        );
+        assert_eq!(profile.members.len(), 1, "ada's one host");
+        assert!(
+            store
+                .profile(Board::Hosts, 999_999)
+                .await
+                .expect("none")
+                .is_none()
+        );
+        // The leader's daily record: today's total for whoever was
+        // credited since the cut-off, once per day, updated in place.
+        store.record_credit_days(1).await.expect("record");
+        store.record_credit_days(1).await.expect("again");
+        let recorded: Vec<(i64, f64)> = sqlx::query_as(
+            "SELECT id, total_credit FROM credit_days WHERE board = 'users' AND day = $1 ORDER BY id",
+        )
+        .bind(today)
+        .fetch_all(store.db.pool())
+        .await
+        .expect("recorded");
+        assert_eq!(
+            recorded.len(),
+            3,
+            "the three credited in the window: {recorded:?}"
+        );
+        assert!(
+            recorded
+                .iter()
+                .any(|(id, total)| *id == ada && *total == 500.0)
+        );
+
         let counters = store.project_counters().await.expect("counters");
         assert_eq!(counters.users, 4);
         assert!((counters.total_credit - 1800.0).abs() < 1e-6);

@@ -221,4 +221,73 @@ fn the_site_shows_the_project_its_volunteers_and_its_status() {
     let beyond = json(&http_get(&site, "/api/v1/users?page=500"));
     assert_eq!(beyond["entries"].as_array().map(Vec::len), Some(0));
     assert_eq!(beyond["total"], 3);
+
+    // From the list to a user's page, to their host's and their team's.
+    let top = &listed["entries"][0];
+    let user_path = format!("/users/{}", top["id"]);
+    assert!(
+        page.body.contains(&format!("href=\"{user_path}\"")),
+        "{}",
+        page.body
+    );
+    let user = http_get(&site, &user_path);
+    assert_eq!(user.status, 200, "{user:?}");
+    assert!(user.body.contains("Credit over time"));
+    assert!(
+        user.body.matches("class=\"day\"").count() >= 1,
+        "a point for today: {}",
+        user.body
+    );
+    let profile = json(&http_get(&site, &format!("/api/v1{user_path}")));
+    assert_eq!(profile["rank"], 1);
+    assert_eq!(profile["name"], top["name"]);
+    let history = profile["history"].as_array().expect("history");
+    assert!(
+        history
+            .last()
+            .is_some_and(|p| p["total_credit"] == top["total_credit"])
+    );
+    let host_id = profile["members"][0]["id"]
+        .as_i64()
+        .expect("the user's host");
+    let host = json(&http_get(&site, &format!("/api/v1/hosts/{host_id}")));
+    assert_eq!(host["link"]["id"], top["id"], "the host's owner: {host}");
+    let outcomes: Vec<&str> = host["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|r| r["outcome"].as_str())
+        .collect();
+    assert!(outcomes.contains(&"valid"), "{host}");
+    let host_page = http_get(&site, &format!("/hosts/{host_id}"));
+    assert!(host_page.body.contains("Latest results") && host_page.body.contains("valid"));
+    let scripted = listed["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == SCRIPT_NAME)
+        .expect("listed");
+    let scripted_page = http_get(&site, &format!("/users/{}", scripted["id"]));
+    assert!(
+        !scripted_page.body.contains(SCRIPT_NAME),
+        "a name rendered as markup"
+    );
+    let team_id = json(&http_get(
+        &site,
+        &format!("/api/v1/users/{}", scripted["id"]),
+    ))["link"]["id"]
+        .as_i64()
+        .expect("a team");
+    let team = http_get(&site, &format!("/teams/{team_id}"));
+    assert_eq!(team.status, 200);
+    assert!(escaped(&team.body).contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(!team.body.contains(HTML_TEAM) && !team.body.contains(SCRIPT_NAME));
+    for path in ["/users/999999", "/users/abc", "/hosts/-1", "/teams/1e9"] {
+        let answer = http_get(&site, path);
+        assert_eq!(answer.status, 404, "{path}: {answer:?}");
+        assert!(answer.body.contains("There is no"), "{path}");
+    }
+    let missing = http_get(&site, "/api/v1/hosts/999999");
+    assert_eq!(missing.status, 404);
+    assert_eq!(json(&missing)["status"], 404);
 }

@@ -1,0 +1,10 @@
+-- Each user's, team's and host's total credit at the end of each day it
+-- earned some (BOINC's daily stats): the credit-over-time charts. Written
+-- by the leader's sweep; today's point is read live.
+CREATE TABLE credit_days (
+    board TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    day INTEGER NOT NULL,
+    total_credit REAL NOT NULL,
+    PRIMARY KEY (board, id, day)
+);
