@@ -56,6 +56,8 @@ pub struct Volunteer {
     pub code_key: Option<String>,
     /// The project's invitation code, when creating an account needs one.
     pub invite_code: Option<String>,
+    /// Consent to show the account's and hosts' names in public.
+    pub public_name: bool,
 }
 
 pub fn state_path(data_dir: &Path) -> PathBuf {
@@ -146,6 +148,7 @@ pub async fn attach(
             memory_bytes: 0,
             os: std::env::consts::OS.to_string(),
             invite_code: volunteer.invite_code.clone().unwrap_or_default(),
+            public_name: volunteer.public_name,
         })
         .await?
         .into_inner();

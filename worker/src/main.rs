@@ -83,6 +83,11 @@ struct InstallArgs {
     /// The project's invitation code, if creating an account needs one.
     #[arg(long, env = "COBBLE_INVITE_CODE")]
     invite_code: Option<String>,
+    /// Show your account's and hosts' names on the project's public pages,
+    /// leaderboard and stats export (otherwise: an anonymous id; your
+    /// credit counts either way). The latest attach decides.
+    #[arg(long)]
+    public_name: bool,
     /// Expected project key (hex), instead of trusting it on first attach.
     #[arg(long)]
     project_key: Option<String>,
@@ -125,6 +130,11 @@ struct RunArgs {
     /// The project's invitation code, if creating an account needs one.
     #[arg(long, env = "COBBLE_INVITE_CODE")]
     invite_code: Option<String>,
+    /// Show your account's and hosts' names on the project's public pages,
+    /// leaderboard and stats export (otherwise: an anonymous id; your
+    /// credit counts either way). The latest attach decides.
+    #[arg(long)]
+    public_name: bool,
     /// Expected project key (hex), instead of trusting it on first attach.
     #[arg(long)]
     project_key: Option<String>,
@@ -256,6 +266,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             project_key: args.project_key,
             code_key: args.trust.code_signing_key,
             invite_code: args.invite_code,
+            public_name: args.public_name,
         },
         slots: args.slots.unwrap_or_else(|| prefs.slots(cpus)),
         prefs,
@@ -291,6 +302,9 @@ fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(code) = args.invite_code {
         run_args.extend(["--invite-code".to_string(), code]);
+    }
+    if args.public_name {
+        run_args.push("--public-name".to_string());
     }
     if let Some(key) = args.project_key {
         run_args.extend(["--project-key".to_string(), key]);

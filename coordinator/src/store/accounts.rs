@@ -95,12 +95,14 @@ impl Store {
                 // that loses the race is told the account exists, rather
                 // than hitting a unique violation (an internal error).
                 let id: Option<i64> = sqlx::query_scalar(
-                    "INSERT INTO accounts (name, key_hash, created_ms) VALUES ($1, $2, $3)
+                    "INSERT INTO accounts (name, key_hash, created_ms, cross_project_id)
+                     VALUES ($1, $2, $3, $4)
                      ON CONFLICT (name) DO NOTHING RETURNING id",
                 )
                 .bind(&request.account)
                 .bind(key_hash(&key))
                 .bind(now)
+                .bind(cobble_core::random_token())
                 .fetch_optional(&mut *tx)
                 .await?;
                 let id = id.ok_or_else(|| {
@@ -112,6 +114,13 @@ impl Store {
                 (id, Some(key))
             }
         };
+
+        // Consent to public names: the latest attach decides.
+        sqlx::query("UPDATE accounts SET public_name = $1 WHERE id = $2")
+            .bind(i64::from(request.public_name))
+            .bind(account_id)
+            .execute(&mut *tx)
+            .await?;
 
         if !request.team.is_empty() {
             // Get or create, safe when two hosts attach to a new team at

@@ -1,6 +1,8 @@
-//! The leaderboard: users, teams and hosts ranked by total credit.
+//! The leaderboard: users, teams and hosts ranked by total credit, names
+//! shown only with their owners' consent.
 
 use super::Store;
+use super::site::Board;
 use crate::credit;
 use crate::error::{Error, Result};
 use cobble_proto::v1 as pb;
@@ -9,29 +11,26 @@ use sqlx::Row;
 impl Store {
     pub async fn leaderboard(&self, kind: &str, limit: u32) -> Result<pb::Leaderboard> {
         let limit = i64::from(limit.clamp(1, 1000));
-        let sql = match kind {
-            "" | "users" => {
-                "SELECT a.id, a.name, COALESCE(t.name, '') AS detail, a.total_credit, a.rac, a.rac_time_ms, a.valid_results
-                 FROM accounts a LEFT JOIN teams t ON t.id = a.team_id
-                 ORDER BY a.total_credit DESC, a.id LIMIT $1"
-            }
-            "teams" => {
-                "SELECT id, name, '' AS detail, total_credit, rac, rac_time_ms, valid_results
-                 FROM teams ORDER BY total_credit DESC, id LIMIT $1"
-            }
-            "hosts" => {
-                "SELECT h.id, h.name, a.name AS detail, h.total_credit, h.rac, h.rac_time_ms, h.valid_results
-                 FROM hosts h JOIN accounts a ON a.id = h.account_id
-                 ORDER BY h.total_credit DESC, h.id LIMIT $1"
-            }
+        let board = match kind {
+            "" | "users" => Board::Users,
+            "teams" => Board::Teams,
+            "hosts" => Board::Hosts,
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown leaderboard {other:?}; use users, teams or hosts"
                 )));
             }
         };
+        // The same rows and names as the web site's lists.
+        let (from, detail, _) = board.source();
+        let sql = format!(
+            "SELECT x.id, {} AS name, {detail} AS detail, x.total_credit, x.rac, x.rac_time_ms,
+                    x.valid_results
+             FROM {from} ORDER BY x.total_credit DESC, x.id LIMIT $1",
+            board.shown_name()
+        );
         let now = cobble_core::now_ms();
-        let rows = sqlx::query(sql)
+        let rows = sqlx::query(&sql)
             .bind(limit)
             .fetch_all(self.db.pool())
             .await?;

@@ -37,7 +37,7 @@ impl Board {
 
     /// The rows and their `detail` (a user's team, a host's owner), and
     /// the table ranks are counted in.
-    fn source(self) -> (&'static str, &'static str, &'static str) {
+    pub(super) fn source(self) -> (&'static str, &'static str, &'static str) {
         match self {
             Board::Users => (
                 "accounts x LEFT JOIN teams t ON t.id = x.team_id",
@@ -47,9 +47,20 @@ impl Board {
             Board::Teams => ("teams x", "''", "teams"),
             Board::Hosts => (
                 "hosts x JOIN accounts a ON a.id = x.account_id",
-                "a.name",
+                OWNER_NAME,
                 "hosts",
             ),
+        }
+    }
+
+    /// The name shown for row `x`: an account's or a host's only with the
+    /// account's consent, else an anonymous id; a team's always (a team is
+    /// public by its founder's choice).
+    pub(super) fn shown_name(self) -> &'static str {
+        match self {
+            Board::Users => USER_NAME,
+            Board::Teams => "x.name",
+            Board::Hosts => HOST_NAME,
         }
     }
 }
@@ -87,6 +98,14 @@ impl Ranking {
         }
     }
 }
+
+/// The public names, in SQL: `x` an account, or `x` a host owned by `a`.
+const USER_NAME: &str =
+    "CASE WHEN x.public_name = 1 THEN x.name ELSE 'anonymous-' || CAST(x.id AS TEXT) END";
+const HOST_NAME: &str =
+    "CASE WHEN a.public_name = 1 THEN x.name ELSE 'host-' || CAST(x.id AS TEXT) END";
+const OWNER_NAME: &str =
+    "CASE WHEN a.public_name = 1 THEN a.name ELSE 'anonymous-' || CAST(a.id AS TEXT) END";
 
 /// Longest name search taken (names are at most 64 characters).
 pub const MAX_SEARCH_CHARS: usize = 100;
@@ -229,7 +248,10 @@ impl Store {
         let (from, detail, table) = query.board.source();
         let column = query.ranking.column();
         let pattern = like_pattern(&query.search);
-        let filter = "($1 = '' OR LOWER(x.name) LIKE LOWER($2) ESCAPE '\\')";
+        let name = query.board.shown_name();
+        // A search matches shown names only: a private name must not be
+        // found (nor its rank learnt) by guessing it.
+        let filter = format!("($1 = '' OR LOWER({name}) LIKE LOWER($2) ESCAPE '\\')");
         let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {from} WHERE {filter}"))
             .bind(&query.search)
             .bind(&pattern)
@@ -243,7 +265,7 @@ impl Store {
                  OR (b.{column} = x.{column} AND b.id < x.id)) + 1"
         );
         let rows = sqlx::query(&format!(
-            "SELECT x.id, x.name, {detail} AS detail, x.total_credit, x.rac, x.rac_time_ms,
+            "SELECT x.id, {name} AS name, {detail} AS detail, x.total_credit, x.rac, x.rac_time_ms,
                     x.valid_results, {rank} AS rank
              FROM {from} WHERE {filter}
              ORDER BY x.{column} DESC, x.id LIMIT $3 OFFSET $4",
@@ -382,8 +404,9 @@ impl Store {
     pub async fn profile(&self, board: Board, id: i64) -> Result<Option<Profile>> {
         let (from, detail, table) = board.source();
         let pool = self.db.pool();
+        let name = board.shown_name();
         let Some(row) = sqlx::query(&format!(
-            "SELECT x.id, x.name, {detail} AS detail, x.total_credit, x.rac, x.rac_time_ms,
+            "SELECT x.id, {name} AS name, {detail} AS detail, x.total_credit, x.rac, x.rac_time_ms,
                     x.valid_results, x.created_ms
              FROM {from} WHERE x.id = $1"
         ))
@@ -423,8 +446,8 @@ impl Store {
         match board {
             Board::Users => {
                 let team = sqlx::query(
-                    "SELECT t.id, t.name FROM accounts a JOIN teams t ON t.id = a.team_id
-                     WHERE a.id = $1",
+                    "SELECT t.id, t.name FROM accounts x JOIN teams t ON t.id = x.team_id
+                     WHERE x.id = $1",
                 )
                 .bind(id)
                 .fetch_optional(pool)
@@ -439,7 +462,7 @@ impl Store {
                 profile.members = self
                     .members(
                         "hosts x JOIN accounts a ON a.id = x.account_id WHERE x.account_id = $1",
-                        "a.name",
+                        (HOST_NAME, OWNER_NAME),
                         id,
                         now,
                     )
@@ -449,17 +472,17 @@ impl Store {
                 profile.members = self
                     .members(
                         "accounts x JOIN teams t ON t.id = x.team_id WHERE x.team_id = $1",
-                        "t.name",
+                        (USER_NAME, "t.name"),
                         id,
                         now,
                     )
                     .await?;
             }
             Board::Hosts => {
-                let host = sqlx::query(
-                    "SELECT h.account_id, a.name, h.cpus, h.os FROM hosts h
-                     JOIN accounts a ON a.id = h.account_id WHERE h.id = $1",
-                )
+                let host = sqlx::query(&format!(
+                    "SELECT x.account_id, {OWNER_NAME} AS name, x.cpus, x.os FROM hosts x
+                     JOIN accounts a ON a.id = x.account_id WHERE x.id = $1"
+                ))
                 .bind(id)
                 .fetch_one(pool)
                 .await?;
@@ -477,9 +500,15 @@ impl Store {
     }
 
     /// Rows of `from` (which ends in a `WHERE ... = $1`) ranked by credit.
-    async fn members(&self, from: &str, detail: &str, id: i64, now: i64) -> Result<Vec<Ranked>> {
+    async fn members(
+        &self,
+        from: &str,
+        (name, detail): (&str, &str),
+        id: i64,
+        now: i64,
+    ) -> Result<Vec<Ranked>> {
         let rows = sqlx::query(&format!(
-            "SELECT x.id, x.name, {detail} AS detail, x.total_credit, x.rac, x.rac_time_ms,
+            "SELECT x.id, {name} AS name, {detail} AS detail, x.total_credit, x.rac, x.rac_time_ms,
                     x.valid_results
              FROM {from} ORDER BY x.total_credit DESC, x.id LIMIT {MEMBERS_SHOWN}"
         ))

@@ -23,7 +23,8 @@ async fn ranked_lists_agree_with_credit_and_rac_as_of_now() {
         for (name, total, rac, at) in accounts {
             attach(store, name).await;
             sqlx::query(
-                "UPDATE accounts SET total_credit = $1, rac = $2, rac_time_ms = $3, rac_key = $4
+                "UPDATE accounts SET total_credit = $1, rac = $2, rac_time_ms = $3, rac_key = $4,
+                        public_name = 1
                  WHERE name = $5",
             )
             .bind(total)
@@ -35,6 +36,17 @@ async fn ranked_lists_agree_with_credit_and_rac_as_of_now() {
             .await
             .expect("credit");
         }
+        // One more, who did not allow their name: anonymous, last, and
+        // not found by a search for the name.
+        let hidden = store
+            .register_host(&cobble_proto::v1::RegisterHostRequest {
+                account: "hidden-hannah".into(),
+                host_name: "hannahs-laptop".into(),
+                public_name: false,
+                ..Default::default()
+            })
+            .await
+            .expect("attach");
         let list = |ranking, page, per_page, search: &str| ListQuery {
             board: Board::Users,
             ranking,
@@ -52,10 +64,43 @@ async fn ranked_lists_agree_with_credit_and_rac_as_of_now() {
             .ranked(&list(Ranking::Credit, 1, 10, ""))
             .await
             .expect("list");
-        assert_eq!(by_credit.total, 4);
+        let anonymous = format!("anonymous-{}", hidden.account_id);
+        assert_eq!(by_credit.total, 5);
         assert_eq!(
             names(&by_credit),
-            [(1, "linus_"), (2, "ada"), (3, "grace"), (4, "100%")].map(|(r, n)| (r, n.to_string()))
+            [
+                (1, "linus_"),
+                (2, "ada"),
+                (3, "grace"),
+                (4, "100%"),
+                (5, &anonymous)
+            ]
+            .map(|(r, n)| (r, n.to_string()))
+        );
+        let guessed = store
+            .ranked(&list(Ranking::Credit, 1, 10, "hannah"))
+            .await
+            .expect("search");
+        assert_eq!(
+            guessed.total, 0,
+            "a private name is not found by guessing it"
+        );
+        let hosts = store
+            .ranked(&ListQuery {
+                board: Board::Hosts,
+                ranking: Ranking::Credit,
+                page: 1,
+                per_page: 10,
+                search: String::new(),
+            })
+            .await
+            .expect("hosts");
+        assert!(
+            hosts
+                .entries
+                .iter()
+                .all(|h| !h.name.contains("hannah") && !h.detail.contains("hannah")),
+            "{hosts:?}"
         );
         let board = store.leaderboard("users", 10).await.expect("leaderboard");
         let cli: Vec<_> = board
@@ -76,7 +121,14 @@ async fn ranked_lists_agree_with_credit_and_rac_as_of_now() {
             .expect("list");
         assert_eq!(
             names(&by_rac),
-            [(1, "grace"), (2, "ada"), (3, "linus_"), (4, "100%")].map(|(r, n)| (r, n.to_string()))
+            [
+                (1, "grace"),
+                (2, "ada"),
+                (3, "linus_"),
+                (4, "100%"),
+                (5, &anonymous)
+            ]
+            .map(|(r, n)| (r, n.to_string()))
         );
         assert!((by_rac.entries[1].recent_average_credit - 50.0).abs() < 0.01);
 
@@ -85,7 +137,10 @@ async fn ranked_lists_agree_with_credit_and_rac_as_of_now() {
             .ranked(&list(Ranking::Credit, 2, 3, ""))
             .await
             .expect("list");
-        assert_eq!(names(&second), vec![(4, "100%".to_string())]);
+        assert_eq!(
+            names(&second),
+            vec![(4, "100%".to_string()), (5, anonymous.clone())]
+        );
         let beyond = store
             .ranked(&list(Ranking::Credit, 9, 3, ""))
             .await
@@ -187,7 +242,7 @@ async fn ranked_lists_agree_with_credit_and_rac_as_of_now() {
         );
 
         let counters = store.project_counters().await.expect("counters");
-        assert_eq!(counters.users, 4);
+        assert_eq!(counters.users, 5, "totals count everyone");
         assert!((counters.total_credit - 1800.0).abs() < 1e-6);
         assert!(
             (counters.recent_average_credit - 150.0).abs() < 0.1,

@@ -35,6 +35,9 @@ struct Args {
     /// Units computed at once.
     #[arg(long, default_value_t = 1)]
     slots: u32,
+    /// As for cobble-worker: names in public.
+    #[arg(long)]
+    public_name: bool,
 }
 
 #[tokio::main]
@@ -62,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
             project_key: None,
             code_key: None,
             invite_code: None,
+            public_name: args.public_name,
         },
         slots: args.slots,
         prefs,

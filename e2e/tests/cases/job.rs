@@ -1,7 +1,7 @@
 //! End to end: a real coordinator on embedded SQLite, three real worker
 //! processes (one of them a liar), a real job, over real sockets.
 
-use cobble_e2e::{Coordinator, start_worker, wait_until, write_job};
+use cobble_e2e::{Coordinator, start_worker, start_worker_with, wait_until, write_job};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -88,11 +88,14 @@ fn job_completes_with_a_cheater_and_a_crash() {
 
     // The liar starts first and holds a unit before the honest workers
     // arrive, so it is sure to take part.
-    let mallory = start_worker(
+    // Everyone here allows their name in public: the test finds them by it.
+    let named = ["--public-name"];
+    let mallory = start_worker_with(
         "cobble-cheater",
         &coordinator,
         &dir.join("mallory"),
         "mallory",
+        &named,
     );
     assert!(
         mallory.wait_for_log("unit started", 1, Duration::from_secs(60)),
@@ -100,8 +103,14 @@ fn job_completes_with_a_cheater_and_a_crash() {
         mallory.log_text()
     );
     let alice_dir = dir.join("alice");
-    let mut alice = start_worker("cobble-worker", &coordinator, &alice_dir, "alice");
-    let _bob = start_worker("cobble-worker", &coordinator, &dir.join("bob"), "bob");
+    let mut alice = start_worker_with("cobble-worker", &coordinator, &alice_dir, "alice", &named);
+    let _bob = start_worker_with(
+        "cobble-worker",
+        &coordinator,
+        &dir.join("bob"),
+        "bob",
+        &named,
+    );
 
     // Kill alice with SIGKILL while she is computing a unit: once she has
     // finished one (warm caches), the moment she has started another.
@@ -123,7 +132,13 @@ fn job_completes_with_a_cheater_and_a_crash() {
     // Alice's machine never comes back (resuming after a restart is
     // resume.rs's test): her lease must time out and be reissued. Carol
     // joins, so two honest hosts remain to form quorums.
-    let _carol = start_worker("cobble-worker", &coordinator, &dir.join("carol"), "carol");
+    let _carol = start_worker_with(
+        "cobble-worker",
+        &coordinator,
+        &dir.join("carol"),
+        "carol",
+        &named,
+    );
 
     let done = wait_until(Duration::from_secs(240), || {
         json(&coordinator.cli_ok(&["status", &job, "--json"]))["state"] == "done"

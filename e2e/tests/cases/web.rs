@@ -64,16 +64,37 @@ fn the_site_shows_the_project_its_volunteers_and_its_status() {
         "name = \"p\"\nmodule = \"primes.wasm\"\nargs = [\"{start}\", \"{end}\"]\n\
          [split]\nrange = { start = 0, end = 60000, per_unit = 10000 }\n",
     ));
+    let named = ["--public-name"];
     let _workers = [
         start_worker_with(
             "cobble-worker",
             &coordinator,
             &dir.join("w1"),
             SCRIPT_NAME,
-            &["--team", HTML_TEAM],
+            &["--team", HTML_TEAM, "--public-name"],
         ),
-        start_worker_with("cobble-worker", &coordinator, &dir.join("w2"), "bob", &[]),
-        start_worker_with("cobble-worker", &coordinator, &dir.join("w3"), "carol", &[]),
+        start_worker_with(
+            "cobble-worker",
+            &coordinator,
+            &dir.join("w2"),
+            "bob",
+            &named,
+        ),
+        start_worker_with(
+            "cobble-worker",
+            &coordinator,
+            &dir.join("w3"),
+            "carol",
+            &named,
+        ),
+        // One who did not allow their name: anonymous in public.
+        start_worker_with(
+            "cobble-worker",
+            &coordinator,
+            &dir.join("w4"),
+            "secret-sam",
+            &[],
+        ),
     ];
     let (done, status) = coordinator.wait_done(&job, Duration::from_secs(180));
     assert!(done, "{status}");
@@ -82,14 +103,19 @@ fn the_site_shows_the_project_its_volunteers_and_its_status() {
     let cli: Value =
         serde_json::from_str(&coordinator.cli_ok(&["leaderboard", "--json"])).expect("json");
     let expected = names(&cli["entries"]);
-    assert_eq!(expected.len(), 3, "{cli}");
+    assert_eq!(expected.len(), 4, "{cli}");
+    assert!(
+        expected.iter().any(|(_, n)| n.starts_with("anonymous-"))
+            && !cli.to_string().contains("secret-sam"),
+        "a volunteer without consent is anonymous on the leaderboard: {cli}"
+    );
     let mut listed = Value::Null;
     let agreed = wait_until(Duration::from_secs(15), || {
         listed = json(&http_get(&site, "/api/v1/users?per_page=100"));
         names(&listed["entries"]) == expected
     });
     assert!(agreed, "site {listed} against cli {cli}");
-    assert_eq!(listed["total"], 3);
+    assert_eq!(listed["total"], 4);
     for (mine, theirs) in listed["entries"]
         .as_array()
         .into_iter()
@@ -119,6 +145,7 @@ fn the_site_shows_the_project_its_volunteers_and_its_status() {
     );
     assert!(!page.body.contains(HTML_TEAM), "a team rendered as markup");
     assert!(page.body.contains("bob") && page.body.contains("carol"));
+    assert!(!page.body.contains("secret-sam") && page.body.contains("anonymous-"));
     let by_rac = http_get(&site, "/users?sort=rac&page=1");
     assert_eq!(by_rac.status, 200);
     let teams = http_get(&site, "/teams");
@@ -130,9 +157,13 @@ fn the_site_shows_the_project_its_volunteers_and_its_status() {
     let hosts = json(&http_get(&site, "/api/v1/hosts?sort=rac"));
     assert_eq!(
         hosts["entries"].as_array().map(Vec::len),
-        Some(3),
+        Some(4),
         "{hosts}"
     );
+    assert!(!hosts.to_string().contains("secret-sam"), "{hosts}");
+    // A private name is not found by guessing it.
+    let guessed = json(&http_get(&site, "/api/v1/users?q=secret"));
+    assert_eq!(guessed["total"], 0, "{guessed}");
 
     // A search ranks a row among everyone, not among the matches.
     let found = json(&http_get(&site, "/api/v1/users?q=ScRiPt"));
@@ -163,7 +194,7 @@ fn the_site_shows_the_project_its_volunteers_and_its_status() {
         project["counters"]["total_credit"].as_f64() > Some(0.0),
         "{project}"
     );
-    assert_eq!(project["counters"]["users"], 3);
+    assert_eq!(project["counters"]["users"], 4, "totals count everyone");
 
     // The server status, as a page and as JSON.
     let status_page = http_get(&site, "/status");
@@ -220,7 +251,7 @@ fn the_site_shows_the_project_its_volunteers_and_its_status() {
     }
     let beyond = json(&http_get(&site, "/api/v1/users?page=500"));
     assert_eq!(beyond["entries"].as_array().map(Vec::len), Some(0));
-    assert_eq!(beyond["total"], 3);
+    assert_eq!(beyond["total"], 4);
 
     // From the list to a user's page, to their host's and their team's.
     let top = &listed["entries"][0];
