@@ -69,6 +69,10 @@ pub struct Config {
     /// front for TLS), or `off`.
     #[arg(long, env = "COBBLE_WEB_LISTEN", default_value = "127.0.0.1:7780")]
     pub web_listen: String,
+    /// How often the leader writes the statistics export (BOINC's db_dump)
+    /// to `<data-dir>/stats/`, in hours (0: only `export-stats`).
+    #[arg(long, env = "COBBLE_STATS_EVERY_HOURS", default_value_t = 24)]
+    pub stats_every_hours: u32,
     /// The address volunteers attach to, as the site's join command shows
     /// it (default: this coordinator's own address).
     #[arg(long, env = "COBBLE_PUBLIC_URL")]
@@ -140,6 +144,11 @@ impl Config {
             )),
             None => Ok(Location::Directory(self.data_dir.join("blobs"))),
         }
+    }
+
+    /// Where the statistics export is written and served from.
+    pub fn stats_dir(&self) -> PathBuf {
+        self.data_dir.join("stats")
     }
 
     pub fn researcher_token_path(&self) -> PathBuf {

@@ -76,6 +76,7 @@ pub async fn start(config: &Config) -> Result<Store> {
         .adopt_first_researcher(&config.researcher_token_path())
         .await?;
     store.fill_rac_keys().await?;
+    store.fill_cross_project_ids().await?;
     Ok(store)
 }
 
@@ -166,6 +167,12 @@ pub async fn serve(
         leadership.clone(),
         i64::from(config.unreferenced_blob_hours) * 3_600_000,
         i64::from(config.keep_outputs_hours) * 3_600_000,
+        (config.stats_every_hours > 0).then(|| {
+            (
+                config.stats_dir(),
+                Duration::from_secs(u64::from(config.stats_every_hours) * 3_600),
+            )
+        }),
     ));
     let validator = tokio::spawn(run_validators(store.clone(), leadership));
     let (stopping, mut stop_requested) = tokio::sync::watch::channel(false);
@@ -331,18 +338,32 @@ impl tonic::transport::server::Connected for Counted {
 }
 
 /// Every hour: purges jobs collected `keep_ms` ago, then deletes blobs
-/// nothing refers to once `grace_ms` old.
+/// nothing refers to once `grace_ms` old; and writes the statistics export
+/// into its directory when the last is older than its interval.
 async fn collect_garbage(
     store: Store,
     leadership: Arc<leader::Leadership>,
     grace_ms: i64,
     keep_ms: i64,
+    stats: Option<(std::path::PathBuf, Duration)>,
 ) {
     let mut ticker = tokio::time::interval(Duration::from_secs(3_600));
+    let mut exported: Option<std::time::Instant> = None;
     loop {
         ticker.tick().await;
         if !leadership.check().await {
             continue;
+        }
+        if let Some((dir, every)) = &stats
+            && exported.is_none_or(|at| at.elapsed() >= *every)
+        {
+            match store.export_stats(dir).await {
+                Ok(summary) => {
+                    exported = Some(std::time::Instant::now());
+                    tracing::info!(?summary, "statistics exported");
+                }
+                Err(error) => tracing::warn!(%error, "exporting statistics failed"),
+            }
         }
         // Purged jobs' outputs become unreferenced, and go just below.
         if let Err(error) = store

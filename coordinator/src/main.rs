@@ -36,6 +36,12 @@ enum Command {
         #[command(flatten)]
         config: cobble_coordinator::Config,
     },
+    /// Writes the statistics export (BOINC's db_dump files) to
+    /// `<data-dir>/stats/` now, beside a running server or not.
+    ExportStats {
+        #[command(flatten)]
+        config: cobble_coordinator::Config,
+    },
 }
 
 #[derive(Subcommand)]
@@ -72,6 +78,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(config) => config,
         Command::Researcher { action, config } => return researcher(action, &config).await,
         Command::Audit { limit, config } => return audit(limit, &config).await,
+        Command::ExportStats { config } => {
+            let store = cobble_coordinator::start(&config).await?;
+            let dir = config.stats_dir();
+            let summary = store.export_stats(&dir).await?;
+            println!(
+                "exported {} users, {} teams, {} hosts ({:.2} credit in all) to {}",
+                summary.users,
+                summary.teams,
+                summary.hosts,
+                summary.total_credit,
+                dir.display()
+            );
+            store.db.close().await;
+            return Ok(());
+        }
     };
     let store = cobble_coordinator::start(&config).await?;
     let tls = cobble_coordinator::server_tls(&config)?;
@@ -129,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| format!("{scheme}://{address}")),
             project_key: key.clone(),
+            stats_dir: config.stats_dir(),
         };
         let router = cobble_coordinator::web::router(store.clone(), info);
         tokio::spawn(cobble_coordinator::web::serve(listener, router));

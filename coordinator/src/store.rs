@@ -13,6 +13,7 @@ mod retention;
 mod scheduler;
 pub mod site;
 mod small_blobs;
+pub mod stats_export;
 mod transfers;
 mod transition;
 mod validation;

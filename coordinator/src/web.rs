@@ -13,6 +13,7 @@ use crate::store::site::{
     Board, DayPoint, ListQuery, MAX_PAGE, MAX_PER_PAGE, Profile, ProjectCounters, Ranked,
     RankedPage, Ranking, ServerStatus,
 };
+use crate::store::stats_export::EXPORT_FILES;
 use askama::Template;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -36,6 +37,8 @@ pub struct SiteInfo {
     /// The gRPC address volunteers attach to.
     pub coordinator_url: String,
     pub project_key: String,
+    /// Where the statistics export is read from.
+    pub stats_dir: std::path::PathBuf,
 }
 
 #[derive(Clone)]
@@ -87,6 +90,7 @@ pub fn router(store: Store, info: SiteInfo) -> axum::Router {
     axum::Router::new()
         .route("/", get(home))
         .route("/status", get(status_page))
+        .route("/stats/{file}", get(stats_file))
         .route("/{board}", get(list_page))
         .route("/{board}/{id}", get(profile_page))
         .route("/api/v1/project", get(project_json))
@@ -695,6 +699,29 @@ fn chart(points: &[DayPoint]) -> String {
 /// `YYYY-MM-DD` of a day since 1970-01-01.
 fn date(days: i64) -> String {
     cobble_core::civil_date(days)
+}
+
+/// One file of the statistics export, by its fixed name only (no path
+/// from the request ever reaches the file system).
+async fn stats_file(State(site): State<Site>, Path(file): Path<String>) -> Response {
+    let Some(name) = EXPORT_FILES.iter().find(|name| **name == file) else {
+        return not_found().await.into_response();
+    };
+    match tokio::fs::read(site.info.stats_dir.join(name)).await {
+        Ok(bytes) => {
+            let kind = if name.ends_with(".xml") {
+                "application/xml"
+            } else {
+                "application/gzip"
+            };
+            ([(axum::http::header::CONTENT_TYPE, kind)], bytes).into_response()
+        }
+        Err(_) => Failure::new(
+            StatusCode::NOT_FOUND,
+            "The statistics have not been exported yet; they are written once a day.",
+        )
+        .into_response(),
+    }
 }
 
 struct LoopRow {

@@ -251,3 +251,113 @@ async fn ranked_lists_agree_with_credit_and_rac_as_of_now() {
         backend.cleanup().await;
     }
 }
+
+/// The statistics export on both backends: BOINC's files and element
+/// names, totals that equal the database's, names only with consent, no
+/// host names at all, text escaped.
+#[tokio::test]
+async fn the_stats_export_counts_everyone_and_names_only_who_allowed_it() {
+    use cobble_proto::v1::RegisterHostRequest;
+    use std::io::Read;
+    for backend in backends().await {
+        let store = &backend.store;
+        let register = |account: &str, team: &str, public_name: bool| RegisterHostRequest {
+            account: account.into(),
+            team: team.into(),
+            host_name: format!("{account}s-laptop"),
+            os: "linux".into(),
+            cpus: 8,
+            public_name,
+            ..Default::default()
+        };
+        // The team's first member keeps their name private: the team's
+        // founder is exported anonymous.
+        store
+            .register_host(&register("private-pat", "pioneers", false))
+            .await
+            .expect("attach");
+        store
+            .register_host(&register("ada <&>", "pioneers", true))
+            .await
+            .expect("attach");
+        store
+            .register_host(&register("grace", "", true))
+            .await
+            .expect("attach");
+        sqlx::query("UPDATE accounts SET total_credit = id * 10.0, rac = 5.0, rac_time_ms = $1")
+            .bind(cobble_core::now_ms())
+            .execute(store.db.pool())
+            .await
+            .expect("credit");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let summary = store.export_stats(dir.path()).await.expect("export");
+        assert_eq!((summary.users, summary.teams, summary.hosts), (3, 1, 3));
+        let total: f64 = sqlx::query_scalar("SELECT SUM(total_credit) FROM accounts")
+            .fetch_one(store.db.pool())
+            .await
+            .expect("sum");
+        assert!((summary.total_credit - total).abs() < 1e-9);
+
+        let tables = std::fs::read_to_string(dir.path().join("tables.xml")).expect("tables");
+        for element in [
+            "<nusers_total>3</nusers_total>",
+            "<nteams_total>1</nteams_total>",
+            "<nhosts_total>3</nhosts_total>",
+            &format!("<total_credit>{total:.6}</total_credit>"),
+        ] {
+            assert!(tables.contains(element), "{element} in {tables}");
+        }
+        let gunzip = |name: &str| {
+            let bytes = std::fs::read(dir.path().join(name)).expect("file");
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(bytes.as_slice())
+                .read_to_string(&mut text)
+                .expect("gunzips");
+            text
+        };
+        let users = gunzip("user.gz");
+        assert_eq!(users.matches("<user>").count(), 3);
+        assert!(users.starts_with("<users>") && users.trim_end().ends_with("</users>"));
+        assert!(users.contains("<name>ada &lt;&amp;&gt;</name>"), "{users}");
+        assert!(users.contains("<name>grace</name>"));
+        assert!(
+            !users.contains("private-pat"),
+            "a private name left: {users}"
+        );
+        // A cpid only for those who allowed their name: two of three.
+        let cpids = users
+            .matches("<cpid>")
+            .zip(users.split("<cpid>").skip(1))
+            .filter(|(_, rest)| !rest.starts_with("</cpid>"))
+            .count();
+        assert_eq!(cpids, 2, "{users}");
+        for field in [
+            "<expavg_credit>",
+            "<expavg_time>",
+            "<create_time>",
+            "<teamid>",
+        ] {
+            assert_eq!(users.matches(field).count(), 3, "{field}");
+        }
+        let teams = gunzip("team.gz");
+        assert!(teams.contains("<name>pioneers</name>"));
+        assert!(teams.contains("<founder_name>anonymous-"), "{teams}");
+        assert!(!teams.contains("private-pat"));
+        let hosts = gunzip("host.gz");
+        assert_eq!(hosts.matches("<host>").count(), 3);
+        assert!(
+            !hosts.contains("laptop"),
+            "host names are never exported: {hosts}"
+        );
+        assert!(
+            hosts.contains("<os_name>linux</os_name>") && hosts.contains("<p_ncpus>8</p_ncpus>")
+        );
+
+        // A second export replaces the files whole.
+        store.export_stats(dir.path()).await.expect("again");
+        assert_eq!(gunzip("user.gz").matches("<user>").count(), 3);
+        let leftovers = std::fs::read_dir(dir.path()).expect("dir").count();
+        assert_eq!(leftovers, 4, "no temporary files left");
+        backend.cleanup().await;
+    }
+}

@@ -321,4 +321,73 @@ fn the_site_shows_the_project_its_volunteers_and_its_status() {
     let missing = http_get(&site, "/api/v1/hosts/999999");
     assert_eq!(missing.status, 404);
     assert_eq!(json(&missing)["status"], 404);
+
+    // The statistics export, on demand beside the running server, read
+    // with a real XML parser: totals equal the site's, the private name
+    // is nowhere, the script name is text.
+    // The leader wrote one at start, before anyone attached.
+    let at_start = http_get(&site, "/stats/tables.xml");
+    assert_eq!(at_start.status, 200, "{at_start:?}");
+    let export = coordinator.admin(&["export-stats"]);
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let tables = http_get(&site, "/stats/tables.xml");
+    assert_eq!(tables.status, 200);
+    assert!(tables.content_type.starts_with("application/xml"));
+    assert!(
+        tables.body.contains("<nusers_total>4</nusers_total>"),
+        "{}",
+        tables.body
+    );
+    let users_gz = http_get(&site, "/stats/user.gz");
+    assert_eq!(users_gz.status, 200);
+    assert_eq!(users_gz.content_type, "application/gzip");
+    for path in [
+        "/stats/../researcher.token",
+        "/stats/project.key",
+        "/stats/%2e%2e",
+    ] {
+        assert_eq!(http_get(&site, path).status, 404, "{path}");
+    }
+    let check = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/stats_check.py"
+        ))
+        .arg(coordinator.data_dir.join("stats"))
+        .output()
+        .expect("python3");
+    let facts = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "the export does not parse: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        facts.contains("users 4\n") && facts.contains("hosts 4\n"),
+        "{facts}"
+    );
+    let exported_credit: f64 = facts
+        .lines()
+        .find_map(|l| l.strip_prefix("user_credit "))
+        .and_then(|v| v.parse().ok())
+        .expect("a credit sum");
+    let site_credit = project["counters"]["total_credit"]
+        .as_f64()
+        .expect("credit");
+    assert!(
+        (exported_credit - site_credit).abs() < 1e-3,
+        "{facts} against {project}"
+    );
+    assert!(
+        facts.contains(&format!("user_name {SCRIPT_NAME}")),
+        "{facts}"
+    );
+    assert!(
+        !facts.contains("secret-sam"),
+        "a private name was exported: {facts}"
+    );
 }
