@@ -42,6 +42,8 @@ pub struct BlobStore {
     chunk_lists: Arc<Mutex<HashMap<BlobHash, Arc<ChunkList>>>>,
     /// Paces the bytes served to workers (`--max-serve-bytes-per-sec`).
     pacer: Arc<Pacer>,
+    /// Bytes served to workers by this process (metrics).
+    served: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +167,7 @@ impl BlobStore {
             bucket,
             chunk_lists: Arc::default(),
             pacer: Arc::default(),
+            served: Arc::default(),
         };
         if let Some(bucket) = &store.bucket {
             // A wrong bucket or key fails the start, not the first upload.
@@ -187,8 +190,15 @@ impl BlobStore {
         self
     }
 
-    /// Waits until `bytes` may be sent under the rate limit.
+    /// Bytes sent to workers so far by this process.
+    pub fn bytes_served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `bytes` may be sent under the rate limit; counts them.
     pub async fn pace(&self, bytes: usize) {
+        self.served
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         let wait = self.pacer.delay(bytes);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;

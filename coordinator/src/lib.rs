@@ -14,6 +14,7 @@ pub mod error;
 pub mod integrity;
 pub mod leader;
 pub mod limits;
+pub mod metrics;
 pub mod secrets;
 pub mod service;
 pub mod store;
@@ -186,6 +187,7 @@ pub async fn serve(
     };
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(store.limits().max_streams_per_connection())
+        .layer(metrics::MetricsLayer(store.metrics().clone()))
         .layer(limits::LimitLayer(store.limits().clone()))
         .add_service(health_service)
         .add_service(reflection)

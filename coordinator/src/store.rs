@@ -62,6 +62,8 @@ pub struct Store {
     limits: Arc<crate::limits::Limits>,
     /// When this process last ran each background loop (the status page).
     loops: Arc<LoopClock>,
+    /// What `/metrics` exports.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The background loops whose last run the status page shows.
@@ -114,7 +116,12 @@ impl Store {
             code_key: None,
             limits: crate::limits::Limits::off(),
             loops: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     pub fn loops(&self) -> &LoopClock {

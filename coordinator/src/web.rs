@@ -91,6 +91,7 @@ pub fn router(store: Store, info: SiteInfo) -> axum::Router {
         .route("/", get(home))
         .route("/status", get(status_page))
         .route("/stats/{file}", get(stats_file))
+        .route("/metrics", get(metrics))
         .route("/{board}", get(list_page))
         .route("/{board}/{id}", get(profile_page))
         .route("/api/v1/project", get(project_json))
@@ -722,6 +723,47 @@ async fn stats_file(State(site): State<Site>, Path(file): Path<String>) -> Respo
         )
         .into_response(),
     }
+}
+
+/// Prometheus metrics (`crate::metrics`), the figures as of this scrape
+/// (the database's at most [`FRESH_FOR`] old).
+async fn metrics(State(site): State<Site>) -> Result<Response, Failure> {
+    let status = site.status().await?;
+    let counters = site.counters().await?;
+    let transfers = site
+        .store
+        .transfer_stats()
+        .await
+        .map_err(Failure::from_error)?;
+    let now = cobble_core::now_ms();
+    let pool = site.store.db.pool();
+    let figures = crate::metrics::Figures {
+        units_by_state: status.units_by_state.clone(),
+        results_by_state: status.results_by_state.clone(),
+        validation_backlog: status.validation_backlog,
+        results_validated_24h: counters.results_validated_24h,
+        credit: counters.total_credit,
+        blob_bytes_served: site.store.blobs.bytes_served(),
+        peer_bytes: transfers.from_peers,
+        pool_size: pool.size(),
+        pool_idle: pool.num_idle(),
+        loop_ages: site
+            .store
+            .loops()
+            .last_runs()
+            .into_iter()
+            .map(|(name, at)| (name, at.map(|at| (now - at).max(0) as f64 / 1000.0)))
+            .collect(),
+    };
+    let text = site.store.metrics().render(&figures);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 struct LoopRow {

@@ -104,7 +104,7 @@ const USER_NAME: &str =
     "CASE WHEN x.public_name = 1 THEN x.name ELSE 'anonymous-' || CAST(x.id AS TEXT) END";
 const HOST_NAME: &str =
     "CASE WHEN a.public_name = 1 THEN x.name ELSE 'host-' || CAST(x.id AS TEXT) END";
-const OWNER_NAME: &str =
+pub(super) const OWNER_NAME: &str =
     "CASE WHEN a.public_name = 1 THEN a.name ELSE 'anonymous-' || CAST(a.id AS TEXT) END";
 
 /// Longest name search taken (names are at most 64 characters).

@@ -97,12 +97,16 @@ impl Store {
         )
         .fetch_one(self.db.pool())
         .await?;
-        let rows = sqlx::query(
-            "SELECT h.id, h.name, a.name AS account, h.bytes_from_coordinator, h.bytes_from_peers, h.bytes_served
-             FROM hosts h JOIN accounts a ON a.id = h.account_id
-             WHERE h.bytes_served > 0 OR h.bytes_from_peers > 0 OR h.bytes_from_coordinator > 0
-             ORDER BY h.bytes_served DESC, h.id LIMIT $1",
-        )
+        // Names as the public site shows them: only with consent.
+        let rows = sqlx::query(&format!(
+            "SELECT x.id, {} AS name, {} AS account, x.bytes_from_coordinator,
+                    x.bytes_from_peers, x.bytes_served
+             FROM hosts x JOIN accounts a ON a.id = x.account_id
+             WHERE x.bytes_served > 0 OR x.bytes_from_peers > 0 OR x.bytes_from_coordinator > 0
+             ORDER BY x.bytes_served DESC, x.id LIMIT $1",
+            super::site::Board::Hosts.shown_name(),
+            super::site::OWNER_NAME
+        ))
         .bind(TOP_SHARERS)
         .fetch_all(self.db.pool())
         .await?;

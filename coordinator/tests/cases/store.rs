@@ -822,6 +822,31 @@ async fn hosts_transfer_reports_add_up_in_the_project_totals() {
             Some(a.host_id),
             "biggest sharer first"
         );
+        // A sharer who did not allow their name is listed without it.
+        let private = store
+            .register_host(&pb::RegisterHostRequest {
+                account: "quiet-quinn".into(),
+                host_name: "quinns-desktop".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("attach");
+        let quiet = store
+            .authenticate_host(private.host_id, &private.host_key)
+            .await
+            .expect("credentials");
+        store
+            .add_transfers(quiet, &delta(0, 0, 5))
+            .await
+            .expect("q");
+        let stats = store.transfer_stats().await.expect("stats");
+        let listed = stats
+            .hosts
+            .iter()
+            .find(|h| h.host_id == private.host_id)
+            .expect("listed");
+        assert_eq!(listed.host_name, format!("host-{}", private.host_id));
+        assert_eq!(listed.account, format!("anonymous-{}", private.account_id));
         backend.cleanup().await;
     }
 }

@@ -390,4 +390,36 @@ fn the_site_shows_the_project_its_volunteers_and_its_status() {
         !facts.contains("secret-sam"),
         "a private name was exported: {facts}"
     );
+
+    // Prometheus metrics: the calls the workers made, the figures.
+    let metrics = http_get(&site, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.content_type.starts_with("text/plain"),
+        "{metrics:?}"
+    );
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing from:\n{}", metrics.body))
+    };
+    assert!(
+        value(
+            "cobble_rpc_requests_total{method=\"/cobble.v1.WorkerService/RequestWork\",code=\"0\"}"
+        ) >= 6.0
+    );
+    assert_eq!(value("cobble_units{state=\"done\"}"), 6.0);
+    assert!(
+        value("cobble_blob_bytes_served") > 0.0,
+        "the module was served"
+    );
+    assert!(value("cobble_credit") > 0.0);
+    assert!(metrics.body.contains("cobble_rpc_duration_seconds_bucket"));
+    assert!(
+        metrics
+            .body
+            .contains("cobble_db_pool_connections{state=\"idle\"}")
+    );
 }
