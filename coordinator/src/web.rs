@@ -7,6 +7,8 @@
 //! cached for [`FRESH_FOR`]: a page view costs no query most of the time,
 //! and BOINC caches its top lists for an hour.
 
+mod jobs;
+
 use crate::error::Error;
 use crate::store::Store;
 use crate::store::site::{
@@ -92,6 +94,12 @@ pub fn router(store: Store, info: SiteInfo) -> axum::Router {
         .route("/status", get(status_page))
         .route("/stats/{file}", get(stats_file))
         .route("/metrics", get(metrics))
+        .route("/jobs/{id}", get(jobs::job_page))
+        .route("/jobs/{id}/units/{index}/stdout", get(jobs::stdout))
+        .route("/jobs/{id}/units/{index}/files/{*name}", get(jobs::file))
+        .route("/api/v1/jobs/{id}", get(jobs::job_json))
+        .route("/login", get(jobs::login_page).post(jobs::login))
+        .route("/logout", get(jobs::logout))
         .route("/{board}", get(list_page))
         .route("/{board}/{id}", get(profile_page))
         .route("/api/v1/project", get(project_json))

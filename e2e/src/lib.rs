@@ -482,12 +482,36 @@ pub async fn fresh_postgres(admin_url: &str) -> anyhow::Result<String> {
 pub struct HttpAnswer {
     pub status: u16,
     pub content_type: String,
+    /// Every header line, as sent.
+    pub head: String,
     pub body: String,
+}
+
+impl HttpAnswer {
+    /// A header's value, if the answer has it.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
+    }
 }
 
 /// GET over a plain TCP socket (HTTP/1.1, one request per connection):
 /// what a browser's first request is, with no client library between.
 pub fn http_get(url: &str, path: &str) -> HttpAnswer {
+    http_request(url, "GET", path, &[], "")
+}
+
+/// Any request over a plain TCP socket, with extra header lines and a body.
+pub fn http_request(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpAnswer {
     use std::io::{Read, Write};
     let address = url
         .trim_start_matches("http://")
@@ -497,11 +521,18 @@ pub fn http_get(url: &str, path: &str) -> HttpAnswer {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("sending the request");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream
+        .write_all(request.as_bytes())
+        .expect("sending the request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("reading the answer");
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -511,25 +542,22 @@ pub fn http_get(url: &str, path: &str) -> HttpAnswer {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("a status code");
-    let header = |name: &str| {
-        head.lines()
-            .find_map(|l| {
-                let (key, value) = l.split_once(':')?;
-                key.eq_ignore_ascii_case(name)
-                    .then(|| value.trim().to_string())
-            })
-            .unwrap_or_default()
+    let mut answer = HttpAnswer {
+        status,
+        content_type: String::new(),
+        head: head.to_string(),
+        body: String::new(),
     };
-    let body = if header("transfer-encoding").eq_ignore_ascii_case("chunked") {
+    answer.content_type = answer.header("content-type").unwrap_or_default();
+    answer.body = if answer
+        .header("transfer-encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+    {
         dechunk(body)
     } else {
         body.to_string()
     };
-    HttpAnswer {
-        status,
-        content_type: header("content-type"),
-        body,
-    }
+    answer
 }
 
 fn dechunk(mut body: &str) -> String {

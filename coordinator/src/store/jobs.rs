@@ -304,36 +304,29 @@ impl Store {
         .bind(job_id)
         .fetch_all(self.db.pool())
         .await?;
-        let mut units = Vec::with_capacity(rows.len());
-        for row in rows {
-            let payload: Vec<u8> = row.try_get("payload")?;
-            let payload = pb::Manifest::decode(payload.as_slice())
-                .map_err(|e| Error::Corrupt(format!("unit payload: {e}")))?;
-            let output: Option<Vec<u8>> = row.try_get("output")?;
-            let output = match output {
-                Some(bytes) => Some(
-                    pb::Success::decode(bytes.as_slice())
-                        .map_err(|e| Error::Corrupt(format!("result output: {e}")))?,
-                ),
-                None => None,
-            };
-            let (stdout, files) = output.map_or((None, Vec::new()), |o| (o.stdout, o.files));
-            units.push(pb::UnitResult {
-                index: row.try_get::<i64, _>("idx")? as u32,
-                state: row.try_get("state")?,
-                stdout,
-                files,
-                error: row
-                    .try_get::<Option<String>, _>("error")?
-                    .unwrap_or_default(),
-                args: payload.args,
-                replicated: row.try_get::<Option<i64>, _>("replicated")? == Some(1),
-            });
-        }
+        let units = rows
+            .iter()
+            .map(unit_result_of)
+            .collect::<Result<Vec<_>>>()?;
         Ok(pb::JobResults {
             status: Some(status),
             units,
         })
+    }
+
+    /// One unit's result, as in [`Store::job_results`] (its canonical
+    /// outputs once done); None if the job has no such unit.
+    pub async fn unit_result(&self, job_id: i64, index: i64) -> Result<Option<pb::UnitResult>> {
+        let row = sqlx::query(
+            "SELECT u.idx, u.state, u.payload, u.error, u.replicated, r.output
+             FROM units u LEFT JOIN results r ON r.id = u.canonical_result_id
+             WHERE u.job_id = $1 AND u.idx = $2 AND u.known_digest IS NULL",
+        )
+        .bind(job_id)
+        .bind(index)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(unit_result_of).transpose()
     }
 
     /// Stops issuing a job's work. Running replicas are told to abort on
@@ -441,4 +434,31 @@ pub(super) async fn insert_unsent(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// A row of `idx, state, payload, error, replicated, output` as a result.
+fn unit_result_of(row: &sqlx::any::AnyRow) -> Result<pb::UnitResult> {
+    let payload: Vec<u8> = row.try_get("payload")?;
+    let payload = pb::Manifest::decode(payload.as_slice())
+        .map_err(|e| Error::Corrupt(format!("unit payload: {e}")))?;
+    let output: Option<Vec<u8>> = row.try_get("output")?;
+    let output = match output {
+        Some(bytes) => Some(
+            pb::Success::decode(bytes.as_slice())
+                .map_err(|e| Error::Corrupt(format!("result output: {e}")))?,
+        ),
+        None => None,
+    };
+    let (stdout, files) = output.map_or((None, Vec::new()), |o| (o.stdout, o.files));
+    Ok(pb::UnitResult {
+        index: row.try_get::<i64, _>("idx")? as u32,
+        state: row.try_get("state")?,
+        stdout,
+        files,
+        error: row
+            .try_get::<Option<String>, _>("error")?
+            .unwrap_or_default(),
+        args: payload.args,
+        replicated: row.try_get::<Option<i64>, _>("replicated")? == Some(1),
+    })
 }

@@ -4,7 +4,9 @@
 //! names a volunteer chose as HTML shown escaped, the server status, the
 //! JSON API, and the answers to bad requests.
 
-use cobble_e2e::{Coordinator, HttpAnswer, http_get, start_worker_with, wait_until, write_job};
+use cobble_e2e::{
+    Coordinator, HttpAnswer, http_get, http_request, start_worker_with, wait_until, write_job,
+};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -422,4 +424,187 @@ fn the_site_shows_the_project_its_volunteers_and_its_status() {
             .body
             .contains("cobble_db_pool_connections{state=\"idle\"}")
     );
+}
+
+/// A job's page: its progress for anyone, its outputs for its researcher
+/// only (signed in with the token, or a bearer token for scripts), images
+/// previewed inline, anything else a download that runs nothing.
+#[test]
+fn a_job_page_shows_progress_to_all_and_outputs_to_its_researcher() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let coordinator = Coordinator::start(dir);
+    let site = coordinator.web_url.clone().expect("the site");
+    let one_unit = |name: &str, file: &str, text: &str| {
+        format!(
+            "name = \"{name}\"\nmodule = \"probe.wasm\"\nargs = [\"write\", \"/output/{file}\", \"{text}\"]\n\
+             [split]\nrange = {{ start = 0, end = 1, per_unit = 1 }}\n\
+             [replication]\nmin_quorum = 1\ntarget_results = 1\n"
+        )
+    };
+    let image_job = coordinator.submit(&write_job(
+        &dir.join("image"),
+        cobble_unit_artifacts::SANDBOX_PROBE,
+        "probe.wasm",
+        &one_unit("tile", "tile.png", "not-really-a-png"),
+    ));
+    let page_job = coordinator.submit(&write_job(
+        &dir.join("page"),
+        cobble_unit_artifacts::SANDBOX_PROBE,
+        "probe.wasm",
+        &one_unit("page", "page.html", "<script>alert(3)</script>"),
+    ));
+    let _worker = start_worker_with("cobble-worker", &coordinator, &dir.join("w"), "ada", &[]);
+    for job in [&image_job, &page_job] {
+        let (done, status) = coordinator.wait_done(job, Duration::from_secs(120));
+        assert!(done, "{status}");
+    }
+    let job_path = format!("/jobs/{image_job}");
+    let file_path = format!("{job_path}/units/0/files/tile.png");
+
+    // Anyone: the progress, no outputs.
+    let public = http_get(&site, &job_path);
+    assert_eq!(public.status, 200, "{public:?}");
+    assert!(
+        public.body.contains("<strong>100%</strong>"),
+        "{}",
+        public.body
+    );
+    assert!(public.body.contains("Sign in with your researcher token"));
+    assert!(!public.body.contains(&file_path));
+    assert_eq!(http_get(&site, &file_path).status, 401);
+    let api = json(&http_get(&site, &format!("/api/v1{job_path}")));
+    assert_eq!(
+        (api["state"].as_str(), api["units_done"].as_u64()),
+        (Some("done"), Some(1))
+    );
+    assert!(api["outputs"].is_null(), "{api}");
+
+    // Signing in: a wrong token is refused, the right one sets a cookie
+    // and returns to the job, never to another site.
+    let form = |token: &str, next: &str| format!("token={token}&next={next}");
+    let form_type = [("Content-Type", "application/x-www-form-urlencoded")];
+    let refused = http_request(&site, "POST", "/login", &form_type, &form("nope", "/"));
+    assert_eq!(refused.status, 401);
+    assert!(refused.header("set-cookie").is_none());
+    let token = coordinator.researcher_token();
+    let signed_in = http_request(
+        &site,
+        "POST",
+        "/login",
+        &form_type,
+        &form(&token, &job_path),
+    );
+    assert_eq!(signed_in.status, 303, "{signed_in:?}");
+    assert_eq!(
+        signed_in.header("location").as_deref(),
+        Some(job_path.as_str())
+    );
+    let cookie = signed_in.header("set-cookie").expect("a cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let offsite = http_request(
+        &site,
+        "POST",
+        "/login",
+        &form_type,
+        &form(&token, "//evil.example/"),
+    );
+    assert_eq!(offsite.header("location").as_deref(), Some("/"));
+    let session = cookie.split(';').next().expect("name=value").to_string();
+    let with_cookie = [("Cookie", session.as_str())];
+
+    // The researcher: links, the image inline, the bytes with safe headers.
+    let own = http_request(&site, "GET", &job_path, &with_cookie, "");
+    assert!(
+        own.body
+            .contains(&format!("<img class=\"preview\" src=\"{file_path}\"")),
+        "{}",
+        own.body
+    );
+    let image = http_request(&site, "GET", &file_path, &with_cookie, "");
+    assert_eq!(image.status, 200);
+    assert_eq!(image.content_type, "image/png");
+    assert_eq!(image.body, "not-really-a-png");
+    assert_eq!(
+        image.header("x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    let stdout = http_request(
+        &site,
+        "GET",
+        &format!("{job_path}/units/0/stdout"),
+        &with_cookie,
+        "",
+    );
+    assert_eq!((stdout.status, stdout.body.as_str()), (200, "wrote\n"));
+    let html = http_request(
+        &site,
+        "GET",
+        &format!("/jobs/{page_job}/units/0/files/page.html"),
+        &with_cookie,
+        "",
+    );
+    assert_eq!(html.status, 200);
+    assert_eq!(html.content_type, "application/octet-stream");
+    assert_eq!(
+        html.header("content-disposition").as_deref(),
+        Some("attachment")
+    );
+    assert!(
+        html.header("content-security-policy")
+            .is_some_and(|p| p.starts_with("sandbox"))
+    );
+    let bearer = format!("Bearer {token}");
+    let scripted = http_request(
+        &site,
+        "GET",
+        &format!("/api/v1{job_path}"),
+        &[("Authorization", bearer.as_str())],
+        "",
+    );
+    let scripted = json(&scripted);
+    assert_eq!(
+        scripted["outputs"][0]["files"][1]["href"],
+        file_path.as_str(),
+        "{scripted}"
+    );
+
+    // Another researcher may not; nonsense is a 404, never a file.
+    let added = coordinator.admin(&["researcher", "add", "bea"]);
+    let other = String::from_utf8_lossy(&added.stdout)
+        .split_whitespace()
+        .find(|w| w.len() >= 32 && w.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .expect("a token")
+        .to_string();
+    let other_bearer = format!("Bearer {other}");
+    let foreign = http_request(
+        &site,
+        "GET",
+        &file_path,
+        &[("Authorization", other_bearer.as_str())],
+        "",
+    );
+    assert_eq!(foreign.status, 403, "{foreign:?}");
+    let bad_token = http_request(
+        &site,
+        "GET",
+        &job_path,
+        &[("Cookie", "cobble_token=forged")],
+        "",
+    );
+    assert_eq!(bad_token.status, 401);
+    for path in [
+        "/jobs/999999".to_string(),
+        "/jobs/abc".to_string(),
+        format!("{job_path}/units/7/stdout"),
+        format!("{job_path}/units/x/stdout"),
+        format!("{job_path}/units/0/files/..%2F..%2Fresearcher.token"),
+        format!("{job_path}/units/0/files/missing.png"),
+    ] {
+        let answer = http_request(&site, "GET", &path, &with_cookie, "");
+        assert_eq!(answer.status, 404, "{path}: {answer:?}");
+    }
 }
