@@ -338,8 +338,14 @@ pub fn start_worker_with(
         for pref in TEST_PREFS {
             command.args(["--pref", pref]);
         }
-        // Peers find each other on loopback, on ports no test shares.
-        command.args(["--peer-listen", "127.0.0.1:0"]);
+        // Peers find each other on loopback, on ports no test shares; so
+        // do the local pages.
+        command.args([
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--local-page",
+            "127.0.0.1:0",
+        ]);
     }
     command.args(extra);
     // Tests read the unit starts, ends and suspensions from the log.
@@ -522,9 +528,17 @@ pub fn http_request(
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    // The caller's Host, if it gives one (a test of what a server makes
+    // of a foreign name), else the address connected to.
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request.push_str(&format!("Host: {address}\r\n"));
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }

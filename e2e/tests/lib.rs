@@ -10,6 +10,7 @@ mod cases {
     mod install;
     mod integrity;
     mod job;
+    mod local_page;
     mod object_store;
     mod peers;
     mod prefs;

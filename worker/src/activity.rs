@@ -39,6 +39,8 @@ pub enum SuspendReason {
     TimeOfDay,
     /// The off part of the `cpu_usage_limit` duty cycle.
     CpuThrottle,
+    /// The volunteer pressed Pause on the local page.
+    Paused,
 }
 
 impl std::fmt::Display for SuspendReason {
@@ -48,6 +50,7 @@ impl std::fmt::Display for SuspendReason {
             SuspendReason::OnBatteries => "on batteries",
             SuspendReason::TimeOfDay => "outside the allowed hours",
             SuspendReason::CpuThrottle => "CPU throttling",
+            SuspendReason::Paused => "paused by you",
         })
     }
 }
@@ -339,6 +342,8 @@ pub struct Monitor {
     /// Set while units are queued or running, so sampling is fast only
     /// when there is something to pause.
     pub has_work: Arc<AtomicBool>,
+    /// Set by the local page's Pause: nothing computes until cleared.
+    pub paused: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -366,8 +371,9 @@ impl Monitor {
             other_load: 0.0,
         });
         let has_work = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (work_flag, stop_flag) = (has_work.clone(), stop.clone());
+        let (work_flag, stop_flag, pause_flag) = (has_work.clone(), stop.clone(), paused.clone());
         let thread = std::thread::Builder::new()
             .name("cobble-activity".into())
             .spawn(move || {
@@ -385,6 +391,9 @@ impl Monitor {
                     let (throttle_on, throttle_change) = policy.throttle(now - started);
                     if suspended.is_none() && !throttle_on {
                         suspended = Some(SuspendReason::CpuThrottle);
+                    }
+                    if pause_flag.load(Ordering::Relaxed) {
+                        suspended = Some(SuspendReason::Paused);
                     }
                     permit_tx.send_if_modified(|may_run| {
                         let changed = *may_run != suspended.is_none();
@@ -415,6 +424,7 @@ impl Monitor {
             permit,
             activity,
             has_work,
+            paused,
             stop,
         }
     }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod exec;
 pub mod install;
 pub mod journal;
+pub mod local_page;
 pub mod peer;
 pub mod prefs;
 pub mod runner;

@@ -155,6 +155,11 @@ struct RunArgs {
     /// the coordinator.
     #[arg(long)]
     no_peers: bool,
+    /// The local page (what this computer does, Pause and Resume), on
+    /// this computer only; `off` to serve none. A port in use leaves the
+    /// worker running without it.
+    #[arg(long, default_value = "127.0.0.1:7396")]
+    local_page: String,
     /// Read the owner's CPU load (percent) from this file instead of
     /// measuring it: for tests and benchmarks of suspension. Only in builds
     /// with the `test-utils` feature, never in a released worker.
@@ -274,13 +279,46 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tls_fingerprint: args.trust.tls_fingerprint,
         insecure_plaintext: args.trust.insecure_plaintext,
     };
-    runtime()?.block_on(cobble_worker::run(
+    let runtime = runtime()?;
+    if args.local_page != "off" {
+        runtime.block_on(serve_local_page(
+            &args.local_page,
+            config.data_dir.clone(),
+            monitor.paused.clone(),
+        ))?;
+    }
+    runtime.block_on(cobble_worker::run(
         config,
         monitor,
         cobble_worker::Hooks::default(),
         shutdown_signal(),
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the local page on `address`, which must be this computer's.
+async fn serve_local_page(
+    address: &str,
+    data_dir: PathBuf,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
+    let address: std::net::SocketAddr = address
+        .parse()
+        .with_context(|| format!("--local-page {address:?} is not an address:port or off"))?;
+    if !address.ip().is_loopback() {
+        anyhow::bail!("--local-page must be a loopback address (127.0.0.1 or ::1), not {address}");
+    }
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => {
+            tracing::info!("local page at http://{}/", listener.local_addr()?);
+            let router = cobble_worker::local_page::router(data_dir, paused);
+            tokio::spawn(cobble_worker::local_page::serve(listener, router));
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot serve the local page on {address}; running without it")
+        }
+    }
+    Ok(())
 }
 
 fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
