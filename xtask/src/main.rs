@@ -66,7 +66,8 @@ fn main() -> anyhow::Result<()> {
             // saboteurs; `flood`: an honest worker's latency while one
             // address floods the coordinator; `load`: validated units per
             // second and what each costs, SQLite and PostgreSQL, one and
-            // two coordinators. All unless one is named.
+            // two coordinators; `web`: the web site's pages under load on a
+            // project of 100,000 accounts. All unless one is named.
             let which = std::env::args().nth(2);
             let benches = [
                 ("cobble-sandbox", "units"),
@@ -75,6 +76,7 @@ fn main() -> anyhow::Result<()> {
                 ("cobble-e2e", "integrity"),
                 ("cobble-e2e", "flood"),
                 ("cobble-e2e", "load"),
+                ("cobble-e2e", "web"),
             ];
             for (package, bench) in benches {
                 if which.as_deref().is_none_or(|name| name == bench) {
@@ -91,7 +93,7 @@ fn main() -> anyhow::Result<()> {
             demo(&root)
         }
         _ => bail!(
-            "usage: cargo xtask <demo|test|setup|units|bench [units|volunteer|swarm|integrity|flood|load]>"
+            "usage: cargo xtask <demo|test|setup|units|bench [units|volunteer|swarm|integrity|flood|load|web]>"
         ),
     }
 }
