@@ -291,6 +291,28 @@ impl BlobStore {
         Ok(data)
     }
 
+    /// A stored blob of `size` bytes as `(offset, bytes)` pieces of at
+    /// most `piece` bytes, each read when taken and paced as it is sent:
+    /// what every download streams. An empty blob is one empty piece.
+    pub fn pieces(
+        &self,
+        hash: BlobHash,
+        size: u64,
+        piece: u64,
+    ) -> impl tokio_stream::Stream<Item = Result<(u64, Vec<u8>)>> + Send + 'static {
+        let blobs = self.clone();
+        let offsets = (0..size.div_ceil(piece).max(1)).map(move |i| i * piece);
+        tokio_stream::iter(offsets).then(move |offset| {
+            let blobs = blobs.clone();
+            async move {
+                let length = (size - offset).min(piece) as usize;
+                let data = blobs.read_range(&hash, offset, length).await?;
+                blobs.pace(length).await;
+                Ok((offset, data))
+            }
+        })
+    }
+
     /// Where temporary files go: on the local blob store's file system,
     /// so a blob can be hard-linked there rather than copied.
     pub fn scratch_dir(&self) -> PathBuf {

@@ -8,7 +8,7 @@ use cobble_proto::v1::{self as pb, blob_service_server::BlobService};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Hashes one HasBlobs call may ask about.
@@ -209,37 +209,24 @@ impl BlobService for BlobApi {
             };
             return Ok(Response::new(Box::pin(tokio_stream::iter([Ok(chunk)]))));
         };
-        let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        let blobs = self.store.blobs.clone();
-        tokio::spawn(async move {
-            let mut offset = 0u64;
-            loop {
-                let length = (size - offset).min(CHUNK_BYTES as u64) as usize;
-                let data = match blobs.read_range(&hash, offset, length).await {
-                    Ok(data) => data,
-                    Err(error) => {
-                        sender.send(Err(Status::from(error))).await.ok();
-                        return;
-                    }
-                };
-                blobs.pace(length).await;
-                let chunk = pb::BlobChunk {
+        // Read a piece at a time as the caller takes them; tonic ends the
+        // stream with the first error's status.
+        let chunks = self
+            .store
+            .blobs
+            .pieces(hash, size, CHUNK_BYTES as u64)
+            .map(move |piece| {
+                let (offset, data) = piece.map_err(Status::from)?;
+                Ok(pb::BlobChunk {
                     expected: (offset == 0).then(|| pb::BlobRef {
                         hash: hash.0.to_vec(),
                         size,
                         chunk_root: Vec::new(),
                     }),
                     data,
-                };
-                offset += length as u64;
-                if sender.send(Ok(chunk)).await.is_err() || offset >= size {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            ReceiverStream::new(receiver).map(|chunk| chunk),
-        )))
+                })
+            });
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn has_blobs(

@@ -18,6 +18,7 @@ use cobble_core::BlobHash;
 use cobble_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use tokio_stream::StreamExt;
 
 const TOKEN_COOKIE: &str = "cobble_token";
 /// Pieces a download is read and sent in.
@@ -371,12 +372,12 @@ async fn output(
         .map_err(Failure::from_error)?
     {
         Some(bytes) => Body::from(bytes),
-        None => {
-            let blobs = site.store.blobs.clone();
-            let size = blob.size;
-            let pieces = futures_pieces(blobs, hash, size);
-            Body::from_stream(pieces)
-        }
+        None => Body::from_stream(
+            site.store
+                .blobs
+                .pieces(hash, blob.size, DOWNLOAD_PIECE)
+                .map(|piece| piece.map(|(_, data)| data)),
+        ),
     };
     let mut response = body.into_response();
     let headers = response.headers_mut();
@@ -400,26 +401,6 @@ async fn output(
         );
     }
     Ok(response)
-}
-
-/// A stored blob as a stream of pieces read one at a time.
-fn futures_pieces(
-    blobs: crate::blob_store::BlobStore,
-    hash: BlobHash,
-    size: u64,
-) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send {
-    let offsets = (0..size.div_ceil(DOWNLOAD_PIECE)).map(move |i| i * DOWNLOAD_PIECE);
-    tokio_stream::StreamExt::then(tokio_stream::iter(offsets), move |offset| {
-        let blobs = blobs.clone();
-        async move {
-            let length = (size - offset).min(DOWNLOAD_PIECE) as usize;
-            blobs.pace(length).await;
-            blobs
-                .read_range(&hash, offset, length)
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        }
-    })
 }
 
 #[derive(Deserialize)]
