@@ -392,6 +392,8 @@ fn demo(root: &Path) -> anyhow::Result<()> {
                 user,
                 "--team",
                 team,
+                // The demo's volunteers show their names on the leaderboard.
+                "--public-name",
                 // Three volunteers share this one machine, so each would see
                 // the others as its owner's load and step aside: compute at
                 // once and whatever the load, as a dedicated machine would.
