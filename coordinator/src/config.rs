@@ -77,6 +77,17 @@ pub struct Config {
     /// it (default: this coordinator's own address).
     #[arg(long, env = "COBBLE_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// The web site's address as volunteers reach it (behind a reverse
+    /// proxy, its https:// name), for the install script and the join
+    /// command (default: the --web-listen address).
+    #[arg(long, env = "COBBLE_SITE_URL")]
+    pub site_url: Option<String>,
+    /// A directory of worker binaries (`cargo xtask dist` writes
+    /// target/dist): the site serves them, their SHA-256 signed by the
+    /// project's key, and `/install.sh`, which installs the worker in one
+    /// command and checks both.
+    #[arg(long, env = "COBBLE_WORKER_DIST")]
+    pub worker_dist: Option<PathBuf>,
     /// Largest blob (module, input or output) accepted, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     pub max_blob_bytes: u64,

@@ -113,6 +113,15 @@ async fn main() -> anyhow::Result<()> {
                 })?,
         ),
     };
+    // A bad distribution stops the start, as a bad flag does: serving a
+    // list that disagrees with the build would only fail at volunteers'.
+    let dist = match (&config.worker_dist, &web) {
+        (Some(dir), Some(_)) => Some(std::sync::Arc::new(
+            cobble_coordinator::web::WorkerDist::load(dir, store.signing_key())?,
+        )),
+        (Some(_), None) => anyhow::bail!("--worker-dist needs the web site (--web-listen)"),
+        (None, _) => None,
+    };
     let (scheme, certificate) = match &tls {
         Some(cert) => (
             "https",
@@ -142,6 +151,12 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(reload_on_hangup(config.clone(), cert.clone()));
     }
     if let Some(listener) = web {
+        let site_url = config.site_url.clone().unwrap_or_else(|| {
+            listener
+                .local_addr()
+                .map(|a| format!("http://{a}"))
+                .unwrap_or_default()
+        });
         let info = cobble_coordinator::web::SiteInfo {
             project: config.project_name.clone(),
             description: config.project_description.clone(),
@@ -151,6 +166,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| format!("{scheme}://{address}")),
             project_key: key.clone(),
             stats_dir: config.stats_dir(),
+            site_url,
+            dist,
         };
         let router = cobble_coordinator::web::router(store.clone(), info);
         tokio::spawn(cobble_coordinator::web::serve(listener, router));

@@ -7,7 +7,10 @@
 //! cached for [`FRESH_FOR`]: a page view costs no query most of the time,
 //! and BOINC caches its top lists for an hour.
 
+mod dist;
 mod jobs;
+
+pub use dist::WorkerDist;
 
 use crate::error::Error;
 use crate::store::Store;
@@ -41,6 +44,10 @@ pub struct SiteInfo {
     pub project_key: String,
     /// Where the statistics export is read from.
     pub stats_dir: std::path::PathBuf,
+    /// This site's address as volunteers reach it.
+    pub site_url: String,
+    /// The worker binaries to serve, when the project ships them.
+    pub dist: Option<Arc<WorkerDist>>,
 }
 
 #[derive(Clone)]
@@ -94,6 +101,8 @@ pub fn router(store: Store, info: SiteInfo) -> axum::Router {
         .route("/status", get(status_page))
         .route("/stats/{file}", get(stats_file))
         .route("/metrics", get(metrics))
+        .route("/install.sh", get(dist::install_script))
+        .route("/dist/{file}", get(dist::file))
         .route("/jobs/{id}", get(jobs::job_page))
         .route("/jobs/{id}/units/{index}/stdout", get(jobs::stdout))
         .route("/jobs/{id}/units/{index}/files/{*name}", get(jobs::file))
@@ -237,6 +246,13 @@ struct HomePage<'a> {
     counters: Vec<Counter>,
     join_command: String,
     project_key: &'a str,
+    downloads: Vec<Download>,
+}
+
+struct Download {
+    name: String,
+    href: String,
+    size: String,
 }
 
 #[derive(Serialize)]
@@ -246,15 +262,26 @@ struct ProjectJson<'a> {
     coordinator: &'a str,
     project_key: &'a str,
     join_command: String,
+    /// The install script's address, when the project ships binaries.
+    install_script: Option<String>,
     counters: &'a ProjectCounters,
 }
 
 impl Site {
+    /// What the home page tells a volunteer to run: the install script
+    /// when the project ships binaries, else the worker's own install.
     fn join_command(&self) -> String {
-        format!(
-            "cobble-worker install --coordinator {} --user YOUR_NAME",
-            self.info.coordinator_url
-        )
+        if self.info.dist.is_some() {
+            format!(
+                "curl -fsSL {}/install.sh | sh -s -- --user YOUR_NAME",
+                self.info.site_url.trim_end_matches('/')
+            )
+        } else {
+            format!(
+                "cobble-worker install --coordinator {} --user YOUR_NAME",
+                self.info.coordinator_url
+            )
+        }
     }
 
     async fn counters(&self) -> Result<Arc<ProjectCounters>, Failure> {
@@ -331,6 +358,17 @@ async fn home(State(site): State<Site>) -> Result<Html<String>, Failure> {
         ],
         join_command: site.join_command(),
         project_key: &site.info.project_key,
+        downloads: site
+            .info
+            .dist
+            .iter()
+            .flat_map(|dist| dist.files())
+            .map(|file| Download {
+                name: file.name.clone(),
+                href: format!("/dist/{}", file.name),
+                size: jobs::bytes(file.size),
+            })
+            .collect(),
     })
 }
 
@@ -342,6 +380,11 @@ async fn project_json(State(site): State<Site>) -> Result<Json<serde_json::Value
         coordinator: &site.info.coordinator_url,
         project_key: &site.info.project_key,
         join_command: site.join_command(),
+        install_script: site
+            .info
+            .dist
+            .as_ref()
+            .map(|_| format!("{}/install.sh", site.info.site_url.trim_end_matches('/'))),
         counters: &counters,
     };
     serde_json::to_value(body)

@@ -2,6 +2,8 @@
 //! `cobble` binaries on loopback, each in its own temporary directory, and
 //! kills them when dropped. Used by the end-to-end tests (and benchmarks).
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -183,6 +185,15 @@ impl Coordinator {
             web_url,
             data_dir,
         }
+    }
+
+    /// The web site's address without its final `/`, to append paths to.
+    pub fn site(&self) -> String {
+        self.web_url
+            .as_deref()
+            .expect("the banner names the site (--web-listen is not off)")
+            .trim_end_matches('/')
+            .to_string()
     }
 
     /// `host:port`, for restarting a coordinator on the same address.
@@ -440,6 +451,50 @@ pub fn worker_status(data_dir: &Path) -> Option<cobble_worker::status::Status> {
     cobble_worker::status::read(data_dir).ok()
 }
 
+/// A volunteer's worker computing a folding unit of many seconds (one of
+/// twelve), with its local page: the worker, and the page's address once
+/// the log names it and a unit runs.
+pub fn worker_busy_with_local_page(
+    coordinator: &Coordinator,
+    dir: &Path,
+    worker_dir: &Path,
+) -> (Process, String) {
+    let worker = start_worker_with("cobble-worker", coordinator, worker_dir, "owner", &[]);
+    submit_folding_job(
+        coordinator,
+        dir,
+        ["HPHPPHHPHPPHPHHPPHPH", "0", "12", "15000000"],
+        12,
+        "deadline_s = 600\nfuel = 1000000000000",
+    );
+    let mut page = String::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            page = worker
+                .log_text()
+                .lines()
+                .find_map(|l| l.split("local page at ").nth(1))
+                .map(|url| url.trim().trim_end_matches('/').to_string())
+                .unwrap_or_default();
+            !page.is_empty()
+        }),
+        "no local page in the log: {}",
+        worker.log_text()
+    );
+    let running = || {
+        worker_status(worker_dir).is_some_and(|s| {
+            s.tasks
+                .iter()
+                .any(|t| t.state == cobble_worker::tasks::TaskState::Running)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), running),
+        "no unit started"
+    );
+    (worker, page)
+}
+
 /// Writes and submits a folding job: ARGS are the chain, first seed, end
 /// seed and steps per seed, one unit of `per_unit` seeds each, one result
 /// per unit; `limits` is added to the `[limits]` table. Returns the job id.
@@ -547,8 +602,20 @@ pub fn http_request(
     stream
         .write_all(request.as_bytes())
         .expect("sending the request");
+    // Read until the answer is whole: some servers (chromedriver) keep
+    // the connection open whatever the request asked.
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("reading the answer");
+    let mut buffer = [0u8; 64 << 10];
+    loop {
+        let read = stream.read(&mut buffer).expect("reading the answer");
+        if read == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buffer[..read]);
+        if answer_complete(&raw) {
+            break;
+        }
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
     let status = head
@@ -572,6 +639,28 @@ pub fn http_request(
         body.to_string()
     };
     answer
+}
+
+/// Whether `raw` holds a whole HTTP/1.1 answer: its head, and the body its
+/// Content-Length or final chunk says. An answer with neither ends when the
+/// server closes.
+fn answer_complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    if let Some(length) = header("content-length:").and_then(|v| v.parse::<usize>().ok()) {
+        return body.len() >= length;
+    }
+    if header("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    false
 }
 
 fn dechunk(mut body: &str) -> String {

@@ -3,6 +3,7 @@
 
 mod cases {
     mod blobs;
+    mod browser;
     mod code_signing;
     mod exec;
     mod faults;
@@ -10,6 +11,7 @@ mod cases {
     mod install;
     mod integrity;
     mod job;
+    mod join;
     mod local_page;
     mod object_store;
     mod peers;

@@ -277,6 +277,11 @@ impl Policy {
         }
     }
 
+    /// New preferences; what was observed so far (the idle streak) stays.
+    pub fn set_prefs(&mut self, prefs: Prefs) {
+        self.prefs = prefs;
+    }
+
     /// Feeds one observation; returns why computing must stop, if it must.
     pub fn decide(
         &mut self,
@@ -335,6 +340,33 @@ impl Policy {
     }
 }
 
+/// The volunteer's own switches (the local page's buttons), read by the
+/// monitor and the work fetcher.
+#[derive(Debug, Clone, Default)]
+pub struct Controls {
+    /// Pause: nothing computes until cleared.
+    pub paused: Arc<AtomicBool>,
+    /// Finish the units in hand and fetch no more until cleared.
+    pub finishing: Arc<AtomicBool>,
+    /// Preferences saved since, for the monitor to take up.
+    new_prefs: Arc<std::sync::Mutex<Option<Prefs>>>,
+}
+
+impl Controls {
+    /// Makes `prefs` the monitor's from its next sample on: when to
+    /// compute (idle time, load, batteries, hours, throttle) changes at once.
+    pub fn apply(&self, prefs: Prefs) {
+        *self.new_prefs.lock().unwrap_or_else(|p| p.into_inner()) = Some(prefs);
+    }
+
+    fn take_prefs(&self) -> Option<Prefs> {
+        self.new_prefs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
 /// The running monitor; dropping it stops the thread.
 pub struct Monitor {
     pub permit: watch::Receiver<bool>,
@@ -342,8 +374,8 @@ pub struct Monitor {
     /// Set while units are queued or running, so sampling is fast only
     /// when there is something to pause.
     pub has_work: Arc<AtomicBool>,
-    /// Set by the local page's Pause: nothing computes until cleared.
-    pub paused: Arc<AtomicBool>,
+    /// The local page's Pause, Finish and preferences.
+    pub controls: Controls,
     stop: Arc<AtomicBool>,
 }
 
@@ -371,9 +403,9 @@ impl Monitor {
             other_load: 0.0,
         });
         let has_work = Arc::new(AtomicBool::new(false));
-        let paused = Arc::new(AtomicBool::new(false));
+        let controls = Controls::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (work_flag, stop_flag, pause_flag) = (has_work.clone(), stop.clone(), paused.clone());
+        let (work_flag, stop_flag, switches) = (has_work.clone(), stop.clone(), controls.clone());
         let thread = std::thread::Builder::new()
             .name("cobble-activity".into())
             .spawn(move || {
@@ -386,13 +418,16 @@ impl Monitor {
                         (batteries, hour) = (on_batteries(&power_supply), crate::sys::local_hour());
                         slow_checked = now;
                     }
+                    if let Some(prefs) = switches.take_prefs() {
+                        policy.set_prefs(prefs);
+                    }
                     let other_load = load.sample();
                     let mut suspended = policy.decide(now, other_load, batteries, hour);
                     let (throttle_on, throttle_change) = policy.throttle(now - started);
                     if suspended.is_none() && !throttle_on {
                         suspended = Some(SuspendReason::CpuThrottle);
                     }
-                    if pause_flag.load(Ordering::Relaxed) {
+                    if switches.paused.load(Ordering::Relaxed) {
                         suspended = Some(SuspendReason::Paused);
                     }
                     permit_tx.send_if_modified(|may_run| {
@@ -424,7 +459,7 @@ impl Monitor {
             permit,
             activity,
             has_work,
-            paused,
+            controls,
             stop,
         }
     }

@@ -1,5 +1,7 @@
 //! The volunteer's local page (as Folding@home's on 127.0.0.1:7396): what
-//! this computer is doing for the project, and Pause and Resume buttons.
+//! this computer is doing for the project; Pause, Resume and "Finish
+//! current units, then stop"; and the computing preferences, editable, with
+//! the same checks and messages as `prefs.toml`.
 //!
 //! Only this computer may use it: it listens on loopback, answers only
 //! requests addressed to a loopback name (so a web site that rebinds its
@@ -7,6 +9,8 @@
 //! must carry the token this page handed out when it was drawn, which no
 //! other page can read: a cross-site form cannot pause the worker.
 
+use crate::activity::Controls;
+use crate::prefs::{FIELDS, Prefs};
 use crate::status::Status;
 use askama::Template;
 use axum::extract::{Form, State};
@@ -16,20 +20,32 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+
+/// What the page works on.
+pub struct Setup {
+    pub data_dir: PathBuf,
+    /// The activity monitor's switches.
+    pub controls: Controls,
+    /// The worker's `--pref` overrides: they win over the file, so the
+    /// page says so beside each.
+    pub overrides: Vec<String>,
+}
 
 #[derive(Clone)]
 struct Page {
     data_dir: PathBuf,
-    paused: Arc<AtomicBool>,
+    controls: Controls,
+    overrides: Arc<Vec<String>>,
     token: Arc<String>,
 }
 
-/// The page's router; `paused` is the activity monitor's switch.
-pub fn router(data_dir: PathBuf, paused: Arc<AtomicBool>) -> axum::Router {
+/// The page's router.
+pub fn router(setup: Setup) -> axum::Router {
     let page = Page {
-        data_dir,
-        paused,
+        data_dir: setup.data_dir,
+        controls: setup.controls,
+        overrides: Arc::new(setup.overrides),
         token: Arc::new(cobble_core::random_token()),
     };
     axum::Router::new()
@@ -37,6 +53,8 @@ pub fn router(data_dir: PathBuf, paused: Arc<AtomicBool>) -> axum::Router {
         .route("/status.json", get(status_json))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
+        .route("/finish", post(finish))
+        .route("/prefs", post(save_prefs))
         .with_state(page)
 }
 
@@ -72,6 +90,18 @@ struct LocalPage<'a> {
     token: &'a str,
     cards: Vec<(String, &'static str)>,
     units: Vec<UnitRow>,
+    prefs: Vec<PrefRow>,
+    /// What saving the preferences did, or why it did not.
+    prefs_message: String,
+    prefs_error: bool,
+}
+
+struct PrefRow {
+    name: &'static str,
+    help: &'static str,
+    value: String,
+    /// The value `--pref` gave at start, which wins over this one.
+    overridden: Option<String>,
 }
 
 struct UnitRow {
@@ -85,10 +115,33 @@ async fn show(State(page): State<Page>, headers: HeaderMap) -> Response {
     if !addressed_locally(&headers) {
         return refused("This page answers only to this computer's own address.");
     }
+    let values = match Prefs::load(&page.data_dir, &[]) {
+        Ok(prefs) => prefs.values(),
+        // The file is broken: show the defaults and say why.
+        Err(error) => return draw(&page, Prefs::default().values(), error.to_string(), true),
+    };
+    draw(&page, values, String::new(), false)
+}
+
+/// The page, with `values` in the preferences form.
+fn draw(
+    page: &Page,
+    values: Vec<(&'static str, String)>,
+    prefs_message: String,
+    prefs_error: bool,
+) -> Response {
     let status = crate::status::read(&page.data_dir).ok();
-    let paused = page.paused.load(Ordering::Relaxed);
+    let paused = page.controls.paused.load(Ordering::Relaxed);
+    let finishing = page.controls.finishing.load(Ordering::Relaxed);
+    let in_hand = status.as_ref().map_or(0, |s| s.tasks.len());
     let state = match (&status, paused) {
         (_, true) => "Paused by you: units wait until you resume.".to_string(),
+        (_, false) if finishing && in_hand == 0 => {
+            "Finished: no new work until you resume.".to_string()
+        }
+        (_, false) if finishing => {
+            format!("Finishing the {in_hand} unit(s) in hand, then stopping: no new work.")
+        }
         (
             Some(Status {
                 suspended: Some(reason),
@@ -149,15 +202,36 @@ async fn show(State(page): State<Page>, headers: HeaderMap) -> Response {
         }
         None => (String::from("a Cobble project"), Vec::new(), Vec::new()),
     };
+    let prefs = values
+        .into_iter()
+        .zip(FIELDS)
+        .map(|((name, value), (_, help))| PrefRow {
+            name,
+            help,
+            value,
+            overridden: page.overrides.iter().rev().find_map(|o| {
+                let (key, value) = o.split_once('=')?;
+                (key.trim() == name).then(|| value.trim().to_string())
+            }),
+        })
+        .collect();
     let page_html = LocalPage {
         coordinator: &coordinator,
         state,
         token: &page.token,
         cards,
         units,
+        prefs,
+        prefs_message,
+        prefs_error,
+    };
+    let status = if prefs_error {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
     };
     match page_html.render() {
-        Ok(html) => Html(html).into_response(),
+        Ok(html) => (status, Html(html)).into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }
 }
@@ -195,27 +269,114 @@ fn permitted(page: &Page, headers: &HeaderMap, action: &Action) -> Result<(), &'
     }
 }
 
+/// The buttons: what each sets.
+#[derive(Debug, Clone, Copy)]
+enum Button {
+    Pause,
+    /// Clears both Pause and Finish.
+    Resume,
+    Finish,
+}
+
 async fn pause(page: State<Page>, headers: HeaderMap, action: Form<Action>) -> Response {
-    switch(page, headers, action, true)
+    press(page, headers, action, Button::Pause)
 }
 
 async fn resume(page: State<Page>, headers: HeaderMap, action: Form<Action>) -> Response {
-    switch(page, headers, action, false)
+    press(page, headers, action, Button::Resume)
 }
 
-/// Pause (`paused` true) or Resume, for the page's own requests only.
-fn switch(
+async fn finish(page: State<Page>, headers: HeaderMap, action: Form<Action>) -> Response {
+    press(page, headers, action, Button::Finish)
+}
+
+/// A button, for the page's own requests only.
+fn press(
     State(page): State<Page>,
     headers: HeaderMap,
     Form(action): Form<Action>,
-    paused: bool,
+    button: Button,
 ) -> Response {
     if let Err(why) = permitted(&page, &headers, &action) {
         return refused(why);
     }
-    page.paused.store(paused, Ordering::Relaxed);
-    tracing::info!(paused, "switched from the local page");
+    let (paused, finishing) = (&page.controls.paused, &page.controls.finishing);
+    match button {
+        Button::Pause => paused.store(true, Ordering::Relaxed),
+        Button::Resume => {
+            paused.store(false, Ordering::Relaxed);
+            finishing.store(false, Ordering::Relaxed);
+        }
+        Button::Finish => finishing.store(true, Ordering::Relaxed),
+    }
+    tracing::info!(?button, "pressed on the local page");
     Redirect::to("/").into_response()
+}
+
+/// Saves the form to `prefs.toml` when every value passes the file's own
+/// checks; otherwise shows the form again as sent, with the message, and
+/// writes nothing.
+async fn save_prefs(
+    State(page): State<Page>,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let token = pairs
+        .iter()
+        .find(|(key, _)| key == "token")
+        .map(|(_, value)| value.clone());
+    if let Err(why) = permitted(&page, &headers, &Action { token }) {
+        return refused(why);
+    }
+    let fields: Vec<(String, String)> = pairs
+        .into_iter()
+        .filter(|(key, _)| key != "token")
+        .collect();
+    let sent = |fields: &[(String, String)]| -> Vec<(&'static str, String)> {
+        FIELDS
+            .iter()
+            .map(|(name, _)| {
+                let value = fields
+                    .iter()
+                    .find(|(key, _)| key == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                (*name, value)
+            })
+            .collect()
+    };
+    let prefs = match Prefs::from_fields(&fields, "the preferences you entered") {
+        Ok(prefs) => prefs,
+        Err(error) => return draw(&page, sent(&fields), format!("Not saved: {error}"), true),
+    };
+    let path = page.data_dir.join(crate::prefs::FILE_NAME);
+    if let Err(error) = cobble_core::durable::replace(
+        &path,
+        prefs.to_toml().as_bytes(),
+        cobble_core::durable::How::PUBLIC,
+    ) {
+        return draw(
+            &page,
+            sent(&fields),
+            format!("Not saved: cannot write {}: {error}", path.display()),
+            true,
+        );
+    }
+    // The command line's --pref still wins, as it does at start.
+    match Prefs::load(&page.data_dir, &page.overrides) {
+        Ok(effective) => page.controls.apply(effective),
+        Err(error) => tracing::warn!(%error, "saved preferences do not combine with --pref"),
+    }
+    tracing::info!(path = %path.display(), "preferences saved from the local page");
+    draw(
+        &page,
+        prefs.values(),
+        format!(
+            "Saved to {}. When to compute (idle time, CPU use, batteries, hours) applies now; the number of CPUs, memory, disk, work buffer and sharing limits apply when the worker restarts.",
+            path.display()
+        ),
+        false,
+    )
 }
 
 #[cfg(test)]

@@ -283,8 +283,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.local_page != "off" {
         runtime.block_on(serve_local_page(
             &args.local_page,
-            config.data_dir.clone(),
-            monitor.paused.clone(),
+            cobble_worker::local_page::Setup {
+                data_dir: config.data_dir.clone(),
+                controls: monitor.controls.clone(),
+                overrides: args.prefs.clone(),
+            },
         ))?;
     }
     runtime.block_on(cobble_worker::run(
@@ -299,8 +302,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// Starts the local page on `address`, which must be this computer's.
 async fn serve_local_page(
     address: &str,
-    data_dir: PathBuf,
-    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    setup: cobble_worker::local_page::Setup,
 ) -> anyhow::Result<()> {
     let address: std::net::SocketAddr = address
         .parse()
@@ -311,7 +313,7 @@ async fn serve_local_page(
     match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => {
             tracing::info!("local page at http://{}/", listener.local_addr()?);
-            let router = cobble_worker::local_page::router(data_dir, paused);
+            let router = cobble_worker::local_page::router(setup);
             tokio::spawn(cobble_worker::local_page::serve(listener, router));
         }
         Err(error) => {

@@ -9,6 +9,63 @@ use std::path::{Path, PathBuf};
 /// The file name inside the data dir.
 pub const FILE_NAME: &str = "prefs.toml";
 
+/// Every preference and what it means, in the order a form shows them.
+pub const FIELDS: &[(&str, &str)] = &[
+    (
+        "idle_time_to_run",
+        "minutes the computer must be idle before computing starts",
+    ),
+    (
+        "suspend_cpu_usage",
+        "% of CPU other programs may use before computing stops (0: never stop for load)",
+    ),
+    ("cpu_usage_limit", "% of CPU time to compute (duty cycle)"),
+    ("max_ncpus_pct", "% of the CPUs to compute on"),
+    (
+        "ram_max_used_busy_pct",
+        "% of memory units may use while the computer is in use",
+    ),
+    (
+        "ram_max_used_idle_pct",
+        "% of memory units may use while it is idle",
+    ),
+    (
+        "run_on_batteries",
+        "compute on battery power (true or false)",
+    ),
+    (
+        "start_hour",
+        "hour computing may start (0-24; equal to the end: any time)",
+    ),
+    ("end_hour", "hour computing must stop"),
+    ("disk_max_used_gb", "GB of disk the cache may use"),
+    (
+        "work_buf_min_units",
+        "fetch more work when fewer units than this wait",
+    ),
+    ("work_buf_max_units", "units to keep waiting"),
+    (
+        "max_bytes_sec_up",
+        "upload bytes per second for other volunteers (0: no limit)",
+    ),
+    ("peer_upload_slots", "volunteers served at once"),
+    (
+        "serve_peers_while_in_use",
+        "share inputs while you use the computer (true or false)",
+    ),
+];
+
+/// A `--pref` or form value as TOML (50, 0.5, true); anything else as text,
+/// so the type error names the key.
+fn scalar(value: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .filter(|t| t.len() == 1)
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table() && !v.is_array())
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Prefs {
@@ -111,24 +168,61 @@ impl Prefs {
             let (key, value) = entry
                 .split_once('=')
                 .ok_or_else(|| PrefsError::BadOverride(entry.clone()))?;
-            // A value is TOML (50, 0.5, true); anything else is taken as text
-            // so the type error names the key.
-            let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(value.to_string()));
-            table.insert(key.trim().to_string(), value);
+            table.insert(key.trim().to_string(), scalar(value));
         }
         let source = if overrides.is_empty() {
             source_name.to_string()
         } else {
             format!("{source_name} with --pref overrides")
         };
+        Self::from_table(table, &source)
+    }
+
+    /// Preferences from a form's fields (the local page), each value read
+    /// as a `--pref` value is, and checked as the file is, with the same
+    /// messages; `source_name` names the form in them.
+    pub fn from_fields(
+        fields: &[(String, String)],
+        source_name: &str,
+    ) -> Result<Prefs, PrefsError> {
+        let table = fields
+            .iter()
+            .map(|(key, value)| (key.trim().to_string(), scalar(value.trim())))
+            .collect();
+        Self::from_table(table, source_name)
+    }
+
+    fn from_table(table: toml::Table, source_name: &str) -> Result<Prefs, PrefsError> {
+        let invalid = |message: String| PrefsError::Invalid {
+            source_name: source_name.to_string(),
+            message: message.trim_end().to_string(),
+        };
         let prefs: Prefs = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| invalid(&source, e.to_string()))?;
-        prefs.check().map_err(|message| invalid(&source, message))?;
+            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        prefs.check().map_err(invalid)?;
         Ok(prefs)
+    }
+
+    /// Every preference's name and value as text, in [`FIELDS`] order.
+    pub fn values(&self) -> Vec<(&'static str, String)> {
+        let table = toml::Value::try_from(self)
+            .ok()
+            .and_then(|v| v.as_table().cloned())
+            .unwrap_or_default();
+        FIELDS
+            .iter()
+            .map(|(name, _)| {
+                let value = match table.get(*name) {
+                    Some(toml::Value::Float(f)) if f.fract() == 0.0 && f.abs() < 1e15 => {
+                        format!("{}", *f as i64)
+                    }
+                    Some(value) => value.to_string(),
+                    None => String::new(),
+                };
+                (*name, value)
+            })
+            .collect()
     }
 
     fn check(&self) -> Result<(), String> {
@@ -282,6 +376,63 @@ mod tests {
             &["work_buf_min_units = 3", "min <= max"],
         );
         check("suspend_cpu_usage = \n", &[], &["prefs.toml"]);
+    }
+
+    #[test]
+    fn a_form_is_read_and_checked_as_the_file_is() {
+        let fields = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let prefs = Prefs::from_fields(
+            &fields(&[("suspend_cpu_usage", " 40 "), ("run_on_batteries", "true")]),
+            "the form",
+        )
+        .expect("valid");
+        assert_eq!(prefs.suspend_cpu_usage, 40.0);
+        assert!(prefs.run_on_batteries);
+        for (pairs, expected) in [
+            (
+                vec![("suspend_cpu_usage", "150")],
+                "suspend_cpu_usage = 150: must be a percentage",
+            ),
+            (vec![("idle_time", "3")], "unknown field"),
+            (vec![("max_ncpus_pct", "lots")], "max_ncpus_pct"),
+            // A value that would smuggle a second line of TOML is text.
+            (
+                vec![("idle_time_to_run", "1\nsuspend_cpu_usage = 0")],
+                "idle_time_to_run",
+            ),
+            (vec![("start_hour", "[1, 2]")], "start_hour"),
+        ] {
+            let error = Prefs::from_fields(&fields(&pairs), "the form")
+                .expect_err("refused")
+                .to_string();
+            assert!(
+                error.starts_with("the form: ") && error.contains(expected),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_preference_has_a_field() {
+        let prefs = Prefs::default();
+        let values = prefs.values();
+        assert_eq!(values.len(), FIELDS.len());
+        let table: toml::Table = toml::from_str(&prefs.to_toml()).expect("toml");
+        assert_eq!(
+            table.len(),
+            FIELDS.len(),
+            "a preference missing from FIELDS"
+        );
+        let round_trip: Vec<(String, String)> = values
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(Prefs::from_fields(&round_trip, "x").expect("valid"), prefs);
     }
 
     #[test]

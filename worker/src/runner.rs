@@ -115,6 +115,8 @@ struct Worker {
     permit: watch::Receiver<bool>,
     /// Woken when a unit leaves a slot, so the work buffer refills.
     slot_freed: Notify,
+    /// The volunteer's "finish current units then stop": fetch no more.
+    finishing: Arc<std::sync::atomic::AtomicBool>,
     transfers: Arc<Transfers>,
     /// What this worker serves to peers; None with peer-to-peer off.
     sharing: Option<Arc<Sharing>>,
@@ -251,6 +253,7 @@ pub async fn run(
         tasks: Tasks::default(),
         permit: monitor.permit.clone(),
         slot_freed: Notify::new(),
+        finishing: monitor.controls.finishing.clone(),
         transfers,
         sharing,
         peer_port,

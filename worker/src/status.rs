@@ -23,6 +23,10 @@ pub struct Status {
     pub peer_port: Option<u16>,
     /// None while the worker may compute.
     pub suspended: Option<SuspendReason>,
+    /// The volunteer asked it to finish the units in hand and fetch no
+    /// more (the local page's Finish).
+    #[serde(default)]
+    pub finishing: bool,
     pub tasks: Vec<TaskView>,
     /// As of the last heartbeat; None until the first one answers.
     pub credit: Option<Credit>,
@@ -98,6 +102,10 @@ pub fn render(status: &Status, alive: bool, now_ms: i64) -> String {
         "not running (this is what it last reported)".to_string()
     } else if let Some(reason) = status.suspended {
         format!("suspended: {reason}")
+    } else if status.finishing && status.tasks.is_empty() {
+        "finished: fetching no new work until you resume it on the local page".to_string()
+    } else if status.finishing {
+        "finishing the units in hand, then stopping (no new work)".to_string()
     } else if status.tasks.is_empty() {
         "running, no work on hand".to_string()
     } else {
@@ -209,6 +217,7 @@ mod tests {
             host_id: 3,
             peer_port: Some(7711),
             suspended,
+            finishing: false,
             tasks,
             credit: Some(Credit {
                 total: 12.5,
@@ -282,6 +291,11 @@ mod tests {
             true,
             &["no work on hand", "tasks:     none"],
         );
+        let mut finishing = status(vec![task(4, TaskState::Running, Some(0.5))], None);
+        finishing.finishing = true;
+        check(&finishing, true, &["finishing the units in hand"]);
+        finishing.tasks.clear();
+        check(&finishing, true, &["finished: fetching no new work"]);
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //!   three workers and the example primes job; print results and leaderboard.
 //! - `cargo xtask test`: set up, then run every test of the workspace.
 //! - `cargo xtask setup`: install what the build needs (wasm target, clang,
-//!   the pinned third-party WASI program, Python's gRPC reflection client
-//!   for one test); `.ci/run` calls it before clippy.
+//!   the pinned third-party WASI program, Chromium and chromedriver for the
+//!   browser tests, Python tools for some tests); `.ci/run` calls it before
+//!   clippy.
 //! - `cargo xtask units`: build the example work units for wasm32-wasip1.
+//! - `cargo xtask dist`: the worker for volunteers, static (musl) and as a
+//!   `.deb`, with their SHA-256, in `target/dist` (`--worker-dist` serves it).
 //! - `cargo xtask bench [units|volunteer|swarm|integrity|flood|load]`: set up, then run the benchmarks.
 
 use anyhow::{Context, bail};
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         "test" => {
             ensure_wasm_target()?;
             ensure_c_toolchain()?;
+            ensure_browser()?;
             fetch_third_party(&root);
             ensure_python_tools();
             run(Command::new(cargo()).args(["test", "--workspace", "--locked"]))
@@ -48,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         "setup" => {
             ensure_wasm_target()?;
             ensure_c_toolchain()?;
+            ensure_browser()?;
             fetch_third_party(&root);
             ensure_python_tools();
             Ok(())
@@ -86,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        "dist" => dist(&root),
         "demo" => {
             ensure_wasm_target()?;
             ensure_c_toolchain()?;
@@ -93,7 +99,7 @@ fn main() -> anyhow::Result<()> {
             demo(&root)
         }
         _ => bail!(
-            "usage: cargo xtask <demo|test|setup|units|bench [units|volunteer|swarm|integrity|flood|load|web]>"
+            "usage: cargo xtask <demo|test|setup|units|dist|bench [units|volunteer|swarm|integrity|flood|load|web]>"
         ),
     }
 }
@@ -121,18 +127,23 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
 
 /// Installs the wasm target through rustup when it is missing.
 fn ensure_wasm_target() -> anyhow::Result<()> {
+    ensure_target(WASM_TARGET)
+}
+
+/// Installs a Rust target through rustup when it is missing.
+fn ensure_target(target: &str) -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
-                .any(|l| l.trim() == WASM_TARGET)
+                .any(|l| l.trim() == target)
         })
         .unwrap_or(false);
     if !installed {
-        eprintln!("installing the {WASM_TARGET} target with rustup");
-        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+        eprintln!("installing the {target} target with rustup");
+        run(Command::new("rustup").args(["target", "add", target]))?;
     }
     Ok(())
 }
@@ -155,33 +166,45 @@ fn ensure_c_toolchain() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("installing clang, lld and wasi-libc from Debian's packages for the C work unit");
-    let sudo = if Command::new("id")
+    apt_install(&["clang", "lld", "wasi-libc", "libclang-rt-dev-wasm32"])
+}
+
+/// Installs Debian's Chromium and its WebDriver when missing: the browser
+/// tests drive the web site and the local page through them.
+fn ensure_browser() -> anyhow::Result<()> {
+    let present = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
+        .iter()
+        .all(|path| Path::new(path).is_file());
+    if present {
+        return Ok(());
+    }
+    eprintln!(
+        "installing chromium and chromium-driver from Debian's packages for the browser tests"
+    );
+    apt_install(&["chromium", "chromium-driver"])
+}
+
+/// `apt-get install` as root, or through sudo.
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let root = Command::new("id")
         .arg("-u")
         .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0"))
-    {
-        vec![]
-    } else {
-        vec!["sudo"]
-    };
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
     let apt = |args: &[&str]| {
-        let mut command = Command::new(sudo.first().copied().unwrap_or("apt-get"));
-        if !sudo.is_empty() {
-            command.arg("apt-get");
-        }
+        let mut command = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.arg("apt-get");
+            sudo
+        };
         command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
         run(&mut command)
     };
     apt(&["update", "-qq"])?;
-    apt(&[
-        "install",
-        "-y",
-        "-qq",
-        "clang",
-        "lld",
-        "wasi-libc",
-        "libclang-rt-dev-wasm32",
-    ])
+    let mut install = vec!["install", "-y", "-qq"];
+    install.extend_from_slice(packages);
+    apt(&install)
 }
 
 /// Fetches the unmodified third-party WASI program into
@@ -303,6 +326,96 @@ fn build_units() -> anyhow::Result<()> {
             .arg(Path::new(UNITS_DIR).join(module))
             .arg(source))?;
     }
+    Ok(())
+}
+
+/// The static worker's target: runs on any x86_64 Linux, whatever its libc.
+const DIST_TARGET: &str = "x86_64-unknown-linux-musl";
+/// Where `dist` writes, and the name the install script downloads.
+const DIST_DIR: &str = "target/dist";
+const DIST_BINARY: &str = "cobble-worker-linux-x86_64";
+/// The packager, pinned (its MSRV, 1.85, is below ours).
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// Builds what volunteers download: the worker linked statically against
+/// musl, the same in a `.deb`, and `SHA256SUMS` of both.
+fn dist(root: &Path) -> anyhow::Result<()> {
+    ensure_target(DIST_TARGET)?;
+    // ring and blake3 compile C and assembly: musl's gcc wrapper links it.
+    if Command::new("musl-gcc").arg("--version").output().is_err() {
+        apt_install(&["musl-tools"])?;
+    }
+    let has_deb = Command::new(cargo())
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_deb {
+        run(Command::new(cargo()).args([
+            "install",
+            "--locked",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
+        ]))?;
+    }
+    run(Command::new(cargo())
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "cobble-worker",
+            "--target",
+            DIST_TARGET,
+        ])
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols"))?;
+    let out = root.join(DIST_DIR);
+    if out.exists() {
+        std::fs::remove_dir_all(&out)?;
+    }
+    std::fs::create_dir_all(&out)?;
+    run(Command::new(cargo())
+        .args([
+            "deb",
+            "--no-build",
+            "-p",
+            "cobble-worker",
+            "--target",
+            DIST_TARGET,
+            "--output",
+        ])
+        .arg(&out))?;
+    let built = root
+        .join("target")
+        .join(DIST_TARGET)
+        .join("release/cobble-worker");
+    std::fs::copy(&built, out.join(DIST_BINARY))
+        .with_context(|| format!("copying {}", built.display()))?;
+    // Refuse a binary that would need a dynamic loader on the volunteer's
+    // machine.
+    let file = Command::new("file").arg(out.join(DIST_BINARY)).output();
+    if let Ok(file) = file {
+        let text = String::from_utf8_lossy(&file.stdout);
+        if text.contains("dynamically linked") {
+            bail!("the worker is not static: {text}");
+        }
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&out)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut sums = String::new();
+    for name in &names {
+        let hash = sha256(&out.join(name)).with_context(|| format!("hashing {name}"))?;
+        sums.push_str(&format!("{hash}  {name}\n"));
+    }
+    std::fs::write(out.join("SHA256SUMS"), &sums)?;
+    println!(
+        "{}:\n{sums}serve them with: cobble-coordinator serve --worker-dist {DIST_DIR}",
+        out.display()
+    );
     Ok(())
 }
 

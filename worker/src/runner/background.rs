@@ -236,6 +236,7 @@ impl StatusWriter {
                     .ok()
                     .filter(|port| *port != 0),
                 suspended,
+                finishing: self.worker.finishing.load(Ordering::Relaxed),
                 tasks,
                 credit: self
                     .credit

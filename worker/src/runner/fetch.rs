@@ -133,13 +133,17 @@ impl Worker {
         loop {
             let in_hand = self.tasks.active_leases().len();
             let waiting = self.tasks.count(TaskState::Queued);
-            let wanted = units_to_request(
-                self.slots,
-                in_hand,
-                waiting,
-                self.prefs.work_buf_min_units,
-                self.prefs.work_buf_max_units,
-            );
+            let wanted = if self.finishing.load(std::sync::atomic::Ordering::Relaxed) {
+                0
+            } else {
+                units_to_request(
+                    self.slots,
+                    in_hand,
+                    waiting,
+                    self.prefs.work_buf_min_units,
+                    self.prefs.work_buf_max_units,
+                )
+            };
             if wanted == 0 {
                 tokio::select! {
                     () = self.slot_freed.notified() => {}
