@@ -39,8 +39,36 @@ pub fn verify(assignment: &Assignment, project_key: &VerifyingKey) -> Result<Man
     project_key
         .verify(&signed_message(&assignment.manifest), &signature)
         .map_err(|_| Error::BadSignature)?;
-    Manifest::decode(assignment.manifest.as_slice())
-        .map_err(|e| Error::MalformedManifest(e.to_string()))
+    let manifest = Manifest::decode(assignment.manifest.as_slice())
+        .map_err(|e| Error::MalformedManifest(e.to_string()))?;
+    // The worker places each input at its name: a signed manifest (from a
+    // stolen project key, say) must not name a file outside `/input`.
+    for input in &manifest.inputs {
+        if !is_input_path(&input.name) {
+            return Err(Error::MalformedManifest(format!(
+                "input name {:?} is not a path inside /input",
+                input.name
+            )));
+        }
+    }
+    Ok(manifest)
+}
+
+/// A name a unit may see under `/input`: relative, its components plain
+/// (no `.`, `..`, empty part, backslash or NUL), at most 4 deep and 1024
+/// bytes. `0/tile.pgm` is one (a reduce unit's inputs are by unit index);
+/// `../x`, `/etc/x` and `a//b` are not.
+pub fn is_input_path(name: &str) -> bool {
+    name.len() <= 1024
+        && !name.is_empty()
+        && name.split('/').count() <= 4
+        && name.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part.len() <= 255
+                && !part.contains(['\\', '\0'])
+        })
 }
 
 /// Parses a project public key from its 32 raw bytes.
@@ -99,6 +127,48 @@ mod tests {
         let assignment = sign(&manifest(), &key);
         let decoded = verify(&assignment, &key.verifying_key()).ok();
         assert_eq!(decoded, Some(manifest()));
+    }
+
+    #[test]
+    fn a_signed_manifest_naming_an_input_outside_input_is_refused() {
+        let key = generate_signing_key();
+        let blob = BlobRef {
+            hash: vec![3; 32],
+            size: 1,
+            chunk_root: vec![4; 32],
+        };
+        let with_input = |name: &str| Manifest {
+            inputs: vec![cobble_proto::v1::NamedBlob {
+                name: name.into(),
+                blob: Some(blob.clone()),
+            }],
+            ..manifest()
+        };
+        for good in ["data.bin", "0/tile.pgm", "12/stdout", "a/b/c/d"] {
+            let signed = sign(&with_input(good), &key);
+            assert!(verify(&signed, &key.verifying_key()).is_ok(), "{good}");
+        }
+        let long = "x".repeat(256);
+        for hostile in [
+            "../escape",
+            "a/../../escape",
+            "/home/volunteer/.bashrc",
+            "",
+            ".",
+            "a//b",
+            "a/./b",
+            "a\\..\\b",
+            "nul\0byte",
+            "a/b/c/d/e",
+            long.as_str(),
+        ] {
+            let signed = sign(&with_input(hostile), &key);
+            let error = verify(&signed, &key.verifying_key()).expect_err(hostile);
+            assert!(
+                matches!(error, Error::MalformedManifest(ref m) if m.contains("not a path inside /input")),
+                "{hostile:?}: {error}"
+            );
+        }
     }
 
     #[test]
