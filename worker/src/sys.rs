@@ -18,7 +18,10 @@ pub fn lower_priority() -> Vec<String> {
             if libc::setpriority(libc::PRIO_PROCESS, 0, 19) != 0 {
                 failures.push(format!("nice 19: {}", std::io::Error::last_os_error()));
             }
-            let param = libc::sched_param { sched_priority: 0 };
+            // Zeroed, then the one field: musl's sched_param has more
+            // fields than glibc's (the sporadic server's), all zero here.
+            let mut param: libc::sched_param = std::mem::zeroed();
+            param.sched_priority = 0;
             if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
                 failures.push(format!("SCHED_IDLE: {}", std::io::Error::last_os_error()));
             }

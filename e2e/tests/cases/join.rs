@@ -55,7 +55,12 @@ fn the_install_script_installs_a_worker_that_computes_and_refuses_a_tampered_one
     // dist` gives its static build.
     let dist = dir.join("dist");
     std::fs::create_dir_all(&dist).expect("dist dir");
-    std::fs::copy(binary("cobble-worker"), dist.join(BINARY)).expect("copy worker");
+    // COBBLE_TEST_DIST_WORKER names `cargo xtask dist`'s static build, to
+    // test that instead (by hand: building it takes minutes).
+    let worker = std::env::var_os("COBBLE_TEST_DIST_WORKER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| binary("cobble-worker"));
+    std::fs::copy(&worker, dist.join(BINARY)).expect("copy worker");
     let coordinator = Coordinator::start_with(dir, &["--worker-dist", &dist.display().to_string()]);
     let site = coordinator.site();
 
