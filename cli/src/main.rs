@@ -216,7 +216,8 @@ async fn upload_job(connection: &Connection, job: &LocalJob) -> anyhow::Result<p
     })
 }
 
-/// Downloads each done unit's stdout and files into `out/<index>/`. A file
+/// Downloads each done unit's stdout and files into `out/<index>/`, the
+/// reduce unit's into `out/reduce/`. A file
 /// whose name is not a plain relative name (a coordinator from before names
 /// were checked may hold one) is skipped with a warning, so one bad name
 /// never keeps a researcher from the rest of the job's results.
@@ -227,7 +228,7 @@ async fn write_results(
 ) -> anyhow::Result<()> {
     let mut skipped = 0;
     for unit in results.units.iter().filter(|u| u.state == "done") {
-        let dir = out.join(unit.index.to_string());
+        let dir = output::unit_dir(out, unit);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         if let Some(stdout) = &unit.stdout {
             fetch(connection, stdout, &dir.join("stdout")).await?;

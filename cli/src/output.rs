@@ -109,7 +109,8 @@ pub fn print_results(results: &pb::JobResults, out: &Path, as_json: bool) -> any
                     "index": unit.index,
                     "state": unit.state,
                     "args": unit.args,
-                    "dir": (unit.state == "done").then(|| out.join(unit.index.to_string())),
+                    "dir": (unit.state == "done").then(|| unit_dir(out, unit)),
+                    "reduce": unit.reduce,
                     "files": unit.files.iter().map(|f| &f.name).collect::<Vec<_>>(),
                     "error": (!unit.error.is_empty()).then_some(&unit.error),
                     // Several hosts agreed, or one trusted host's word.
@@ -133,7 +134,22 @@ pub fn print_results(results: &pb::JobResults, out: &Path, as_json: bool) -> any
     for unit in results.units.iter().filter(|u| u.state == "errored") {
         println!("  unit {} errored: {}", unit.index, unit.error);
     }
+    if let Some(reduce) = results.units.iter().find(|u| u.reduce && u.state == "done") {
+        println!(
+            "  the job's reduced result (its reduce unit's output): {}",
+            unit_dir(out, reduce).display()
+        );
+    }
     Ok(())
+}
+
+/// Where `cobble results` puts a unit's outputs.
+pub fn unit_dir(out: &Path, unit: &pb::UnitResult) -> std::path::PathBuf {
+    if unit.reduce {
+        out.join("reduce")
+    } else {
+        out.join(unit.index.to_string())
+    }
 }
 
 pub fn print_leaderboard(board: &pb::Leaderboard, as_json: bool) -> anyhow::Result<()> {

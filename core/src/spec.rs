@@ -55,6 +55,15 @@ struct SpecToml {
     validator: Option<ValidatorToml>,
     engine: Option<EngineToml>,
     spot_check: Option<SpotCheckToml>,
+    reduce: Option<ReduceToml>,
+}
+
+/// `[reduce]`: one more unit over every unit's validated output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReduceToml {
+    #[serde(default)]
+    args: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +161,8 @@ pub struct LocalJob {
     /// The module's signature by the project's code-signing key, from
     /// `module_signature` or `<module>.sig`.
     pub module_signature: Option<Vec<u8>>,
+    /// `[reduce] args`: the reduce unit's arguments, when the job has one.
+    pub reduce: Option<Vec<String>>,
 }
 
 impl LocalJob {
@@ -303,6 +314,7 @@ impl LocalJob {
                 .and_then(|e| e.nan_canonicalization)
                 .unwrap_or(true),
             module_signature,
+            reduce: raw.reduce.map(|r| r.args),
         };
         job.check()?;
         Ok(job)
@@ -331,6 +343,7 @@ impl LocalJob {
             &self.limits,
         )?;
         check_validator(&self.validator, false)?;
+        check_reduce(self.reduce.as_deref())?;
         check_known_answers(&self.known_answers, self.known_answer_copies, &self.limits)
     }
 
@@ -376,6 +389,10 @@ impl LocalJob {
             known_answers: self.known_answers.clone(),
             known_answer_copies: self.known_answer_copies,
             module_signature: self.module_signature.clone().unwrap_or_default(),
+            reduce: self
+                .reduce
+                .as_ref()
+                .map(|args| pb::ReduceStep { args: args.clone() }),
         })
     }
 }
@@ -848,7 +865,44 @@ pub fn check_spec(spec: &pb::JobSpec) -> Result<(), Error> {
     spec.validator
         .as_ref()
         .map_or(Ok(()), |v| check_validator(v, true))?;
+    check_reduce(spec.reduce.as_ref().map(|r| r.args.as_slice()))?;
     check_known_answers(&spec.known_answers, spec.known_answer_copies, &limits)
+}
+
+/// Arguments of the reduce unit fewer than which any real assembly step
+/// needs; each at most [`MAX_REDUCE_ARG`] bytes.
+const MAX_REDUCE_ARGS: usize = 256;
+const MAX_REDUCE_ARG: usize = 4096;
+
+/// The reduce unit's arguments: literal (there is one reduce unit, so no
+/// per-unit placeholder means anything), bounded in number and length.
+fn check_reduce(args: Option<&[String]>) -> Result<(), Error> {
+    let Some(args) = args else {
+        return Ok(());
+    };
+    if args.len() > MAX_REDUCE_ARGS {
+        return Err(Error::field(
+            "reduce.args",
+            format!("{} arguments; at most {MAX_REDUCE_ARGS}", args.len()),
+        ));
+    }
+    for arg in args {
+        if arg.len() > MAX_REDUCE_ARG || arg.contains('\0') {
+            return Err(Error::field(
+                "reduce.args",
+                format!("an argument is longer than {MAX_REDUCE_ARG} bytes or holds a NUL"),
+            ));
+        }
+        if let Some(placeholder) = placeholders_in(arg).first() {
+            return Err(Error::field(
+                "reduce.args",
+                format!(
+                    "{placeholder} in {arg:?}: the reduce unit is one unit; its inputs are every unit's outputs under /input/INDEX/"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One work unit as the split rule defines it.

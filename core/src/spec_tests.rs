@@ -477,3 +477,41 @@ fn a_module_signature_comes_from_the_spec_or_beside_the_module() {
     let error = check_spec(&spec).expect_err("short signature");
     assert!(error.to_string().contains("64 bytes"), "{error}");
 }
+
+#[test]
+fn a_reduce_step_is_literal_and_bounded() {
+    let dir = fixture();
+    let text = format!("{VALID}[reduce]\nargs = [\"assemble\", \"/input\"]\n");
+    let job = LocalJob::parse(&text, dir.path()).expect("valid");
+    let spec = spec_of(&job, 1);
+    assert_eq!(
+        spec.reduce.as_ref().map(|r| r.args.clone()),
+        Some(vec!["assemble".to_string(), "/input".to_string()])
+    );
+    check_spec(&spec).expect("the coordinator accepts it");
+    assert!(
+        spec_of(&LocalJob::parse(VALID, dir.path()).expect("valid"), 1)
+            .reduce
+            .is_none()
+    );
+    check(
+        "deadline_s = 60\n",
+        "deadline_s = 60\n[reduce]\nargs = [\"{index}\"]\n",
+        &["reduce.args", "{index}", "one unit"],
+    );
+    check(
+        "deadline_s = 60\n",
+        "deadline_s = 60\n[reduce]\nmodule = \"x.wasm\"\n",
+        &["unknown field", "module"],
+    );
+    // Over the wire, the coordinator checks again.
+    let mut hostile = spec.clone();
+    hostile.reduce = Some(pb::ReduceStep {
+        args: vec!["x".into(); 1000],
+    });
+    assert!(check_spec(&hostile).is_err_and(|e| e.to_string().contains("at most 256")));
+    hostile.reduce = Some(pb::ReduceStep {
+        args: vec!["y".repeat(5000)],
+    });
+    assert!(check_spec(&hostile).is_err_and(|e| e.to_string().contains("reduce.args")));
+}

@@ -487,7 +487,14 @@ impl Worker {
             let cached = self
                 .ensure_blob(blob, lease_id, manifest.deadline_ms)
                 .await?;
-            link_input(&cached, &input_dir.join(&input.name))?;
+            // Names were checked with the signature (`is_input_path`):
+            // relative, plain parts; a reduce unit's are `INDEX/NAME`.
+            let target = input_dir.join(&input.name);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(Error::io(format!("creating {}", parent.display())))?;
+            }
+            link_input(&cached, &target)?;
         }
         let sandbox = if manifest.nan_canonicalization_off {
             &self.sandbox_fast_nans

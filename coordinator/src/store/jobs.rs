@@ -55,7 +55,9 @@ impl Store {
         .bind(i64::from(replication.target_results))
         .bind(i64::from(replication.max_total_results))
         .bind(i64::from(limits.deadline_s))
-        .bind(units.len() as i64)
+        // The reduce unit counts from the start: a job is not 100% done
+        // before it is.
+        .bind(units.len() as i64 + i64::from(spec.reduce.is_some()))
         .bind(now)
         .bind(spec.module.as_ref().map(|m| m.hash.clone()).unwrap_or_default())
         .bind(i64::from(replication.adaptive.unwrap_or(true)))
@@ -297,7 +299,7 @@ impl Store {
         // retention clock starts (`retention.rs`).
         self.note_collected(job_id).await?;
         let rows = sqlx::query(
-            "SELECT u.idx, u.state, u.payload, u.error, u.replicated, r.output
+            "SELECT u.idx, u.state, u.payload, u.error, u.replicated, u.is_reduce, r.output
              FROM units u LEFT JOIN results r ON r.id = u.canonical_result_id
              WHERE u.job_id = $1 AND u.known_digest IS NULL ORDER BY u.idx",
         )
@@ -318,7 +320,7 @@ impl Store {
     /// outputs once done); None if the job has no such unit.
     pub async fn unit_result(&self, job_id: i64, index: i64) -> Result<Option<pb::UnitResult>> {
         let row = sqlx::query(
-            "SELECT u.idx, u.state, u.payload, u.error, u.replicated, r.output
+            "SELECT u.idx, u.state, u.payload, u.error, u.replicated, u.is_reduce, r.output
              FROM units u LEFT JOIN results r ON r.id = u.canonical_result_id
              WHERE u.job_id = $1 AND u.idx = $2 AND u.known_digest IS NULL",
         )
@@ -436,7 +438,8 @@ pub(super) async fn insert_unsent(
     Ok(())
 }
 
-/// A row of `idx, state, payload, error, replicated, output` as a result.
+/// A row of `idx, state, payload, error, replicated, is_reduce, output`
+/// as a result.
 fn unit_result_of(row: &sqlx::any::AnyRow) -> Result<pb::UnitResult> {
     let payload: Vec<u8> = row.try_get("payload")?;
     let payload = pb::Manifest::decode(payload.as_slice())
@@ -460,5 +463,6 @@ fn unit_result_of(row: &sqlx::any::AnyRow) -> Result<pb::UnitResult> {
             .unwrap_or_default(),
         args: payload.args,
         replicated: row.try_get::<Option<i64>, _>("replicated")? == Some(1),
+        reduce: row.try_get::<i64, _>("is_reduce")? == 1,
     })
 }

@@ -660,6 +660,9 @@ impl Store {
         if running.is_none() || pending.is_some() {
             return Ok(false);
         }
+        if !self.reduce_ready_in(tx, job_id, now).await? {
+            return Ok(false);
+        }
         // Known-answer units check hosts only while the job runs.
         sqlx::query(
             "UPDATE results SET state = 'aborted' WHERE state = 'unsent' AND unit_id IN (
@@ -683,6 +686,159 @@ impl Store {
             .await?;
         tracing::info!(job_id, "job done");
         Ok(true)
+    }
+
+    /// Whether a job none of whose units is pending may end, as far as its
+    /// `[reduce]` step goes. With one, and every unit done: first every
+    /// unit accepted from a single trusted host is checked by a quorum
+    /// (a reduce must not rest on one host's word, which a later catch
+    /// could overturn), then the reduce unit is made, its inputs every
+    /// unit's canonical stdout and files under `INDEX/`, and issued like
+    /// any other. The job ends when it is done or errored. A unit that
+    /// errored means no reduce: it would assemble a partial result.
+    async fn reduce_ready_in(&self, tx: &mut Tx, job_id: i64, now: i64) -> Result<bool> {
+        let spec: Vec<u8> = sqlx::query_scalar("SELECT spec FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        let spec = pb::JobSpec::decode(spec.as_slice())
+            .map_err(|e| Error::Corrupt(format!("job spec: {e}")))?;
+        let Some(reduce) = spec.reduce else {
+            return Ok(true);
+        };
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT state FROM units WHERE job_id = $1 AND is_reduce = 1")
+                .bind(job_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if let Some(state) = existing {
+            return Ok(state != "pending");
+        }
+        let rows = sqlx::query(
+            "SELECT u.id, u.idx, u.state, u.replicated, j.min_quorum, j.module_hash, r.output
+             FROM units u JOIN jobs j ON j.id = u.job_id
+             LEFT JOIN results r ON r.id = u.canonical_result_id
+             WHERE u.job_id = $1 AND u.known_digest IS NULL AND u.is_reduce = 0
+             ORDER BY u.idx",
+        )
+        .bind(job_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        if rows
+            .iter()
+            .any(|row| row.try_get::<String, _>("state").is_ok_and(|s| s != "done"))
+        {
+            return Ok(true);
+        }
+        let mut checking = false;
+        for row in &rows {
+            if row.try_get::<Option<i64>, _>("replicated")? == Some(0) {
+                let unit_id: i64 = row.try_get("id")?;
+                let quorum = row.try_get::<i64, _>("min_quorum")?.max(2);
+                let module: Vec<u8> = row.try_get("module_hash")?;
+                self.check_again_in(tx, unit_id, quorum, &module, now)
+                    .await?;
+                checking = true;
+            }
+        }
+        if checking {
+            return Ok(false);
+        }
+        let mut inputs = Vec::new();
+        for row in &rows {
+            let index: i64 = row.try_get("idx")?;
+            let output: Option<Vec<u8>> = row.try_get("output")?;
+            let output = pb::Success::decode(output.unwrap_or_default().as_slice())
+                .map_err(|e| Error::Corrupt(format!("result output: {e}")))?;
+            let files = output
+                .stdout
+                .map(|blob| ("stdout".to_string(), blob))
+                .into_iter()
+                .chain(
+                    output
+                        .files
+                        .into_iter()
+                        .filter_map(|f| f.blob.map(|blob| (f.name, blob))),
+                );
+            for (name, mut blob) in files {
+                // Outputs carry no chunk list: workers fetch them whole
+                // from the coordinator, checked against their hash.
+                blob.chunk_root.clear();
+                inputs.push(pb::NamedBlob {
+                    name: format!("{index}/{name}"),
+                    blob: Some(blob),
+                });
+            }
+        }
+        let bad_name = inputs
+            .iter()
+            .find(|i| !cobble_core::manifest::is_input_path(&i.name))
+            .map(|i| i.name.clone());
+        let payload = pb::Manifest {
+            args: reduce.args,
+            inputs,
+            ..Default::default()
+        };
+        let unit_id: i64 = sqlx::query_scalar(
+            "INSERT INTO units (job_id, idx, payload, state, created_ms, is_reduce)
+             VALUES ($1, (SELECT COALESCE(MAX(idx), -1) + 1 FROM units WHERE job_id = $1), $2, 'pending', $3, 1)
+             RETURNING id",
+        )
+        .bind(job_id)
+        .bind(payload.encode_to_vec())
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+        if let Some(name) = bad_name {
+            let reason = format!(
+                "reduce: output {name:?} cannot be an input (at most 3 levels under /input/INDEX/, plain names)"
+            );
+            sqlx::query(
+                "UPDATE units SET state = 'errored', error = $1, finished_ms = $2 WHERE id = $3",
+            )
+            .bind(&reason)
+            .bind(now)
+            .bind(unit_id)
+            .execute(&mut **tx)
+            .await?;
+            tracing::warn!(job_id, %reason, "no reduce unit");
+            return Ok(true);
+        }
+        super::jobs::insert_unsent(tx, unit_id, now, super::jobs::READY_NOW).await?;
+        self.notify_work_added();
+        tracing::info!(job_id, unit_id, units = rows.len(), "reduce unit made");
+        Ok(false)
+    }
+
+    /// Puts a unit accepted from one host back to a quorum's check, as a
+    /// caught host's are (`reverify_host_in`).
+    async fn check_again_in(
+        &self,
+        tx: &mut Tx,
+        unit_id: i64,
+        quorum: i64,
+        module: &[u8],
+        now: i64,
+    ) -> Result<()> {
+        let canonical: Option<i64> = sqlx::query_scalar(
+            "UPDATE units SET state = 'pending', quorum = $1, replicated = NULL, finished_ms = NULL
+             WHERE id = $2 AND state = 'done' RETURNING canonical_result_id",
+        )
+        .bind(quorum)
+        .bind(unit_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .flatten();
+        if let Some(result_id) = canonical {
+            sqlx::query("UPDATE results SET validate_state = 'pending' WHERE id = $1")
+                .bind(result_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        self.add_replicas_in(tx, unit_id, module, quorum as u32, Reserve::Always, now)
+            .await?;
+        self.notify_work_added();
+        Ok(())
     }
 
     /// Ends the running jobs with no pending unit left: those two last

@@ -90,6 +90,8 @@ pub(super) struct JobJson {
 #[derive(Serialize)]
 pub(super) struct UnitOutputs {
     index: u32,
+    /// The job's reduce unit: its output is the assembled result.
+    reduce: bool,
     args: String,
     files: Vec<OutputLink>,
 }
@@ -143,10 +145,13 @@ async fn job(
         .await
         .map_err(Failure::from_error)?;
     let mut previews = 0;
-    let outputs = results
-        .units
-        .iter()
-        .filter(|u| u.state == "done")
+    // The reduce unit's output, the job's assembled result, comes first
+    // (and so gets its preview, whatever the units wrote).
+    let mut done: Vec<&pb::UnitResult> =
+        results.units.iter().filter(|u| u.state == "done").collect();
+    done.sort_by_key(|u| !u.reduce);
+    let outputs = done
+        .into_iter()
         .map(|unit| {
             let mut files = Vec::new();
             if let Some(stdout) = &unit.stdout {
@@ -158,6 +163,7 @@ async fn job(
             }
             UnitOutputs {
                 index: unit.index,
+                reduce: unit.reduce,
                 args: unit.args.join(" "),
                 files,
             }

@@ -195,6 +195,7 @@ pub(super) async fn job_spec(
         known_answers: Vec::new(),
         known_answer_copies: 0,
         module_signature: Vec::new(),
+        reduce: None,
     }
 }
 
@@ -452,6 +453,87 @@ async fn units_error_out_after_max_total_results() {
         assert!(
             status.last_unit_error.starts_with("unit 0: no quorum"),
             "{status:?}"
+        );
+        backend.cleanup().await;
+    }
+}
+
+/// A job with `[reduce]`: once both units are agreed, one more unit is
+/// issued whose inputs are their canonical outputs under `INDEX/`, and the
+/// job ends only when it is agreed too. A job whose unit errored gets no
+/// reduce unit.
+#[tokio::test]
+async fn a_reduce_unit_assembles_the_agreed_outputs_and_only_those() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let mut spec = job_spec(store, 2, (2, 2, 2), 600, None).await;
+        spec.reduce = Some(pb::ReduceStep {
+            args: vec!["assemble".into(), "/input".into()],
+        });
+        let owner = owner(store).await;
+        let job = store.submit_job(&spec, &owner).await.expect("submit").0;
+        let hosts = [attach(store, "a").await, attach(store, "b").await];
+        for _ in 0..2 {
+            for host in hosts {
+                let manifest = take_one(store, host).await.expect("a unit");
+                let answer =
+                    success(store, format!("tile {}", manifest.args[0]).as_bytes(), 10).await;
+                report(store, host, &manifest.lease_id, answer)
+                    .await
+                    .expect("report");
+            }
+        }
+        let status = store.job_status(job).await.expect("status");
+        assert_eq!(
+            (status.state.as_str(), status.units_total, status.units_done),
+            ("running", 3, 2),
+            "the reduce unit counts from the start: {status:?}"
+        );
+        let mut reduce_inputs = Vec::new();
+        for host in hosts {
+            let manifest = take_one(store, host).await.expect("the reduce unit");
+            assert_eq!(manifest.args, ["assemble", "/input"]);
+            reduce_inputs = manifest
+                .inputs
+                .iter()
+                .map(|i| (i.name.clone(), i.blob.as_ref().map(|b| b.hash.clone())))
+                .collect();
+            let answer = success(store, b"assembled", 10).await;
+            report(store, host, &manifest.lease_id, answer)
+                .await
+                .expect("report");
+        }
+        let names: Vec<&str> = reduce_inputs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["0/stdout", "1/stdout"]);
+        let status = store.job_status(job).await.expect("status");
+        assert_eq!((status.state.as_str(), status.units_done), ("done", 3));
+        let results = store.job_results(job).await.expect("results");
+        let reduce: Vec<_> = results.units.iter().filter(|u| u.reduce).collect();
+        assert_eq!(reduce.len(), 1, "{results:?}");
+        assert_eq!(reduce[0].index, 2);
+
+        // One unit that never agrees: errored, so no reduce unit.
+        let mut spec = job_spec(store, 1, (2, 2, 2), 600, None).await;
+        spec.reduce = Some(pb::ReduceStep { args: vec![] });
+        let failed = store.submit_job(&spec, &owner).await.expect("submit").0;
+        for (i, host) in hosts.iter().enumerate() {
+            let manifest = take_one(store, *host).await.expect("a replica");
+            let answer = success(store, format!("disagree {i}").as_bytes(), 10).await;
+            report(store, *host, &manifest.lease_id, answer)
+                .await
+                .expect("report");
+        }
+        let status = store.job_status(failed).await.expect("status");
+        assert_eq!(
+            (status.state.as_str(), status.units_errored),
+            ("done", 1),
+            "{status:?}"
+        );
+        let results = store.job_results(failed).await.expect("results");
+        assert!(results.units.iter().all(|u| !u.reduce), "{results:?}");
+        assert!(
+            take_one(store, hosts[0]).await.is_none(),
+            "nothing more to do"
         );
         backend.cleanup().await;
     }

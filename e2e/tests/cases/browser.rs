@@ -56,8 +56,20 @@ fn a_visitor_sees_the_leaderboard_profiles_and_a_finished_job() {
         )
     })
     .collect();
-    let (done, status) = coordinator.wait_done(&job, Duration::from_secs(240));
-    assert!(done, "{status}");
+    // A small Mandelbrot zoom whose reduce unit assembles the PNG.
+    let zoom = coordinator.submit(&write_job(
+        &dir.join("zoom"),
+        cobble_unit_artifacts::MANDELBROT,
+        "mandelbrot.wasm",
+        "name = \"zoom\"\nmodule = \"mandelbrot.wasm\"\n\
+         args = [\"render\", \"{index}\", \"2\", \"2\", \"160\", \"120\", \"-0.7436\", \"0.1318\", \"0.00003\", \"400\"]\n\
+         [split]\nrange = { start = 0, end = 4, per_unit = 1 }\n\
+         [reduce]\nargs = [\"assemble\", \"/input\", \"2\", \"2\", \"/output/zoom.png\"]\n",
+    ));
+    for job in [&job, &zoom] {
+        let (done, status) = coordinator.wait_done(job, Duration::from_secs(240));
+        assert!(done, "{status}");
+    }
     let cli: Value =
         serde_json::from_str(&coordinator.cli_ok(&["leaderboard", "--json"])).expect("json");
     let expected: Vec<String> = cli["entries"]
@@ -126,6 +138,41 @@ fn a_visitor_sees_the_leaderboard_profiles_and_a_finished_job() {
     );
     assert!(browser.text(&browser.find("main")).contains("100%"));
     browser.screenshot(&shots.join("job.png"));
+
+    // The researcher signs in with their token and sees the Mandelbrot
+    // job's assembled picture (the reduce unit's output) load.
+    browser.goto(&format!("{site}/login?next=/jobs/{zoom}"));
+    browser.fill(
+        &browser.find("input[name=token]"),
+        &coordinator.researcher_token(),
+    );
+    browser.click(&browser.find("form button[type=submit]"));
+    assert!(
+        browser.current_url().ends_with(&format!("/jobs/{zoom}")),
+        "{}",
+        browser.current_url()
+    );
+    let preview = browser.find("img.preview[alt^='zoom.png']");
+    let loaded = wait_until(Duration::from_secs(10), || {
+        browser
+            .property(&preview, "naturalWidth")
+            .as_u64()
+            .is_some_and(|w| w > 0)
+    });
+    assert!(
+        loaded,
+        "the assembled PNG did not load: {}",
+        browser.source()
+    );
+    assert_eq!(
+        browser.property(&preview, "naturalWidth").as_u64(),
+        Some(160)
+    );
+    assert_eq!(
+        browser.property(&preview, "naturalHeight").as_u64(),
+        Some(120)
+    );
+    browser.screenshot(&shots.join("job-mandelbrot.png"));
 
     // On a phone's width the navigation and the list still fit.
     browser.phone(390, 844);

@@ -1,50 +1,58 @@
 //! Floating-point work through the whole platform: replicas on two hosts
 //! agree bit for bit (wasmtime's deterministic settings), for Mandelbrot
-//! tiles (assembled into a PNG) and for Monte Carlo sums using libm's exp,
-//! the latter with NaN canonicalization turned off as its job allows.
+//! tiles (assembled into a PNG by the job's reduce unit, on the hosts) and
+//! for Monte Carlo sums using libm's exp, the latter with NaN
+//! canonicalization turned off as its job allows.
 
 use cobble_e2e::{Coordinator, start_volunteers, write_job};
 use std::process::Command;
 use std::time::Duration;
 
-/// Submits a four-unit job with a quorum of two, runs it on two volunteers
-/// and checks that every replica agreed bit for bit.
-fn run_four_units_on_two_hosts(
+/// Submits a job with a quorum of two, runs it on two volunteers and
+/// checks that every replica agreed bit for bit: `units` units, two valid
+/// results each.
+fn run_on_two_hosts(
     coordinator: &Coordinator,
     dir: &std::path::Path,
     module: &str,
     module_name: &str,
     spec: &str,
+    units: u32,
 ) -> (String, Vec<cobble_e2e::Process>) {
     let job = coordinator.submit(&write_job(dir, module, module_name, spec));
     let volunteers = start_volunteers(coordinator, dir, &["one", "two"]);
     let (done, status) = coordinator.wait_done(&job, Duration::from_secs(120));
     assert!(
-        done && status.contains("8 valid") && status.contains("0 invalid"),
+        done && status.contains(&format!("{} valid", units * 2)) && status.contains("0 invalid"),
         "{status}"
     );
     (job, volunteers)
 }
 
 #[test]
-fn mandelbrot_tiles_agree_across_hosts_and_assemble_into_a_png() {
+fn mandelbrot_tiles_agree_across_hosts_and_the_reduce_unit_assembles_the_png() {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path();
     let coordinator = Coordinator::start(dir);
     let spec = "name = \"zoom\"\nmodule = \"mandelbrot.wasm\"\n\
         args = [\"render\", \"{index}\", \"2\", \"2\", \"240\", \"160\", \"-0.7436\", \"0.1318\", \"0.00002\", \"800\"]\n\
         [split]\nrange = { start = 0, end = 4, per_unit = 1 }\n\
-        [replication]\nmin_quorum = 2\ntarget_results = 2\n";
-    let (job, _volunteers) = run_four_units_on_two_hosts(
+        [replication]\nmin_quorum = 2\ntarget_results = 2\n\
+        [reduce]\nargs = [\"assemble\", \"/input\", \"2\", \"2\", \"/output/zoom.png\"]\n";
+    // Four tiles and the reduce unit, each agreed by both hosts.
+    let (job, _volunteers) = run_on_two_hosts(
         &coordinator,
         dir,
         cobble_unit_artifacts::MANDELBROT,
         "mandelbrot.wasm",
         spec,
+        5,
     );
 
     let out = dir.join("results");
-    coordinator.cli_ok(&["results", &job, "--out", out.to_str().expect("utf-8")]);
+    let listed = coordinator.cli_ok(&["results", &job, "--out", out.to_str().expect("utf-8")]);
+    assert!(listed.contains("reduce"), "{listed}");
+    // The same tiles assembled here, natively, give the same bytes.
     let png = dir.join("zoom.png");
     let assembled = Command::new(cobble_unit_artifacts::MANDELBROT_NATIVE)
         .args([
@@ -68,6 +76,11 @@ fn mandelbrot_tiles_agree_across_hosts_and_assemble_into_a_png() {
         &[0, 0, 0, 240, 0, 0, 0, 160],
         "240x160 pixels"
     );
+    let reduced = std::fs::read(out.join("reduce/zoom.png")).expect("the reduce unit's PNG");
+    assert_eq!(
+        reduced, bytes,
+        "the reduce unit's PNG is the native assembly's"
+    );
 }
 
 #[test]
@@ -78,12 +91,13 @@ fn monte_carlo_replicas_agree_bit_for_bit() {
     let spec = "name = \"mc\"\nmodule = \"montecarlo.wasm\"\nargs = [\"{index}\", \"300000\"]\n\
         [split]\nrange = { start = 0, end = 4, per_unit = 1 }\n\
         [replication]\nmin_quorum = 2\ntarget_results = 2\n[engine]\nnan_canonicalization = false\n";
-    let (_job, _volunteers) = run_four_units_on_two_hosts(
+    let (_job, _volunteers) = run_on_two_hosts(
         &coordinator,
         dir,
         cobble_unit_artifacts::MONTECARLO,
         "montecarlo.wasm",
         spec,
+        4,
     );
 }
 

@@ -192,6 +192,9 @@ fn render_tile(args: &[&str]) -> Result<(), String> {
 
 fn assemble(dir: &str, tiles_x: &str, tiles_y: &str, out: &str) -> Result<(), String> {
     let (tiles_x, tiles_y): (u32, u32) = (number(tiles_x, "TILES_X")?, number(tiles_y, "TILES_Y")?);
+    if tiles_x == 0 || tiles_y == 0 {
+        return Err("TILES_X and TILES_Y must be at least 1".into());
+    }
     let mut tiles = Vec::new();
     for index in 0..tiles_x * tiles_y {
         let path = std::path::Path::new(dir)
