@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::store::Store;
 use crate::store::site::{
     Board, DayPoint, ListQuery, MAX_PAGE, MAX_PER_PAGE, Profile, ProjectCounters, Ranked,
-    RankedPage, Ranking, ServerStatus,
+    RankedPage, Ranking, ServerStatus, Standings,
 };
 use crate::store::stats_export::EXPORT_FILES;
 use askama::Template;
@@ -57,31 +57,60 @@ struct Site {
     started: Instant,
     counters: Arc<Cached<ProjectCounters>>,
     status: Arc<Cached<ServerStatus>>,
+    /// Each board's credit order, for profiles' ranks.
+    standings: Arc<[Cached<Standings>; 3]>,
     lists: Arc<ListCache>,
 }
 
 /// Pages of lists by their query, with when each was read.
 type ListCache = Mutex<HashMap<String, (Instant, Arc<RankedPage>)>>;
 
-/// One value, recomputed when older than [`FRESH_FOR`].
-struct Cached<T>(Mutex<Option<(Instant, Arc<T>)>>);
+/// One value, recomputed when older than [`FRESH_FOR`]. One request
+/// recomputes it while the others are served the value it replaces, so an
+/// expiry under load costs one query, not one per waiting request.
+struct Cached<T> {
+    value: Mutex<Option<(Instant, Arc<T>)>>,
+    loading: tokio::sync::Mutex<()>,
+}
 
 impl<T> Cached<T> {
     fn new() -> Self {
-        Cached(Mutex::new(None))
+        Cached {
+            value: Mutex::new(None),
+            loading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn current(&self) -> Option<(Instant, Arc<T>)> {
+        self.value.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     async fn get<F>(&self, load: F) -> Result<Arc<T>, Error>
     where
         F: Future<Output = Result<T, Error>>,
     {
-        if let Some((at, value)) = &*self.0.lock().unwrap_or_else(|p| p.into_inner())
-            && at.elapsed() < FRESH_FOR
-        {
-            return Ok(value.clone());
-        }
+        let stale = match self.current() {
+            Some((at, value)) if at.elapsed() < FRESH_FOR => return Ok(value),
+            other => other.map(|(_, value)| value),
+        };
+        let _loading = match (self.loading.try_lock(), stale) {
+            (Ok(guard), _) => guard,
+            // Someone is loading it: the previous value will do.
+            (Err(_), Some(stale)) => return Ok(stale),
+            // Nothing to serve yet: wait for the first load, then use it.
+            (Err(_), None) => {
+                let guard = self.loading.lock().await;
+                if let Some((at, value)) = self.current()
+                    && at.elapsed() < FRESH_FOR
+                {
+                    return Ok(value);
+                }
+                guard
+            }
+        };
         let value = Arc::new(load.await?);
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), value.clone()));
+        *self.value.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), value.clone()));
         Ok(value)
     }
 }
@@ -94,6 +123,7 @@ pub fn router(store: Store, info: SiteInfo) -> axum::Router {
         started: Instant::now(),
         counters: Arc::new(Cached::new()),
         status: Arc::new(Cached::new()),
+        standings: Arc::new([Cached::new(), Cached::new(), Cached::new()]),
         lists: Arc::default(),
     };
     axum::Router::new()
@@ -554,8 +584,17 @@ async fn profile_of(site: &Site, board: &str, id: &str) -> Result<Profile, Failu
         )
     };
     let id: i64 = id.parse().map_err(|_| missing())?;
+    let slot = match board {
+        Board::Users => 0,
+        Board::Teams => 1,
+        Board::Hosts => 2,
+    };
+    let standings = site.standings[slot]
+        .get(site.store.standings(board))
+        .await
+        .map_err(Failure::from_error)?;
     site.store
-        .profile(board, id)
+        .profile(board, id, &standings)
         .await
         .map_err(Failure::from_error)?
         .ok_or_else(missing)

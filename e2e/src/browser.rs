@@ -155,6 +155,38 @@ impl Browser {
             .unwrap_or_else(|| panic!("no {css} on {}:\n{}", self.current_url(), self.source()))
     }
 
+    /// The first element matching `css` once there is one: after a click
+    /// that navigates, the next page may not have loaded when the click
+    /// returns. Panics with the page's source after 10 s.
+    pub fn wait_for(&self, css: &str) -> Element {
+        let mut found = None;
+        wait_until(Duration::from_secs(10), || {
+            found = self.find_all(css).into_iter().next();
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no {css} on {}:\n{}", self.current_url(), self.source()))
+    }
+
+    /// The text of the first element matching `css` on the page shown
+    /// now, read in the page (never a stale reference to one before it).
+    pub fn text_of(&self, css: &str) -> Option<String> {
+        let script = format!(
+            "const e = document.querySelector({}); return e ? e.innerText : null;",
+            serde_json::to_string(css).unwrap_or_default()
+        );
+        self.execute(&script).as_str().map(str::to_string)
+    }
+
+    /// Waits until the page shown is at a URL for which `at` holds.
+    pub fn wait_for_url(&self, at: impl Fn(&str) -> bool) -> String {
+        let mut url = String::new();
+        wait_until(Duration::from_secs(10), || {
+            url = self.current_url();
+            at(&url)
+        });
+        url
+    }
+
     pub fn text(&self, element: &Element) -> String {
         self.session_call("GET", &format!("/element/{}/text", element.0), None)
             .as_str()

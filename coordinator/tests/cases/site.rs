@@ -195,8 +195,9 @@ async fn ranked_lists_agree_with_credit_and_rac_as_of_now() {
             .await
             .expect("history");
         }
+        let standings = store.standings(Board::Users).await.expect("standings");
         let profile = store
-            .profile(Board::Users, ada)
+            .profile(Board::Users, ada, &standings)
             .await
             .expect("profile")
             .expect("ada");
@@ -214,7 +215,11 @@ async fn ranked_lists_agree_with_credit_and_rac_as_of_now() {
         assert_eq!(profile.members.len(), 1, "ada's one host");
         assert!(
             store
-                .profile(Board::Hosts, 999_999)
+                .profile(
+                    Board::Hosts,
+                    999_999,
+                    &store.standings(Board::Hosts).await.expect("standings")
+                )
                 .await
                 .expect("none")
                 .is_none()

@@ -27,6 +27,14 @@ fn listed_names(browser: &Browser) -> Vec<String> {
         .collect()
 }
 
+/// Opens the local page and holds it still: it reloads itself every 5 s
+/// unless someone is typing, and a reload between finding a button or a
+/// field and using it would leave a stale reference.
+fn open_still(browser: &Browser, page: &str) {
+    browser.goto(page);
+    browser.execute("editing = true; return null;");
+}
+
 #[test]
 fn a_visitor_sees_the_leaderboard_profiles_and_a_finished_job() {
     let temp = tempfile::tempdir().expect("temp dir");
@@ -99,12 +107,9 @@ fn a_visitor_sees_the_leaderboard_profiles_and_a_finished_job() {
     // day they earned credit (today).
     let first = browser.find("table tbody tr td:nth-child(2) a");
     browser.click(&first);
-    assert!(
-        browser.current_url().contains("/users/"),
-        "{}",
-        browser.current_url()
-    );
-    assert_eq!(browser.text(&browser.find("h1")), expected[0]);
+    let url = browser.wait_for_url(|u| u.contains("/users/"));
+    assert!(url.contains("/users/"), "{url}");
+    assert_eq!(browser.text_of("h1").as_deref(), Some(expected[0].as_str()));
     let points = browser.find_all(".chart svg circle.day");
     assert_eq!(points.len(), 1, "one day of credit, one point");
     browser.screenshot(&shots.join("user.png"));
@@ -113,8 +118,9 @@ fn a_visitor_sees_the_leaderboard_profiles_and_a_finished_job() {
     let team_link = browser.find_all("main a[href^='/teams/']");
     let team_link = team_link.first().expect("the user page links the team");
     browser.click(team_link);
-    assert!(browser.current_url().contains("/teams/"));
-    let team_name = browser.text(&browser.find("h1"));
+    let url = browser.wait_for_url(|u| u.contains("/teams/"));
+    assert!(url.contains("/teams/"), "{url}");
+    let team_name = browser.text_of("h1").unwrap_or_default();
     let mut members = listed_names(&browser);
     members.sort();
     let mut expected_members: Vec<&str> = match team_name.as_str() {
@@ -147,12 +153,9 @@ fn a_visitor_sees_the_leaderboard_profiles_and_a_finished_job() {
         &coordinator.researcher_token(),
     );
     browser.click(&browser.find("form button[type=submit]"));
-    assert!(
-        browser.current_url().ends_with(&format!("/jobs/{zoom}")),
-        "{}",
-        browser.current_url()
-    );
-    let preview = browser.find("img.preview[alt^='zoom.png']");
+    let url = browser.wait_for_url(|u| u.ends_with(&format!("/jobs/{zoom}")));
+    assert!(url.ends_with(&format!("/jobs/{zoom}")), "{url}");
+    let preview = browser.wait_for("img.preview[alt^='zoom.png']");
     let loaded = wait_until(Duration::from_secs(10), || {
         browser
             .property(&preview, "naturalWidth")
@@ -198,7 +201,7 @@ fn the_local_page_pause_button_stops_the_unit_and_resume_restarts_it() {
     let status = || cobble_e2e::worker_status(&worker_dir);
 
     let browser = Browser::start();
-    browser.goto(&page);
+    open_still(&browser, &page);
     browser.screenshot(&screenshot_dir().join("local-running.png"));
     let button = |label: &str| {
         browser
@@ -222,10 +225,11 @@ fn the_local_page_pause_button_stops_the_unit_and_resume_restarts_it() {
     let held = progress();
     std::thread::sleep(Duration::from_secs(2));
     assert!(progress() <= held + 1e-9, "the unit moved while paused");
-    browser.goto(&page);
+    open_still(&browser, &page);
     assert!(
         browser
-            .text(&browser.find(".state"))
+            .text_of(".state")
+            .unwrap_or_default()
             .starts_with("Paused by you"),
         "{}",
         browser.source()
@@ -247,10 +251,14 @@ fn the_local_page_pause_button_stops_the_unit_and_resume_restarts_it() {
     // Preferences: a value prefs.toml would refuse is refused with its
     // message and nothing is written; a good one is saved.
     let prefs_file = worker_dir.join("prefs.toml");
-    browser.goto(&page);
+    open_still(&browser, &page);
     browser.fill(&browser.find("input[name=disk_max_used_gb]"), "0");
     browser.click(&button("Save preferences"));
-    let message = browser.text(&browser.find(".message"));
+    let mut message = String::new();
+    wait_until(Duration::from_secs(10), || {
+        message = browser.text_of(".message").unwrap_or_default();
+        !message.is_empty()
+    });
     assert!(
         message.contains("disk_max_used_gb = 0: must be at least 0.05 (50 MB)"),
         "{message}"
@@ -260,7 +268,10 @@ fn the_local_page_pause_button_stops_the_unit_and_resume_restarts_it() {
     assert_eq!(kept.as_str(), Some("0"), "the form keeps what was typed");
     browser.fill(&browser.find("input[name=disk_max_used_gb]"), "5");
     browser.click(&button("Save preferences"));
-    let message = browser.text(&browser.find(".message"));
+    wait_until(Duration::from_secs(10), || {
+        message = browser.text_of(".message").unwrap_or_default();
+        message.starts_with("Saved to")
+    });
     assert!(message.starts_with("Saved to"), "{message}");
     browser.screenshot(&screenshot_dir().join("local-prefs-saved.png"));
     let saved = std::fs::read_to_string(&prefs_file).expect("prefs.toml written");
@@ -277,7 +288,7 @@ fn the_local_page_pause_button_stops_the_unit_and_resume_restarts_it() {
 
     // Finish, then stop: the units in hand are completed and reported, and
     // no other unit is fetched, though the job has more.
-    browser.goto(&page);
+    open_still(&browser, &page);
     let in_hand: std::collections::BTreeSet<i64> = status()
         .map(|s| s.tasks.iter().map(|t| t.unit_id).collect())
         .unwrap_or_default();
@@ -305,13 +316,14 @@ fn the_local_page_pause_button_stops_the_unit_and_resume_restarts_it() {
         seen.len() <= in_hand.len() + 2,
         "units fetched after Finish: {seen:?} against {in_hand:?} in hand"
     );
-    browser.goto(&page);
+    open_still(&browser, &page);
     assert!(
         browser
-            .text(&browser.find(".state"))
+            .text_of(".state")
+            .unwrap_or_default()
             .starts_with("Finished"),
         "{}",
-        browser.text(&browser.find(".state"))
+        browser.text_of(".state").unwrap_or_default()
     );
     browser.screenshot(&screenshot_dir().join("local-finished.png"));
 }
