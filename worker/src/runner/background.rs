@@ -228,11 +228,6 @@ impl StatusWriter {
             let tasks = self.worker.tasks.snapshot();
             let idle = tasks.is_empty();
             self.has_work.store(!idle, Ordering::Relaxed);
-            let credit = self
-                .credit
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
             let status = Status {
                 pid: std::process::id(),
                 coordinator: self.coordinator.clone(),
@@ -243,11 +238,11 @@ impl StatusWriter {
                 suspended,
                 finishing: self.worker.finishing.load(Ordering::Relaxed),
                 tasks,
-                credit: credit.clone(),
-                credit_today: credit.as_ref().map(|c| {
-                    let day = cobble_core::now_ms().div_euclid(86_400_000);
-                    crate::status::credit_today(&self.data_dir, day, c.total)
-                }),
+                credit: self
+                    .credit
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
                 transfers: self.worker.transfers.counts(),
             };
             if written.as_ref() != Some(&status) {
