@@ -48,6 +48,18 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// `cobble-worker exec`, its compiled-module cache under the target
+/// directory rather than the user's home.
+pub fn worker_exec() -> Command {
+    let worker = binary("cobble-worker");
+    let mut command = Command::new(&worker);
+    command.arg("exec");
+    if let Some(profile_dir) = worker.parent() {
+        command.env("XDG_CACHE_HOME", profile_dir.join("exec-cache"));
+    }
+    command
+}
+
 /// A running process that is killed when dropped, with its stderr in a file.
 pub struct Process {
     pub child: Child,

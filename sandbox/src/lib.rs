@@ -11,14 +11,16 @@
 mod clock;
 pub mod error;
 mod fuel_ledger;
+mod hooks;
 mod module_cache;
 mod output_cap;
+mod pacing;
 mod supervise;
 
 pub use crate::error::{Error, Result};
 use clock::{VirtualMonotonicClock, VirtualWallClock};
 use fuel_ledger::FuelLedger;
-pub use module_cache::ModuleCache;
+pub use module_cache::{ModuleCache, Origin};
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -140,11 +142,13 @@ pub struct RunReport {
     pub elapsed: Duration,
 }
 
-/// Per-store state: the WASI context, the memory cap and the output cap.
+/// Per-store state: the WASI context, the memory cap, the output cap and
+/// the I/O pacing.
 pub struct UnitState {
     wasi: WasiP1Ctx,
     memory: MemoryCap,
     writes: output_cap::WriteCap,
+    pace: pacing::Pace,
 }
 
 struct MemoryCap {
@@ -284,9 +288,9 @@ impl Sandbox {
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut UnitState| {
             &mut state.wasi
         })
-        .and_then(|()| output_cap::add_hooks(&mut linker))
+        .and_then(|()| hooks::add_hooks(&mut linker))
         .map_err(|e| Error::Engine(e.to_string()))?;
-        let modules = ModuleCache::new(cache_dir)?;
+        let modules = ModuleCache::new(cache_dir, &engine)?;
         let ticker = settings
             .epoch_interruption
             .then(|| EpochTicker::start(&engine));
@@ -302,6 +306,16 @@ impl Sandbox {
     /// Returns the module named by `hash`, compiling `wasm` only if neither
     /// memory nor the disk cache has it. The caller has verified the hash.
     pub fn prepare(&self, hash: &cobble_core::BlobHash, wasm: &Path) -> Result<PreparedModule> {
+        Ok(self.prepare_from(hash, wasm)?.0)
+    }
+
+    /// As `prepare`, saying whether the module was compiled, read from the
+    /// disk cache or already in memory.
+    pub fn prepare_from(
+        &self,
+        hash: &cobble_core::BlobHash,
+        wasm: &Path,
+    ) -> Result<(PreparedModule, Origin)> {
         self.modules
             .get_or_compile(&self.engine, &self.linker, hash, wasm)
     }
@@ -348,6 +362,7 @@ impl Sandbox {
                     limits.max_output_bytes,
                     invocation.output_dir.to_path_buf(),
                 ),
+                pace: pacing::Pace::new(),
             },
         );
         store.limiter(|state| &mut state.memory);
@@ -459,6 +474,10 @@ fn build_wasi(
     stderr: MemoryOutputPipe,
 ) -> Result<WasiP1Ctx> {
     let mut builder = WasiCtxBuilder::new();
+    // File I/O on the unit's own thread, straight into its memory: no hop
+    // to the blocking pool and no copy per call (`pacing` keeps it
+    // pausable).
+    builder.allow_blocking_current_thread(true);
     // argv[0] is fixed so that replicas see identical arguments.
     builder.arg("unit");
     builder.args(invocation.args);

@@ -1,5 +1,6 @@
-//! Compiled modules, cached in memory and on disk by module hash, so a later
-//! unit of a module already seen starts without compiling.
+//! Compiled modules, cached in memory and on disk by module hash and the
+//! engine's settings, so a later unit of a module already seen (or a
+//! second `cobble-worker exec` of it) starts without compiling.
 //!
 //! Only `.wasm` travels over the network and is signed. Precompiled code is
 //! loaded only from this worker's own cache directory, written by this
@@ -15,19 +16,38 @@ use wasmtime::{Engine, Linker, Module};
 
 pub struct ModuleCache {
     dir: Option<PathBuf>,
+    /// Names the engine's settings and wasmtime's version in file names:
+    /// engines that cannot share compiled code never read each other's
+    /// files, so two of them on one directory do not evict each other.
+    engine_key: String,
     loaded: Mutex<HashMap<BlobHash, PreparedModule>>,
 }
 
+/// Where a prepared module came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled now.
+    Compiled,
+    /// Read from the disk cache.
+    Disk,
+    /// Already in memory.
+    Memory,
+}
+
 impl ModuleCache {
-    pub fn new(dir: Option<PathBuf>) -> Result<Self> {
+    pub fn new(dir: Option<PathBuf>, engine: &Engine) -> Result<Self> {
         if let Some(dir) = &dir {
             std::fs::create_dir_all(dir).map_err(Error::io(format!(
                 "creating module cache {}",
                 dir.display()
             )))?;
         }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+        let engine_key = format!("{:016x}", std::hash::Hasher::finish(&hasher));
         Ok(ModuleCache {
             dir,
+            engine_key,
             loaded: Mutex::new(HashMap::new()),
         })
     }
@@ -38,23 +58,23 @@ impl ModuleCache {
         linker: &Linker<UnitState>,
         hash: &BlobHash,
         wasm: &Path,
-    ) -> Result<PreparedModule> {
+    ) -> Result<(PreparedModule, Origin)> {
         if let Some(pre) = self.lock().get(hash) {
-            return Ok(pre.clone());
+            return Ok((pre.clone(), Origin::Memory));
         }
-        let module = match self.load_compiled(engine, hash) {
-            Some(module) => module,
+        let (module, origin) = match self.load_compiled(engine, hash) {
+            Some(module) => (module, Origin::Disk),
             None => {
                 let bytes = std::fs::read(wasm)
                     .map_err(Error::io(format!("reading module {}", wasm.display())))?;
                 let module = compile(engine, &bytes)?;
                 self.store_compiled(hash, &module);
-                module
+                (module, Origin::Compiled)
             }
         };
         let pre = instantiate_pre(linker, &module)?;
         self.lock().insert(*hash, pre.clone());
-        Ok(pre)
+        Ok((pre, origin))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlobHash, PreparedModule>> {
@@ -67,8 +87,8 @@ impl ModuleCache {
     fn path_of(&self, hash: &BlobHash) -> Option<PathBuf> {
         self.dir
             .as_ref()
-            // v2: modules compiled with the output cap's wrappers.
-            .map(|dir| dir.join(format!("{hash}.v2.cwasm")))
+            // v3: modules compiled with the pacing hooks as well.
+            .map(|dir| dir.join(format!("{hash}.{}.v3.cwasm", self.engine_key)))
     }
 
     fn load_compiled(&self, engine: &Engine, hash: &BlobHash) -> Option<Module> {
@@ -111,14 +131,25 @@ impl ModuleCache {
     }
 }
 
-/// Compiles a module, its file writes routed through the output cap.
+/// Compiles a module, its WASI calls routed through the hooks.
 pub fn compile(engine: &Engine, wasm: &[u8]) -> Result<Module> {
-    // A module that does not parse is refused below, by the engine.
-    let rewritten = crate::output_cap::rewrite(wasm).unwrap_or_else(|_| wasm.to_vec());
-    Module::from_binary(engine, &rewritten).map_err(|e| {
+    let invalid = |e: wasmtime::Error| {
         let message = format!("{e:#}");
         Error::InvalidModule(message.lines().next().unwrap_or_default().to_string())
-    })
+    };
+    let rewritten = match crate::hooks::rewrite(wasm) {
+        Ok(rewritten) => rewritten,
+        Err(reason) => {
+            // An invalid module gets the engine's own words; a valid one
+            // the hooks cannot wrap is refused all the same, never run
+            // without them (a `sleep` would then hold its thread).
+            Module::validate(engine, wasm).map_err(invalid)?;
+            return Err(Error::InvalidModule(format!(
+                "cannot instrument the module: {reason}"
+            )));
+        }
+    };
+    Module::from_binary(engine, &rewritten).map_err(invalid)
 }
 
 pub fn instantiate_pre(linker: &Linker<UnitState>, module: &Module) -> Result<PreparedModule> {

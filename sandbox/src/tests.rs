@@ -390,22 +390,53 @@ async fn compiled_modules_are_cached_on_disk() {
     let cache = tempfile::tempdir().expect("temp dir");
     let wasm = Path::new(PRIMES);
     let hash = cobble_core::BlobHash::of(&std::fs::read(wasm).expect("guest"));
+    let cached = || -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(cache.path())
+            .expect("cache dir")
+            .map(|entry| entry.expect("entry").path())
+            .collect();
+        files.sort();
+        files
+    };
     {
         let sandbox = Sandbox::new(Some(cache.path().to_path_buf())).expect("sandbox");
-        sandbox.prepare(&hash, wasm).expect("compile");
+        let (_, origin) = sandbox.prepare_from(&hash, wasm).expect("compile");
+        assert_eq!(origin, Origin::Compiled);
+        let (_, origin) = sandbox.prepare_from(&hash, wasm).expect("again");
+        assert_eq!(origin, Origin::Memory);
     }
-    let cached = cache.path().join(format!("{hash}.v2.cwasm"));
-    assert!(cached.is_file());
+    let files = cached();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].to_string_lossy().contains(&hash.to_string()));
     // A fresh sandbox loads it without the .wasm at all.
     let sandbox = Sandbox::new(Some(cache.path().to_path_buf())).expect("sandbox");
-    sandbox
-        .prepare(&hash, Path::new("/nonexistent.wasm"))
+    let (_, origin) = sandbox
+        .prepare_from(&hash, Path::new("/nonexistent.wasm"))
         .expect("served from the disk cache");
+    assert_eq!(origin, Origin::Disk);
+    drop(sandbox);
+    // An engine with other settings keeps its own file beside it: the two
+    // never read, refuse and overwrite each other's.
+    let other = EngineSettings {
+        nan_canonicalization: false,
+        ..EngineSettings::default()
+    };
+    Sandbox::with_settings(Some(cache.path().to_path_buf()), other)
+        .expect("sandbox")
+        .prepare(&hash, wasm)
+        .expect("compile");
+    assert_eq!(cached().len(), 2);
+    let sandbox = Sandbox::new(Some(cache.path().to_path_buf())).expect("sandbox");
+    let (_, origin) = sandbox.prepare_from(&hash, wasm).expect("cached");
+    assert_eq!(origin, Origin::Disk);
     drop(sandbox);
     // A torn cache entry is discarded and recompiled, never trusted.
-    std::fs::write(&cached, b"torn").expect("write");
+    for file in cached() {
+        std::fs::write(&file, b"torn").expect("write");
+    }
     let sandbox = Sandbox::new(Some(cache.path().to_path_buf())).expect("sandbox");
-    sandbox.prepare(&hash, wasm).expect("recompiled");
+    let (_, origin) = sandbox.prepare_from(&hash, wasm).expect("recompiled");
+    assert_eq!(origin, Origin::Compiled);
 }
 
 /// The checkpoint protocol from a C unit that knows nothing of Cobble but
@@ -534,4 +565,88 @@ async fn files_under_output_are_capped_as_they_are_written() {
     assert_eq!(dir_size(&dirs.output), 1_000_000);
     // Writes elsewhere (/checkpoint) are not the hooks' business.
     probe_ok(&["fill", "/checkpoint/state", "600000"]).await;
+}
+
+/// A unit that does nothing but read a file spends almost no fuel, so
+/// fuel yields reach it only seconds apart: the I/O hooks must. It runs
+/// on its own runtime thread, as in the worker; paused, it stops within
+/// the README's 0.2 s and stays stopped; resumed, it goes on. Its memory,
+/// which grows by 64 KiB a pass over the file, shows it moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_reading_a_file_pauses_at_once_and_resumes() {
+    let sandbox = Arc::new(Sandbox::new(None).expect("sandbox"));
+    let bytes = std::fs::read(SANDBOX_PROBE).expect("guest built by cobble-unit-artifacts");
+    let module = sandbox.prepare_bytes(&bytes).expect("module");
+    let dirs = dirs();
+    std::fs::write(dirs.input.join("big"), vec![7u8; 64 << 20]).expect("write");
+    let (permit_tx, permit) = tokio::sync::watch::channel(true);
+    let memory = Arc::new(AtomicU64::new(0));
+    let control = UnitControl {
+        permit,
+        memory_bytes: memory.clone(),
+    };
+    let memory_now = || memory.load(Ordering::Relaxed);
+    let mut generous = limits();
+    generous.wall_time = Duration::from_secs(120);
+    generous.memory_bytes = 1 << 30;
+    let unit = tokio::spawn(async move {
+        let args: Vec<String> = ["reread", "/input/big", "0"].map(String::from).to_vec();
+        sandbox
+            .run(
+                &module,
+                Invocation {
+                    args: &args,
+                    input_dir: &dirs.input,
+                    output_dir: &dirs.output,
+                    checkpoint_dir: None,
+                    stdin: Vec::new(),
+                    seed: [0; 32],
+                    limits: generous,
+                    control,
+                },
+            )
+            .await
+    });
+    // Three passes' growth past `from`.
+    let moved_past = |from: u64| async move {
+        for _ in 0..6000 {
+            if memory_now() >= from + (3 << 16) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the unit never read the file three more times");
+    };
+    moved_past(0).await;
+    moved_past(memory_now()).await;
+    permit_tx.send_replace(false);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let paused_at = memory_now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        memory_now(),
+        paused_at,
+        "the unit kept reading while paused"
+    );
+    permit_tx.send_replace(true);
+    moved_past(paused_at).await;
+    assert!(!unit.is_finished(), "the unit ended: {:?}", unit.await);
+    unit.abort();
+}
+
+/// A unit asking to sleep for an hour is held to its wall-clock limit
+/// like any other (WASI would sleep on the thread, where nothing could
+/// stop it); a short sleep still sleeps and returns.
+#[tokio::test]
+async fn a_sleeping_unit_is_held_to_its_wall_clock_limit() {
+    let mut short = limits();
+    short.wall_time = Duration::from_secs(1);
+    let (report, _dirs) = run_with(SANDBOX_PROBE, &["sleep", "3600000"], short).await;
+    assert_eq!(
+        report.outcome,
+        Err(UnitFailure::WallTime(Duration::from_secs(1)))
+    );
+    let (report, _dirs) = run_with(SANDBOX_PROBE, &["sleep", "20"], limits()).await;
+    assert_eq!(report.outcome, Ok(()));
+    assert_eq!(stdout(&report), "slept 20\n");
 }

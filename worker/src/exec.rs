@@ -3,7 +3,9 @@
 //! submit it, and benchmarks can time the real execution path.
 
 use crate::error::{Error, Result};
-use cobble_sandbox::{EngineSettings, Invocation, RunReport, Sandbox, UnitControl, UnitLimits};
+use cobble_sandbox::{
+    EngineSettings, Invocation, Origin, RunReport, Sandbox, UnitControl, UnitLimits,
+};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -22,28 +24,55 @@ pub struct ExecRequest {
     pub seed: [u8; 32],
     /// As a job's `[engine] nan_canonicalization`.
     pub nan_canonicalization: bool,
+    /// Where compiled modules are kept between runs, as a worker keeps
+    /// them (`module_cache_dir`); None compiles every time.
+    pub module_cache: Option<PathBuf>,
+}
+
+/// `$XDG_CACHE_HOME/cobble/modules`, else `$HOME/.cache/cobble/modules`.
+pub fn module_cache_dir() -> Option<PathBuf> {
+    let absolute = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
+    };
+    let base = absolute("XDG_CACHE_HOME").or_else(|| absolute("HOME").map(|h| h.join(".cache")))?;
+    Some(base.join("cobble").join("modules"))
 }
 
 /// What `exec` measured besides the unit's own report.
 #[derive(Debug)]
 pub struct ExecReport {
     pub run: RunReport,
+    /// Compiling, or loading the compiled module from the cache.
     pub compile: Duration,
+    pub origin: Origin,
     pub output_dir: PathBuf,
 }
 
 pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
-    let sandbox = Sandbox::with_settings(
-        None,
-        EngineSettings {
-            nan_canonicalization: request.nan_canonicalization,
-            ..EngineSettings::default()
-        },
-    )?;
+    let settings = EngineSettings {
+        nan_canonicalization: request.nan_canonicalization,
+        ..EngineSettings::default()
+    };
+    // A cache that cannot be made (a read-only home) costs only speed.
+    let cache = request
+        .module_cache
+        .clone()
+        .filter(|dir| match std::fs::create_dir_all(dir) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("not caching compiled modules in {}: {e}", dir.display());
+                false
+            }
+        });
+    let sandbox = Sandbox::with_settings(cache, settings)?;
     let bytes = std::fs::read(&request.module)
         .map_err(Error::io(format!("reading {}", request.module.display())))?;
     let compile_started = Instant::now();
-    let prepared = sandbox.prepare_bytes(&bytes)?;
+    let (prepared, origin) =
+        sandbox.prepare_from(&cobble_core::BlobHash::of(&bytes), &request.module)?;
+    drop(bytes);
     let compile = compile_started.elapsed();
 
     let scratch = std::env::temp_dir().join(format!("cobble-exec-{}", cobble_core::random_token()));
@@ -61,8 +90,7 @@ pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
                 context: format!("input {}", input.display()),
                 source: std::io::Error::other("has no file name"),
             })?;
-            std::fs::copy(input, input_dir.join(name))
-                .map_err(Error::io(format!("copying input {}", input.display())))?;
+            crate::runner::link_input(input, &input_dir.join(name))?;
         }
         let report = sandbox
             .run(
@@ -90,6 +118,7 @@ pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
     Ok(ExecReport {
         run: result?,
         compile,
+        origin,
         output_dir,
     })
 }

@@ -195,6 +195,14 @@ struct ExecArgs {
     /// Run as a job with `[engine] nan_canonicalization = false` would.
     #[arg(long)]
     no_nan_canonicalization: bool,
+    /// Keep compiled modules here, so the next run of the same module
+    /// starts without compiling [default: $XDG_CACHE_HOME/cobble/modules,
+    /// else ~/.cache/cobble/modules].
+    #[arg(long, value_name = "DIR")]
+    module_cache: Option<PathBuf>,
+    /// Compile the module afresh and keep nothing.
+    #[arg(long, conflicts_with = "module_cache")]
+    no_module_cache: bool,
     /// Arguments for the module, after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -386,6 +394,12 @@ async fn run_exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         checkpoint_dir: args.checkpoint_dir,
         seed: [0; 32],
         nan_canonicalization: !args.no_nan_canonicalization,
+        module_cache: if args.no_module_cache {
+            None
+        } else {
+            args.module_cache
+                .or_else(cobble_worker::exec::module_cache_dir)
+        },
     })
     .await
     .with_context(|| format!("cannot run {}", args.module.display()))?;
@@ -396,10 +410,14 @@ async fn run_exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     err.write_all(&run.stderr)?;
     writeln!(
         err,
-        "fuel used: {}\ntime: {:.3} s\ncompile: {:.3} s\nstartup: {} us",
+        "fuel used: {}\ntime: {:.3} s\ncompile: {:.3} s{}\nstartup: {} us",
         run.fuel_used,
         run.elapsed.as_secs_f64(),
         report.compile.as_secs_f64(),
+        match report.origin {
+            cobble_sandbox::Origin::Compiled => "",
+            cobble_sandbox::Origin::Disk | cobble_sandbox::Origin::Memory => " (cached)",
+        },
         run.startup.as_micros()
     )?;
     for file in &run.files {

@@ -911,9 +911,10 @@ pub fn unit_seed(manifest: &pb::Manifest) -> [u8; 32] {
     blake3::derive_key("cobble unit seed v1", &material)
 }
 
-/// Places a cached blob at its input name: a hard link when possible (no
-/// copy), else a copy. The unit sees `/input` read-only either way.
-fn link_input(cached: &Path, target: &Path) -> Result<()> {
+/// Places a cached blob (or `exec`'s input file) at its input name: a hard
+/// link when possible (no copy), else a copy. The unit sees `/input`
+/// read-only either way.
+pub(crate) fn link_input(cached: &Path, target: &Path) -> Result<()> {
     if std::fs::hard_link(cached, target).is_ok() {
         return Ok(());
     }

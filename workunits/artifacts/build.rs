@@ -17,6 +17,9 @@ const UNITS: &[(&str, &str)] = &[
     ("montecarlo", "montecarlo"),
     ("montecarlo-validator", "montecarlo-validator"),
     ("sandbox-probe", "sandbox-probe"),
+    ("untuned", "untuned-collatz"),
+    ("untuned", "untuned-fnv"),
+    ("untuned", "untuned-checksum"),
 ];
 
 fn main() {

@@ -1,11 +1,9 @@
 //! `cobble-worker exec`: a researcher's local test run, in the real sandbox.
 
-use cobble_e2e::binary;
-use std::process::Command;
+use cobble_e2e::worker_exec;
 
 fn exec(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(binary("cobble-worker"))
-        .arg("exec")
+    let output = worker_exec()
         .args(args)
         .output()
         .expect("running cobble-worker exec");
@@ -66,9 +64,9 @@ fn exec_refuses_what_is_not_a_module() {
 #[test]
 fn exec_leaves_nothing_behind_when_the_unit_writes_no_file() {
     let temp = tempfile::tempdir().expect("temp dir");
-    let output = Command::new(binary("cobble-worker"))
+    let output = worker_exec()
         .env("TMPDIR", temp.path())
-        .args(["exec", cobble_unit_artifacts::PRIMES, "--", "0", "100"])
+        .args([cobble_unit_artifacts::PRIMES, "--", "0", "100"])
         .output()
         .expect("running cobble-worker exec");
     assert!(
@@ -81,4 +79,57 @@ fn exec_leaves_nothing_behind_when_the_unit_writes_no_file() {
         .map(|e| e.map(|e| e.file_name()))
         .collect();
     assert!(left.is_empty(), "exec left {left:?} in the temp directory");
+}
+
+/// The second `exec` of a module loads it compiled, as a worker's second
+/// unit does; the cache is keyed by the module's bytes, a torn entry is
+/// compiled again, `--no-module-cache` keeps nothing, and a cache that
+/// cannot be written costs only speed.
+#[test]
+fn a_second_exec_loads_the_compiled_module_from_the_cache() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let cache = temp.path().join("cache");
+    let run = |extra: &[&str]| {
+        let output = worker_exec()
+            .env("XDG_CACHE_HOME", &cache)
+            .args(extra)
+            .args([cobble_unit_artifacts::PRIMES, "--", "0", "1000"])
+            .output()
+            .expect("running cobble-worker exec");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        assert_eq!(output.stdout, b"primes in [0, 1000): 168\n");
+        let compile = stderr
+            .lines()
+            .find(|line| line.starts_with("compile: "))
+            .unwrap_or_else(|| panic!("no compile line in {stderr}"))
+            .to_string();
+        compile.ends_with("(cached)")
+    };
+    let modules = cache.join("cobble/modules");
+    let cached_files = || {
+        std::fs::read_dir(&modules)
+            .map(|dir| dir.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert!(!run(&["--no-module-cache"]), "nothing was cached yet");
+    assert!(
+        cached_files().is_empty(),
+        "--no-module-cache wrote the cache"
+    );
+    assert!(!run(&[]), "the first run compiles");
+    assert!(run(&[]), "the second run loads the compiled module");
+    let files = cached_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    // A torn entry is never trusted: compiled again, and right.
+    std::fs::write(&files[0], b"torn").expect("tear the entry");
+    assert!(!run(&[]));
+    assert!(run(&[]));
+    // A cache directory that cannot be made: the unit still runs.
+    let blocked = temp.path().join("file");
+    std::fs::write(&blocked, b"not a directory").expect("write");
+    assert!(!run(&[
+        "--module-cache",
+        blocked.join("modules").to_str().expect("utf-8")
+    ]));
 }

@@ -171,8 +171,8 @@ fn a_known_answer_from_exec_catches_a_forger_and_passes_honest_workers() {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path();
     let (start, end) = (RANGE_START, RANGE_START + PER_UNIT);
-    let exec = std::process::Command::new(cobble_e2e::binary("cobble-worker"))
-        .args(["exec", cobble_unit_artifacts::PRIMES, "--"])
+    let exec = cobble_e2e::worker_exec()
+        .args([cobble_unit_artifacts::PRIMES, "--"])
         .args([start.to_string(), end.to_string()])
         .output()
         .expect("cobble-worker exec");

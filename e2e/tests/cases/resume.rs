@@ -4,9 +4,8 @@
 //! one an uninterrupted run gives, for the same credit.
 
 use cobble_coordinator::credit::FUEL_PER_CREDIT;
-use cobble_e2e::{Coordinator, binary, start_worker, submit_folding_job, wait_until};
+use cobble_e2e::{Coordinator, start_worker, submit_folding_job, wait_until};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const ARGS: [&str; 4] = ["HPHPPHHPHPPHPHHPPHPH", "0", "6", "1000000"];
@@ -59,8 +58,7 @@ fn a_killed_worker_resumes_its_unit_from_the_checkpoint() {
     let out = dir.join("out");
     coordinator.cli_ok(&["results", &job, "--out", out.to_str().expect("utf-8")]);
     let resumed = std::fs::read(out.join("0/stdout")).expect("result");
-    let straight = Command::new(binary("cobble-worker"))
-        .arg("exec")
+    let straight = cobble_e2e::worker_exec()
         .arg(cobble_unit_artifacts::FOLDING)
         .arg("--")
         .args(ARGS)

@@ -92,8 +92,7 @@ impl Scenario {
         self.coordinator
             .cli_ok(&["results", &self.job, "--out", out.to_str().expect("utf-8")]);
         let result = std::fs::read(out.join("0/stdout")).expect("result");
-        let straight = Command::new(binary("cobble-worker"))
-            .arg("exec")
+        let straight = cobble_e2e::worker_exec()
             .arg(cobble_unit_artifacts::FOLDING)
             .args(["--fuel", FUEL, "--"])
             .args(ARGS)

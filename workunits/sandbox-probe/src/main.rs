@@ -148,6 +148,30 @@ fn main() {
                 env.len()
             );
         }
+        // I/O and hardly any computing: reads FILE whole in 1 MiB reads,
+        // PASSES times (0: forever). Each pass leaks 64 KiB, so its memory
+        // shows it moving without a write (a write could yield by itself).
+        "reread" => {
+            let passes: u64 = arg(2).parse().unwrap_or(0);
+            let mut buf = vec![0u8; 1 << 20];
+            let mut done = 0u64;
+            while passes == 0 || done < passes {
+                let Ok(mut file) = std::fs::File::open(arg(1)) else {
+                    println!("denied");
+                    return;
+                };
+                while matches!(std::io::Read::read(&mut file, &mut buf), Ok(n) if n > 0) {}
+                std::mem::forget(std::hint::black_box(Vec::<u8>::with_capacity(64 << 10)));
+                done += 1;
+            }
+            println!("reread {done}");
+        }
+        // Sleeps MILLIS milliseconds, then says so.
+        "sleep" => {
+            let millis: u64 = arg(1).parse().unwrap_or(0);
+            std::thread::sleep(std::time::Duration::from_millis(millis));
+            println!("slept {millis}");
+        }
         "exit" => std::process::exit(arg(1).parse().unwrap_or(1)),
         "panic" => panic!("probe asked to panic"),
         other => {
