@@ -3,12 +3,15 @@
 //! default preferences (but `idle_time_to_run = 0`, so resuming is not
 //! delayed by design), on loopback.
 //!
-//! Prints: resident memory and CPU use with no work and while suspended;
-//! suspend latency (an owner's CPU-bound program starts -> the worker's
-//! units are off the CPU) and resume latency (it ends -> they compute
-//! again); and how much a CPU-bound program of the owner's is slowed while
-//! the worker has work, against the same program with the worker stopped
-//! (SIGSTOP), interleaved round by round.
+//! Prints: resident memory and CPU use with no work, beside the BOINC
+//! client's in the same window when it is installed (`boinc`, Debian's
+//! boinc-client, started here in a temporary directory with no project),
+//! and while suspended; suspend latency (the owner starts one CPU-bound
+//! program, or one per CPU -> the worker's units are off the CPU) and
+//! resume latency (they end -> the units compute again); and how much a
+//! CPU-bound program of the owner's is slowed while the worker has work,
+//! against the same program with the worker stopped (SIGSTOP), interleaved
+//! round by round.
 //!
 //! `cargo bench -p cobble-e2e --bench volunteer` (COBBLE_BENCH_ROUNDS=N).
 
@@ -105,12 +108,49 @@ fn running_at(samples: &[(Duration, Duration)]) -> Option<Duration> {
     })
 }
 
-/// The owner's CPU-bound program: a busy loop in another process.
-fn burner() -> Child {
-    Command::new("sh")
-        .args(["-c", "while :; do :; done"])
+/// The owner's CPU-bound programs: `count` busy loops in other processes.
+fn burners(count: usize) -> Vec<Child> {
+    (0..count)
+        .map(|_| {
+            Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .expect("spawn a CPU burner")
+        })
+        .collect()
+}
+
+/// The BOINC client with no project, in its own temporary directory, if
+/// it is installed; killed when dropped.
+struct Boinc {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Boinc {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn start_boinc() -> Option<Boinc> {
+    let dir = tempfile::tempdir().ok()?;
+    // Any free port for its GUI RPC, so it never meets another client.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new("boinc")
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--no_gpus", "--gui_rpc_port", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("spawn a CPU burner")
+        .ok()?;
+    Some(Boinc { child, _dir: dir })
 }
 
 /// The owner's program whose slowdown is measured: the native primes
@@ -166,9 +206,24 @@ fn main() {
         ],
     );
     let pid = worker.child.id();
+    let boinc = start_boinc();
     std::thread::sleep(Duration::from_secs(5));
+    // Both measured over the same 20 s.
+    let boinc_footprint = boinc.as_ref().map(|boinc| {
+        let boinc_pid = boinc.child.id();
+        std::thread::spawn(move || footprint(boinc_pid, Duration::from_secs(20)))
+    });
     let (idle_rss, idle_cpu) = footprint(pid, Duration::from_secs(20));
     println!("idle, no work:      {idle_rss:6.1} MiB resident, {idle_cpu:.3}% of a core");
+    match boinc_footprint.map(|measuring| measuring.join()) {
+        Some(Ok((rss, cpu))) => println!(
+            "BOINC client, idle: {rss:6.1} MiB resident, {cpu:.3}% of a core (boinc 7.x, no project, same window)"
+        ),
+        _ => {
+            println!("BOINC client:       not installed (apt-get install boinc-client to compare)")
+        }
+    }
+    drop(boinc);
 
     submit_long_units(&coordinator, dir);
     // Computing means using at least 3/4 of a core over 200 ms.
@@ -185,25 +240,35 @@ fn main() {
         worker.log_text()
     );
 
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut suspend = Vec::new();
+    let mut suspend_all = Vec::new();
     let mut resume = Vec::new();
     let mut suspended_footprint = (0.0, 0.0);
-    for round in 0..rounds {
-        // Let it run a while, then the owner starts a CPU-bound program;
-        // a round in which the worker is not computing measures nothing.
+    for round in 0..rounds * 2 {
+        // Let it run a while, then the owner starts CPU-bound programs:
+        // one, or one per CPU, in alternate rounds. A round in which the
+        // worker is not computing measures nothing.
         std::thread::sleep(Duration::from_secs(2));
         if !computing(Duration::from_secs(10)) {
             println!("round {round}: the worker was not computing; skipped");
             continue;
         }
-        let mut owner = burner();
+        let every_cpu = round % 2 == 1;
+        let mut owner = burners(if every_cpu { cpus } else { 1 });
         let samples = trace_cpu(pid, Duration::from_secs(2));
-        suspend.push(stopped_at(&samples));
+        if every_cpu {
+            suspend_all.push(stopped_at(&samples));
+        } else {
+            suspend.push(stopped_at(&samples));
+        }
         if round == 0 {
             suspended_footprint = footprint(pid, Duration::from_secs(10));
         }
-        owner.kill().ok();
-        owner.wait().ok();
+        for burner in &mut owner {
+            burner.kill().ok();
+            burner.wait().ok();
+        }
         let samples = trace_cpu(pid, Duration::from_secs(3));
         resume.push(running_at(&samples));
     }
@@ -226,6 +291,7 @@ fn main() {
         println!("{name} median {med} (rounds: {})", shown.join(", "));
     };
     show("suspend latency:   ", &suspend);
+    show(&format!("  ({cpus} programs):   "), &suspend_all);
     show("resume latency:    ", &resume);
 
     // Slowdown of the owner's program: worker stopped vs worker with work,

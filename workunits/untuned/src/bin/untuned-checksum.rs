@@ -10,13 +10,18 @@ fn main() -> ExitCode {
     };
     let (mut sum, mut xor) = (0u64, 0u64);
     let read = untuned::for_each_read(&path, 1 << 20, |piece| {
-        for word in piece.chunks(8) {
-            let mut bytes = [0u8; 8];
-            bytes[..word.len()].copy_from_slice(word);
-            let value = u64::from_le_bytes(bytes);
+        let mut words = piece.chunks_exact(8);
+        for word in &mut words {
+            let value = u64::from_le_bytes(word.try_into().unwrap_or_default());
             sum = sum.wrapping_add(value);
             xor ^= value;
         }
+        // A last piece not a whole number of words: zero-padded.
+        let mut last = [0u8; 8];
+        last[..words.remainder().len()].copy_from_slice(words.remainder());
+        let value = u64::from_le_bytes(last);
+        sum = sum.wrapping_add(value);
+        xor ^= value;
     });
     match read {
         Ok(bytes) => {
