@@ -225,7 +225,7 @@ fn main() {
     }
     drop(boinc);
 
-    submit_long_units(&coordinator, dir);
+    let job = submit_long_units(&coordinator, dir);
     // Computing means using at least 3/4 of a core over 200 ms.
     let computing = |timeout: Duration| {
         wait_until(timeout, || {
@@ -309,15 +309,30 @@ fn main() {
         "owner's program:    {alone:.3} s alone, {beside:.3} s with the worker holding work: {:+.1}% slower",
         (beside / alone - 1.0) * 100.0
     );
+
+    // Idle again after work: the job is cancelled, its units aborted, and
+    // the worker left alone for longer than it waits before letting go
+    // of its engines (a minute).
+    coordinator.cli_ok(&["cancel", &job]);
+    let stopped = wait_until(Duration::from_secs(60), || {
+        let before = unit_cpu(pid);
+        std::thread::sleep(Duration::from_millis(500));
+        unit_cpu(pid).saturating_sub(before) < Duration::from_millis(10)
+    });
+    assert!(stopped, "the cancelled units never stopped");
+    std::thread::sleep(Duration::from_secs(75));
+    let (rss, cpu) = footprint(pid, Duration::from_secs(10));
+    println!("idle after work:    {rss:6.1} MiB resident, {cpu:.3}% of a core");
 }
 
-/// A job of long folding units, more than the worker has slots.
-fn submit_long_units(coordinator: &Coordinator, dir: &Path) {
+/// A job of long folding units, many more than the worker has slots:
+/// it outlasts the rounds.
+fn submit_long_units(coordinator: &Coordinator, dir: &Path) -> String {
     submit_folding_job(
         coordinator,
         dir,
-        ["HPHPPHHPHPPHPHHPPHPH", "0", "64", "9000000"],
+        ["HPHPPHHPHPPHPHHPPHPH", "0", "1024", "9000000"],
         16,
         "deadline_s = 3600\nfuel = 10000000000000",
-    );
+    )
 }

@@ -42,6 +42,9 @@ impl ModuleCache {
                 dir.display()
             )))?;
         }
+        if let Some(dir) = &dir {
+            remove_stale(dir);
+        }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         let engine_key = format!("{:016x}", std::hash::Hasher::finish(&hasher));
@@ -88,7 +91,7 @@ impl ModuleCache {
         self.dir
             .as_ref()
             // v3: modules compiled with the pacing hooks as well.
-            .map(|dir| dir.join(format!("{hash}.{}.v3.cwasm", self.engine_key)))
+            .map(|dir| dir.join(format!("{hash}.{}{CURRENT}", self.engine_key)))
     }
 
     fn load_compiled(&self, engine: &Engine, hash: &BlobHash) -> Option<Module> {
@@ -127,6 +130,24 @@ impl ModuleCache {
             });
         if let Err(error) = written {
             tracing::warn!(%hash, %error, "cannot cache compiled module");
+        }
+    }
+}
+
+/// The file name ending of this layout's compiled modules.
+const CURRENT: &str = ".v3.cwasm";
+
+/// Removes compiled modules of an earlier layout (compiled without the
+/// current hooks): never loaded again, they would only hold disk.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".cwasm") && !name.ends_with(CURRENT) {
+            std::fs::remove_file(entry.path()).ok();
         }
     }
 }

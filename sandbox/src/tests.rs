@@ -408,12 +408,17 @@ async fn compiled_modules_are_cached_on_disk() {
     let files = cached();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0].to_string_lossy().contains(&hash.to_string()));
+    // A file of an earlier layout goes when a cache opens; others stay.
+    let stale = cache.path().join(format!("{hash}.v2.cwasm"));
+    std::fs::write(&stale, b"old").expect("write");
     // A fresh sandbox loads it without the .wasm at all.
     let sandbox = Sandbox::new(Some(cache.path().to_path_buf())).expect("sandbox");
     let (_, origin) = sandbox
         .prepare_from(&hash, Path::new("/nonexistent.wasm"))
         .expect("served from the disk cache");
     assert_eq!(origin, Origin::Disk);
+    assert!(!stale.exists(), "a stale compiled module was kept");
+    assert_eq!(cached(), files);
     drop(sandbox);
     // An engine with other settings keeps its own file beside it: the two
     // never read, refuse and overwrite each other's.

@@ -367,13 +367,37 @@ impl Controls {
     }
 }
 
+/// Whether units are queued or running, so sampling is fast only when
+/// there is something to pause. Work arriving wakes the monitor: it may be
+/// in the middle of an idle pause of [`SAMPLE_EVERY_WHEN_EMPTY`], and the
+/// owner's first use of the machine after that must not wait it out.
+#[derive(Debug, Clone, Default)]
+pub struct HasWork {
+    flag: Arc<AtomicBool>,
+    monitor: Arc<std::sync::OnceLock<std::thread::Thread>>,
+}
+
+impl HasWork {
+    pub fn set(&self, has_work: bool) {
+        let had = self.flag.swap(has_work, Ordering::Relaxed);
+        if has_work
+            && !had
+            && let Some(monitor) = self.monitor.get()
+        {
+            monitor.unpark();
+        }
+    }
+
+    pub fn get(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
 /// The running monitor; dropping it stops the thread.
 pub struct Monitor {
     pub permit: watch::Receiver<bool>,
     pub activity: watch::Receiver<Activity>,
-    /// Set while units are queued or running, so sampling is fast only
-    /// when there is something to pause.
-    pub has_work: Arc<AtomicBool>,
+    pub has_work: HasWork,
     /// The local page's Pause, Finish and preferences.
     pub controls: Controls,
     stop: Arc<AtomicBool>,
@@ -402,13 +426,14 @@ impl Monitor {
             suspended: initial,
             other_load: 0.0,
         });
-        let has_work = Arc::new(AtomicBool::new(false));
+        let has_work = HasWork::default();
         let controls = Controls::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (work_flag, stop_flag, switches) = (has_work.clone(), stop.clone(), controls.clone());
         let thread = std::thread::Builder::new()
             .name("cobble-activity".into())
             .spawn(move || {
+                work_flag.monitor.set(std::thread::current()).ok();
                 let mut slow_checked = Instant::now();
                 let (mut batteries, mut hour) =
                     (on_batteries(&power_supply), crate::sys::local_hour());
@@ -444,12 +469,13 @@ impl Monitor {
                         *current = activity;
                         changed
                     });
-                    let period = if work_flag.load(Ordering::Relaxed) {
+                    let period = if work_flag.get() {
                         SAMPLE_EVERY
                     } else {
                         SAMPLE_EVERY_WHEN_EMPTY
                     };
-                    std::thread::sleep(period.min(throttle_change));
+                    // Woken early when work arrives (`HasWork::set`).
+                    std::thread::park_timeout(period.min(throttle_change));
                 }
             });
         if let Err(error) = thread {

@@ -170,3 +170,32 @@ fn load_is_other_programs_share_of_all_ticks() {
     // Counters never run backwards, but a bad read must not underflow.
     assert_eq!(now.load_until(before), 0.0);
 }
+
+/// With no work the monitor samples every 5 s; work arriving wakes it, so
+/// an owner who starts using the machine right after is noticed within
+/// two fast samples, not after the rest of an idle pause.
+#[test]
+fn work_arriving_wakes_the_monitor_from_its_idle_pause() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let load_file = dir.path().join("load");
+    std::fs::write(&load_file, "0").expect("write");
+    let monitor = Monitor::start(
+        prefs(&["suspend_cpu_usage=25", "idle_time_to_run=0"]),
+        Box::new(FileLoad(load_file.clone())),
+        dir.path().join("no-power-supply"),
+    );
+    // Let it take its first sample and settle into the idle pause.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(*monitor.permit.borrow());
+    std::fs::write(&load_file, "90").expect("write");
+    let asked = Instant::now();
+    monitor.has_work.set(true);
+    let mut permit = monitor.permit.clone();
+    while *permit.borrow_and_update() {
+        assert!(
+            asked.elapsed() < SAMPLE_EVERY_WHEN_EMPTY,
+            "the monitor slept through the arrival of work"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

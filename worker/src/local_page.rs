@@ -160,6 +160,12 @@ fn draw(
             let credit = status.credit.as_ref();
             let cards = vec![
                 (
+                    status
+                        .credit_today
+                        .map_or("-".into(), |today| format!("{today:.2}")),
+                    "credit today (since 00:00 UTC)",
+                ),
+                (
                     credit.map_or("-".into(), |c| format!("{:.2}", c.total)),
                     "credit in total",
                 ),

@@ -131,10 +131,8 @@ struct Worker {
     /// The project's offline code-signing key, pinned on attach: every
     /// module must be signed by it.
     code_key: Option<VerifyingKey>,
-    sandbox: Sandbox,
-    /// For jobs that turned NaN canonicalization off (compiled code differs,
-    /// so it has its own engine and module cache).
-    sandbox_fast_nans: Sandbox,
+    /// The sandboxes, made when a unit needs one, dropped when idle.
+    pub(crate) engines: Engines,
     blob_dir: PathBuf,
     journal: Journal,
     hooks: Hooks,
@@ -199,14 +197,7 @@ pub async fn run(
         .as_deref()
         .map(cobble_core::manifest::project_key_from_hex)
         .transpose()?;
-    let sandbox = Sandbox::new(Some(config.data_dir.join("modules")))?;
-    let sandbox_fast_nans = Sandbox::with_settings(
-        Some(config.data_dir.join("modules-fast-nans")),
-        EngineSettings {
-            nan_canonicalization: false,
-            ..EngineSettings::default()
-        },
-    )?;
+    let engines = Engines::new(config.data_dir.join("modules"))?;
     let connection = Connection::from_channel(
         channel,
         Credentials::Host {
@@ -261,8 +252,7 @@ pub async fn run(
         reported_since_heartbeat: std::sync::atomic::AtomicBool::new(false),
         project_key,
         code_key,
-        sandbox,
-        sandbox_fast_nans,
+        engines,
         blob_dir,
         journal,
         hooks,
@@ -496,11 +486,7 @@ impl Worker {
             }
             link_input(&cached, &target)?;
         }
-        let sandbox = if manifest.nan_canonicalization_off {
-            &self.sandbox_fast_nans
-        } else {
-            &self.sandbox
-        };
+        let sandbox = self.engines.get(manifest.nan_canonicalization_off)?;
         let prepared = sandbox.prepare(&module_hash, &module_path)?;
         let limits = manifest.limits.unwrap_or_default();
         // Each pass is one run from the unit's last checkpoint; a unit
@@ -909,6 +895,72 @@ pub fn unit_seed(manifest: &pb::Manifest) -> [u8; 32] {
     material.extend_from_slice(&manifest.job_id.to_le_bytes());
     material.extend_from_slice(&manifest.unit_id.to_le_bytes());
     blake3::derive_key("cobble unit seed v1", &material)
+}
+
+/// The worker's sandboxes: one per engine setting a job may choose (NaN
+/// canonicalization off compiles other code), each with the compiled
+/// modules it holds in memory. Made when a unit needs one; dropped after
+/// the worker has been idle a while (`background`), so an idle worker
+/// holds no engine and no compiled code. The next unit then makes the
+/// engine again and loads its module from the disk cache, which both
+/// settings share (file names say the settings).
+pub(crate) struct Engines {
+    cache_dir: PathBuf,
+    standard: std::sync::Mutex<Option<Arc<Sandbox>>>,
+    fast_nans: std::sync::Mutex<Option<Arc<Sandbox>>>,
+}
+
+impl Engines {
+    fn new(cache_dir: PathBuf) -> Result<Engines> {
+        // Jobs without NaN canonicalization had a directory of their own
+        // before file names said the engine's settings.
+        if let Some(parent) = cache_dir.parent() {
+            std::fs::remove_dir_all(parent.join("modules-fast-nans")).ok();
+        }
+        // Made now, so a cache that cannot be is said at start.
+        std::fs::create_dir_all(&cache_dir)
+            .map_err(Error::io(format!("creating {}", cache_dir.display())))?;
+        Ok(Engines {
+            cache_dir,
+            standard: std::sync::Mutex::default(),
+            fast_nans: std::sync::Mutex::default(),
+        })
+    }
+
+    fn get(&self, fast_nans: bool) -> Result<Arc<Sandbox>> {
+        let slot = if fast_nans {
+            &self.fast_nans
+        } else {
+            &self.standard
+        };
+        let mut held = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sandbox) = held.as_ref() {
+            return Ok(sandbox.clone());
+        }
+        let settings = EngineSettings {
+            nan_canonicalization: !fast_nans,
+            ..EngineSettings::default()
+        };
+        let sandbox = Arc::new(Sandbox::with_settings(
+            Some(self.cache_dir.clone()),
+            settings,
+        )?);
+        *held = Some(sandbox.clone());
+        Ok(sandbox)
+    }
+
+    /// Drops the sandboxes no unit holds now; returns whether any was held.
+    pub(crate) fn release(&self) -> bool {
+        let mut released = false;
+        for slot in [&self.standard, &self.fast_nans] {
+            released |= slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .is_some();
+        }
+        released
+    }
 }
 
 /// Places a cached blob (or `exec`'s input file) at its input name: a hard

@@ -30,6 +30,11 @@ pub struct Status {
     pub tasks: Vec<TaskView>,
     /// As of the last heartbeat; None until the first one answers.
     pub credit: Option<Credit>,
+    /// Credit granted since 00:00 UTC: the total now less the total first
+    /// seen that day (kept in `credit-day` in the data dir, so a restart
+    /// does not reset it).
+    #[serde(default)]
+    pub credit_today: Option<f64>,
     pub transfers: TransferCounts,
 }
 
@@ -218,6 +223,7 @@ mod tests {
             peer_port: Some(7711),
             suspended,
             finishing: false,
+            credit_today: None,
             tasks,
             credit: Some(Credit {
                 total: 12.5,
@@ -307,5 +313,55 @@ mod tests {
         assert_eq!(read(dir.path()), Ok(written));
         std::fs::write(path(dir.path()), "{").expect("write");
         assert!(read(dir.path()).is_err_and(|e| e.contains("corrupt")));
+    }
+}
+
+/// The file that keeps the day's starting total: `DAY TOTAL`.
+const CREDIT_DAY_FILE: &str = "credit-day";
+
+/// Credit granted today (UTC day `day`) given the total `total` now: the
+/// total at the day's first sight is kept in `data_dir`, and replaced when
+/// the day changes. A missing or unreadable file starts the day now.
+pub fn credit_today(data_dir: &Path, day: i64, total: f64) -> f64 {
+    let path = data_dir.join(CREDIT_DAY_FILE);
+    let kept = std::fs::read_to_string(&path).ok().and_then(|text| {
+        let (d, t) = text.trim().split_once(' ')?;
+        Some((d.parse::<i64>().ok()?, t.parse::<f64>().ok()?))
+    });
+    match kept {
+        Some((kept_day, start)) if kept_day == day && start.is_finite() => (total - start).max(0.0),
+        _ => {
+            let line = format!("{day} {total}\n");
+            if let Err(error) = cobble_core::durable::replace(
+                &path,
+                line.as_bytes(),
+                cobble_core::durable::How::PUBLIC,
+            ) {
+                tracing::warn!(%error, "cannot keep the day's starting credit");
+            }
+            0.0
+        }
+    }
+}
+
+#[cfg(test)]
+mod credit_day_tests {
+    use super::*;
+
+    #[test]
+    fn today_counts_from_the_days_first_total_and_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert_eq!(credit_today(dir.path(), 100, 40.0), 0.0, "the day starts");
+        assert_eq!(credit_today(dir.path(), 100, 52.5), 12.5);
+        // Read again as a restarted worker would.
+        assert_eq!(credit_today(dir.path(), 100, 60.0), 20.0);
+        assert_eq!(credit_today(dir.path(), 101, 61.0), 0.0, "a new day");
+        assert_eq!(credit_today(dir.path(), 101, 64.0), 3.0);
+        std::fs::write(dir.path().join(CREDIT_DAY_FILE), "garbage").expect("write");
+        assert_eq!(
+            credit_today(dir.path(), 101, 70.0),
+            0.0,
+            "unreadable: start again"
+        );
     }
 }

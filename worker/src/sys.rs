@@ -1,8 +1,8 @@
 //! The few operating-system calls the standard library does not offer:
-//! process priority, process liveness, free disk space and local time.
-//! Liveness and disk space go through `rustix`, safely; the scheduler
-//! class, I/O priority and local time have no safe wrapper there, and are
-//! the only unsafe code in the worker.
+//! process priority, process liveness, free disk space, local time and
+//! handing freed memory back. Liveness and disk space go through `rustix`,
+//! safely; the scheduler class, I/O priority, local time and `malloc_trim`
+//! have no safe wrapper there, and are the only unsafe code in the worker.
 #![allow(unsafe_code)]
 
 /// Puts the calling thread, and every thread it creates afterwards, at the
@@ -51,6 +51,17 @@ pub fn lower_priority() -> Vec<String> {
         }
     }
     failures
+}
+
+/// Hands the heap's free pages back to the OS: glibc keeps them for reuse
+/// otherwise, and an idle worker should hold only what it uses. musl's
+/// allocator (the static build volunteers install) returns them itself.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Whether a process with this id exists (for `cobble-worker status`).

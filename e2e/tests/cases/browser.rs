@@ -203,6 +203,11 @@ fn the_local_page_pause_button_stops_the_unit_and_resume_restarts_it() {
     let browser = Browser::start();
     open_still(&browser, &page);
     browser.screenshot(&screenshot_dir().join("local-running.png"));
+    let body = browser.text_of("body").unwrap_or_default();
+    assert!(
+        body.contains("credit today") && body.contains("credit in total"),
+        "{body}"
+    );
     let button = |label: &str| {
         browser
             .find_all("button")

@@ -101,6 +101,18 @@ fn the_site_shows_the_project_its_volunteers_and_its_status() {
     let (done, status) = coordinator.wait_done(&job, Duration::from_secs(180));
     assert!(done, "{status}");
 
+    // The local page's "credit today": all of bob's credit came today.
+    let mut bob = None;
+    let today_is_all = wait_until(Duration::from_secs(30), || {
+        bob = cobble_e2e::worker_status(&dir.join("w2"));
+        bob.as_ref().is_some_and(|s| {
+            s.credit.as_ref().is_some_and(|c| {
+                c.total > 0.0 && s.credit_today.is_some_and(|t| (t - c.total).abs() < 1e-9)
+            })
+        })
+    });
+    assert!(today_is_all, "{bob:?}");
+
     // The lists are cached for up to 10 s: wait for them to show everyone.
     let cli: Value =
         serde_json::from_str(&coordinator.cli_ok(&["leaderboard", "--json"])).expect("json");

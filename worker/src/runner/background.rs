@@ -9,7 +9,7 @@ use crate::status::{Credit, Status, TransferCounts};
 use crate::tasks::{TaskState, govern_memory};
 use cobble_proto::v1 as pb;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
@@ -26,6 +26,9 @@ const GOVERN_EVERY: Duration = Duration::from_millis(500);
 /// it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 const STATUS_EVERY_WHEN_IDLE: Duration = Duration::from_secs(30);
+/// With nothing in hand this long, the engines and compiled modules are
+/// dropped and freed memory handed back to the OS.
+const RELEASE_WHEN_IDLE_FOR: Duration = Duration::from_secs(60);
 /// Cached blobs announced to the tracker per heartbeat.
 const MAX_ANNOUNCED: usize = 64;
 
@@ -46,6 +49,7 @@ pub(super) fn spawn(
         credit_changed.clone(),
     ));
     set.spawn(govern_loop(worker.clone(), monitor.activity.clone()));
+    set.spawn(release_when_idle(worker.clone()));
     let status = StatusWriter {
         worker: worker.clone(),
         activity: monitor.activity.clone(),
@@ -197,11 +201,42 @@ async fn govern_loop(worker: Arc<Worker>, activity: watch::Receiver<Activity>) {
     }
 }
 
+/// An idle worker should cost its owner as little memory as the BOINC
+/// client: once nothing has been in hand for [`RELEASE_WHEN_IDLE_FOR`],
+/// the engines and their compiled modules go, and the allocator returns
+/// freed pages. The next unit's start pays a few milliseconds for it
+/// (`Engines`).
+async fn release_when_idle(worker: Arc<Worker>) {
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        let changed = worker.tasks.changed();
+        if worker.tasks.snapshot().is_empty() {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            let left = RELEASE_WHEN_IDLE_FOR.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                if worker.engines.release() {
+                    crate::sys::return_freed_memory();
+                    tracing::info!("idle: released the engines and compiled modules");
+                }
+                changed.await;
+            } else {
+                tokio::select! {
+                    () = changed => {}
+                    () = tokio::time::sleep(left) => {}
+                }
+            }
+        } else {
+            idle_since = None;
+            changed.await;
+        }
+    }
+}
+
 struct StatusWriter {
     worker: Arc<Worker>,
     activity: watch::Receiver<Activity>,
     /// Tells the monitor whether there is anything to pause.
-    has_work: Arc<AtomicBool>,
+    has_work: crate::activity::HasWork,
     credit: Arc<Mutex<Option<Credit>>>,
     credit_changed: Arc<Notify>,
     data_dir: PathBuf,
@@ -227,7 +262,12 @@ impl StatusWriter {
             let mut changed = self.worker.tasks.changed();
             let tasks = self.worker.tasks.snapshot();
             let idle = tasks.is_empty();
-            self.has_work.store(!idle, Ordering::Relaxed);
+            self.has_work.set(!idle);
+            let credit = self
+                .credit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let status = Status {
                 pid: std::process::id(),
                 coordinator: self.coordinator.clone(),
@@ -238,11 +278,11 @@ impl StatusWriter {
                 suspended,
                 finishing: self.worker.finishing.load(Ordering::Relaxed),
                 tasks,
-                credit: self
-                    .credit
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
+                credit: credit.clone(),
+                credit_today: credit.as_ref().map(|c| {
+                    let day = cobble_core::now_ms().div_euclid(86_400_000);
+                    crate::status::credit_today(&self.data_dir, day, c.total)
+                }),
                 transfers: self.worker.transfers.counts(),
             };
             if written.as_ref() != Some(&status) {
