@@ -103,7 +103,10 @@ fn workers_trade_chunks_and_the_coordinator_serves_each_about_once() {
 fn a_peer_serving_corrupt_chunks_is_dropped_and_the_download_ends_correct() {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path();
-    let coordinator = Coordinator::start(dir);
+    // A coordinator serving 1 MB/s: on loopback it could otherwise deliver
+    // the whole input before the worker's first request to the liar, and
+    // then there would be nothing to catch (two CI runs did so).
+    let coordinator = Coordinator::start_with(dir, &["--max-serve-bytes-per-sec", "1000000"]);
     let input = pseudo_random_bytes(INPUT_BYTES, 2);
     let liar = seeder(&coordinator, dir, "liar", &input, &["--corrupt-chunks"]);
     let job = coordinator.submit(&write_shared_input_job(dir, &input, 1));
