@@ -59,6 +59,26 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// The resident memory's parts: anonymous (heap, stacks) and file-backed
+/// (the program's own code and libraries, which the kernel can drop and
+/// read again).
+fn rss_parts(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    format!(
+        "anonymous {:.1} MiB, file-backed {:.1} MiB",
+        field("RssAnon:"),
+        field("RssFile:")
+    )
+}
+
 /// Resident memory and the share of one core used over `window`.
 fn footprint(pid: u32, window: Duration) -> (f64, f64) {
     let before = process_cpu(pid, None);
@@ -214,10 +234,15 @@ fn main() {
         std::thread::spawn(move || footprint(boinc_pid, Duration::from_secs(20)))
     });
     let (idle_rss, idle_cpu) = footprint(pid, Duration::from_secs(20));
-    println!("idle, no work:      {idle_rss:6.1} MiB resident, {idle_cpu:.3}% of a core");
+    println!(
+        "idle, no work:      {idle_rss:6.1} MiB resident, {idle_cpu:.3}% of a core ({})",
+        rss_parts(pid)
+    );
+    let boinc_parts = boinc.as_ref().map(|boinc| rss_parts(boinc.child.id()));
     match boinc_footprint.map(|measuring| measuring.join()) {
         Some(Ok((rss, cpu))) => println!(
-            "BOINC client, idle: {rss:6.1} MiB resident, {cpu:.3}% of a core (boinc 7.x, no project, same window)"
+            "BOINC client, idle: {rss:6.1} MiB resident, {cpu:.3}% of a core (boinc 7.x, no project, same window; {})",
+            boinc_parts.unwrap_or_default()
         ),
         _ => {
             println!("BOINC client:       not installed (apt-get install boinc-client to compare)")
@@ -322,7 +347,10 @@ fn main() {
     assert!(stopped, "the cancelled units never stopped");
     std::thread::sleep(Duration::from_secs(75));
     let (rss, cpu) = footprint(pid, Duration::from_secs(10));
-    println!("idle after work:    {rss:6.1} MiB resident, {cpu:.3}% of a core");
+    println!(
+        "idle after work:    {rss:6.1} MiB resident, {cpu:.3}% of a core ({})",
+        rss_parts(pid)
+    );
 }
 
 /// A job of long folding units, many more than the worker has slots:
