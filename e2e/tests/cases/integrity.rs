@@ -113,8 +113,11 @@ fn a_worker_that_turns_bad_after_earning_trust_is_caught_and_its_results_redone(
     // Ten of them accepted is trust enough; the rest may be spot-checks
     // waiting for a second host, which come in phase 3.
     let mallory = mallory_with("1000000");
+    // It is stopped only with nothing in hand: a lease it held when killed
+    // would count against what it may take in phase 2 until its deadline.
     let trusted = wait_until(Duration::from_secs(300), || {
         status(&earn)["units"]["done"].as_u64() >= Some(10)
+            && cobble_e2e::worker_status(&mallory_dir).is_some_and(|s| s.tasks.is_empty())
     });
     assert!(
         trusted,
