@@ -192,7 +192,8 @@ async fn main() -> anyhow::Result<()> {
 
 /// Uploads every file the job names (each once) and builds the spec.
 async fn upload_job(connection: &Connection, job: &LocalJob) -> anyhow::Result<pb::JobSpec> {
-    let mut paths: Vec<&Path> = vec![job.module.as_path()];
+    // A job on a runtime uploads no module: the coordinator serves it.
+    let mut paths: Vec<&Path> = job.module.iter().map(PathBuf::as_path).collect();
     paths.extend(job.validator_module.as_deref());
     paths.extend(job.inputs.iter().map(|(_, p)| p.as_path()));
     if let cobble_core::spec::LocalSplit::Files(files) = &job.split {

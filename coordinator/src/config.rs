@@ -102,6 +102,11 @@ pub struct Config {
     /// did not sign, even in a manifest the online key signed.
     #[arg(long, env = "COBBLE_CODE_SIGNING_KEY")]
     pub code_signing_key: Option<String>,
+    /// The CPython WASI runtime, `python-3.12.0.wasm` (`cargo xtask setup`
+    /// fetches it into target/third-party/): jobs with `runtime =
+    /// "python"` run on it. Checked against its pinned SHA-256 at start.
+    #[arg(long, env = "COBBLE_PYTHON_RUNTIME", value_name = "FILE")]
+    pub python_runtime: Option<PathBuf>,
     /// When set, creating an account needs this code (BOINC's
     /// `invite_code`); hosts of existing accounts attach as before.
     #[arg(long, env = "COBBLE_INVITE_CODE")]

@@ -68,7 +68,9 @@ pub async fn start(config: &Config) -> Result<Store> {
         .map(cobble_core::manifest::project_key_from_hex)
         .transpose()
         .map_err(|e| Error::InvalidArgument(format!("--code-signing-key: {e}")))?;
+    let runtimes = load_runtimes(config, &blobs).await?;
     let store = Store::new(db, blobs, key)
+        .with_runtimes(runtimes)
         .with_policy(config.integrity.clone())
         .with_invite_code(config.invite_code.clone())
         .with_code_key(code_key)
@@ -79,6 +81,46 @@ pub async fn start(config: &Config) -> Result<Store> {
     store.fill_rac_keys().await?;
     store.fill_cross_project_ids().await?;
     Ok(store)
+}
+
+/// The runtimes this coordinator serves: each file checked against the
+/// SHA-256 pinned in `cobble_core::runtime`, then kept as a blob like any
+/// module. A wrong file fails the start, with the reason.
+async fn load_runtimes(
+    config: &Config,
+    blobs: &BlobStore,
+) -> Result<std::collections::HashMap<&'static str, pb::BlobRef>> {
+    use sha2::Digest;
+    let mut runtimes = std::collections::HashMap::new();
+    let Some(path) = &config.python_runtime else {
+        return Ok(runtimes);
+    };
+    let runtime = cobble_core::runtime::PYTHON;
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("--python-runtime {}: {e}", path.display())))?;
+    let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+    if sha256 != runtime.sha256 {
+        return Err(Error::InvalidArgument(format!(
+            "--python-runtime {}: SHA-256 {sha256}, not the pinned {} ({}; `cargo xtask setup` fetches it)",
+            path.display(),
+            runtime.sha256,
+            runtime.source
+        )));
+    }
+    let hash = cobble_core::BlobHash::of(&bytes);
+    if !blobs.contains(&hash).await? {
+        blobs.put(&bytes).await?;
+    }
+    runtimes.insert(
+        runtime.name,
+        pb::BlobRef {
+            hash: hash.0.to_vec(),
+            size: bytes.len() as u64,
+            chunk_root: Vec::new(),
+        },
+    );
+    Ok(runtimes)
 }
 
 /// The certificate the coordinator serves, or None with

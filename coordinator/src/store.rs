@@ -28,6 +28,7 @@ pub use researchers::{
 use crate::blob_store::BlobStore;
 use crate::db::Db;
 use crate::integrity::Policy;
+use cobble_proto::v1 as pb;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -57,6 +58,10 @@ pub struct Store {
     invite_code: Option<Arc<Vec<u8>>>,
     /// The offline code-signing key every job's module must be signed by.
     code_key: Option<VerifyingKey>,
+    /// The runtimes this coordinator serves, by name (`runtime =
+    /// "python"`): their modules' blobs, checked against their pinned
+    /// hashes at start and never collected.
+    runtimes: Arc<HashMap<&'static str, pb::BlobRef>>,
     /// Abuse limits: per-host request rates are checked where hosts
     /// authenticate.
     limits: Arc<crate::limits::Limits>,
@@ -114,6 +119,7 @@ impl Store {
             validation_wanted: Arc::default(),
             invite_code: None,
             code_key: None,
+            runtimes: Arc::default(),
             limits: crate::limits::Limits::off(),
             loops: Arc::default(),
             metrics: Arc::default(),
@@ -145,6 +151,16 @@ impl Store {
 
     pub fn code_key(&self) -> Option<&VerifyingKey> {
         self.code_key.as_ref()
+    }
+
+    /// Serves these runtimes (`load_runtimes` in lib.rs checks the files).
+    pub fn with_runtimes(mut self, runtimes: HashMap<&'static str, pb::BlobRef>) -> Self {
+        self.runtimes = Arc::new(runtimes);
+        self
+    }
+
+    pub fn runtimes(&self) -> &HashMap<&'static str, pb::BlobRef> {
+        &self.runtimes
     }
 
     /// Replaces the default integrity policy.

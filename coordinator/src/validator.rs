@@ -85,6 +85,7 @@ impl Validators {
             .run(
                 module,
                 Invocation {
+                    env: &[],
                     args: &[],
                     input_dir,
                     output_dir: &output_dir,

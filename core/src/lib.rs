@@ -13,6 +13,7 @@ pub mod error;
 pub mod manifest;
 pub mod output;
 pub mod rate;
+pub mod runtime;
 pub mod spec;
 
 pub use blob::BlobHash;

@@ -51,6 +51,15 @@ pub fn verify(assignment: &Assignment, project_key: &VerifyingKey) -> Result<Man
             )));
         }
     }
+    // The unit sees these and nothing else of an environment: bounded and
+    // well formed, whoever signed them.
+    crate::spec::check_env(
+        manifest
+            .env
+            .iter()
+            .map(|var| (var.name.as_str(), var.value.as_str())),
+    )
+    .map_err(|e| Error::MalformedManifest(e.to_string()))?;
     Ok(manifest)
 }
 
@@ -166,6 +175,38 @@ mod tests {
             let error = verify(&signed, &key.verifying_key()).expect_err(hostile);
             assert!(
                 matches!(error, Error::MalformedManifest(ref m) if m.contains("not a path inside /input")),
+                "{hostile:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_signed_manifests_environment_is_checked_too() {
+        let key = generate_signing_key();
+        let with_env = |vars: &[(&str, &str)]| Manifest {
+            env: vars
+                .iter()
+                .map(|(name, value)| cobble_proto::v1::EnvVar {
+                    name: name.to_string(),
+                    value: value.to_string(),
+                })
+                .collect(),
+            ..manifest()
+        };
+        let good = sign(&with_env(&[("PYTHONHASHSEED", "0")]), &key);
+        let verified = verify(&good, &key.verifying_key()).expect("valid");
+        assert_eq!(verified.env[0].name, "PYTHONHASHSEED");
+        let huge = "x".repeat(5000);
+        for hostile in [
+            &[("LD_PRELOAD=/x", "1")][..],
+            &[("A", "nul\0")][..],
+            &[("A", huge.as_str())][..],
+            &[("A", "1"), ("A", "2")][..],
+        ] {
+            let signed = sign(&with_env(hostile), &key);
+            let error = verify(&signed, &key.verifying_key()).expect_err("refused");
+            assert!(
+                matches!(error, Error::MalformedManifest(ref m) if m.contains("env")),
                 "{hostile:?}: {error}"
             );
         }

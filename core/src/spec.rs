@@ -3,6 +3,7 @@
 //! trusting anything) run on it.
 
 use crate::Error;
+use crate::runtime::Runtime;
 use cobble_proto::v1::{self as pb, split_rule::Rule};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -41,7 +42,18 @@ pub const PLACEHOLDERS: [&str; 4] = ["{start}", "{end}", "{index}", "{file}"];
 #[serde(deny_unknown_fields)]
 struct SpecToml {
     name: String,
-    module: PathBuf,
+    module: Option<PathBuf>,
+    /// A runtime the coordinator serves instead of a module: "python".
+    runtime: Option<String>,
+    /// With a runtime: the researcher's program, run as /input/<its name>.
+    script: Option<PathBuf>,
+    /// With `runtime = "python"`: zip files of modules or pure-Python
+    /// wheels, put on `sys.path`.
+    #[serde(default)]
+    packages: Vec<PathBuf>,
+    /// Variables every unit sees, signed in its manifest.
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
     /// The module's detached signature by the project's code-signing key;
     /// default `<module>.sig` when that file exists.
     module_signature: Option<PathBuf>,
@@ -142,8 +154,14 @@ pub enum LocalSplit {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalJob {
     pub name: String,
-    pub module: PathBuf,
+    /// The researcher's module; none when the job names a runtime.
+    pub module: Option<PathBuf>,
+    /// `runtime = "python"`: the coordinator supplies the module, and the
+    /// script is the first input and the first argument.
+    pub runtime: Option<&'static Runtime>,
     pub args: Vec<String>,
+    /// Variables every unit sees: the runtime's, then the spec's `env`.
+    pub env: Vec<(String, String)>,
     /// (name under /input, path on this machine).
     pub inputs: Vec<(String, PathBuf)>,
     pub split: LocalSplit,
@@ -188,15 +206,56 @@ impl LocalJob {
             path: PathBuf::from("(text)"),
             message: e.to_string().trim_end().to_string(),
         })?;
-        let module = base.join(&raw.module);
-        if !module.is_file() {
-            return Err(Error::field(
-                "module",
-                format!("{} is not a readable file", module.display()),
-            ));
-        }
-        check_wasm_file(&module, "module")?;
-        let module_signature = read_signature(base, &module, raw.module_signature.as_deref())?;
+        let (module, runtime, module_signature) = match (&raw.module, &raw.runtime) {
+            (Some(module), None) => {
+                if raw.script.is_some() || !raw.packages.is_empty() {
+                    return Err(Error::field(
+                        "script",
+                        "`script` and `packages` go with `runtime = \"python\"`; a module reads its files from `inputs`",
+                    ));
+                }
+                let module = base.join(module);
+                if !module.is_file() {
+                    return Err(Error::field(
+                        "module",
+                        format!("{} is not a readable file", module.display()),
+                    ));
+                }
+                check_wasm_file(&module, "module")?;
+                let signature = read_signature(base, &module, raw.module_signature.as_deref())?;
+                (Some(module), None, signature)
+            }
+            (None, Some(name)) => {
+                let runtime = crate::runtime::named(name).ok_or_else(|| {
+                    Error::field(
+                        "runtime",
+                        format!(
+                            "{name:?} is not a runtime this version knows: {}",
+                            crate::runtime::names()
+                        ),
+                    )
+                })?;
+                if raw.module_signature.is_some() {
+                    return Err(Error::field(
+                        "module_signature",
+                        "a job on a runtime has no module of its own to sign",
+                    ));
+                }
+                (None, Some(runtime), None)
+            }
+            (Some(_), Some(_)) => {
+                return Err(Error::field(
+                    "runtime",
+                    "give either `module` or `runtime`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(Error::field(
+                    "module",
+                    "missing: name a WASI module, or `runtime = \"python\"` and a `script`",
+                ));
+            }
+        };
         let mut inputs = Vec::new();
         for input in &raw.inputs {
             let path = base.join(input);
@@ -208,6 +267,48 @@ impl LocalJob {
             }
             check_inside(base, &path, "inputs")?;
             inputs.push((file_name(&path, "inputs")?, path));
+        }
+        let mut args = raw.args;
+        let mut env: Vec<(String, String)> = Vec::new();
+        if let Some(runtime) = runtime {
+            let script = raw.script.as_ref().ok_or_else(|| {
+                Error::field(
+                    "script",
+                    "missing: the program to run, e.g. script = \"analysis.py\"",
+                )
+            })?;
+            let (name, path) = local_file(base, script, "script")?;
+            args.insert(0, format!("/input/{name}"));
+            inputs.push((name, path));
+            let mut python_path = Vec::new();
+            for package in &raw.packages {
+                let (name, path) = local_file(base, package, "packages")?;
+                if !(name.ends_with(".zip") || name.ends_with(".whl")) {
+                    return Err(Error::field(
+                        "packages",
+                        format!(
+                            "{name:?}: give a .zip of modules or a pure-Python .whl (a folder: zip it first)"
+                        ),
+                    ));
+                }
+                python_path.push(format!("/input/{name}"));
+                inputs.push((name, path));
+            }
+            env.extend(
+                runtime
+                    .env
+                    .iter()
+                    .map(|(name, value)| (name.to_string(), value.to_string())),
+            );
+            if !python_path.is_empty() {
+                env.push(("PYTHONPATH".to_string(), python_path.join(":")));
+            }
+        }
+        for (name, value) in raw.env {
+            match env.iter_mut().find(|(known, _)| *known == name) {
+                Some(slot) => slot.1 = value,
+                None => env.push((name, value)),
+            }
         }
         let split = match (raw.split.range, raw.split.files) {
             (Some(range), None) => LocalSplit::Range(pb::RangeSplit {
@@ -300,7 +401,9 @@ impl LocalJob {
         let job = LocalJob {
             name: raw.name,
             module,
-            args: raw.args,
+            runtime,
+            args,
+            env,
             inputs,
             split,
             replication,
@@ -344,6 +447,11 @@ impl LocalJob {
         )?;
         check_validator(&self.validator, false)?;
         check_reduce(self.reduce.as_deref())?;
+        check_env(
+            self.env
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        )?;
         check_known_answers(&self.known_answers, self.known_answer_copies, &self.limits)
     }
 
@@ -372,7 +480,21 @@ impl LocalJob {
         };
         Ok(pb::JobSpec {
             name: self.name.clone(),
-            module: Some(blob_of(&self.module)?),
+            module: match &self.module {
+                Some(path) => Some(blob_of(path)?),
+                None => None,
+            },
+            runtime: self
+                .runtime
+                .map_or_else(String::new, |r| r.name.to_string()),
+            env: self
+                .env
+                .iter()
+                .map(|(name, value)| pb::EnvVar {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
             args: self.args.clone(),
             inputs,
             split: Some(pb::SplitRule { rule: Some(rule) }),
@@ -395,6 +517,20 @@ impl LocalJob {
                 .map(|args| pb::ReduceStep { args: args.clone() }),
         })
     }
+}
+
+/// A file a spec names (a script, a package): readable, inside the spec's
+/// folder; returns its name under /input and its path.
+fn local_file(base: &Path, named: &Path, field: &str) -> Result<(String, PathBuf), Error> {
+    let path = base.join(named);
+    if !path.is_file() {
+        return Err(Error::field(
+            field,
+            format!("{} is not a readable file", path.display()),
+        ));
+    }
+    check_inside(base, &path, field)?;
+    Ok((file_name(&path, field)?, path))
 }
 
 /// The module's detached signature: the file the spec names (which must
@@ -823,6 +959,22 @@ fn unit_count(range: &pb::RangeSplit) -> u64 {
 /// nothing the CLI checked. Returns the validated parts.
 pub fn check_spec(spec: &pb::JobSpec) -> Result<(), Error> {
     check_name(&spec.name)?;
+    if !spec.runtime.is_empty() && crate::runtime::named(&spec.runtime).is_none() {
+        return Err(Error::field(
+            "runtime",
+            format!(
+                "{:?} is not a runtime this coordinator knows: {}",
+                spec.runtime,
+                crate::runtime::names()
+            ),
+        ));
+    }
+    check_env(
+        spec.env
+            .iter()
+            .map(|var| (var.name.as_str(), var.value.as_str())),
+    )?;
+    // A runtime's module is filled in by the coordinator before this.
     let module = spec
         .module
         .as_ref()
@@ -867,6 +1019,49 @@ pub fn check_spec(spec: &pb::JobSpec) -> Result<(), Error> {
         .map_or(Ok(()), |v| check_validator(v, true))?;
     check_reduce(spec.reduce.as_ref().map(|r| r.args.as_slice()))?;
     check_known_answers(&spec.known_answers, spec.known_answer_copies, &limits)
+}
+
+/// A job's environment: at most this many variables, names of at most
+/// [`MAX_ENV_NAME`] bytes, values of at most [`MAX_ENV_VALUE`].
+pub const MAX_ENV_VARS: usize = 64;
+const MAX_ENV_NAME: usize = 128;
+const MAX_ENV_VALUE: usize = 4096;
+
+/// Environment variables: POSIX names (letters, digits, `_`, not starting
+/// with a digit), each once, values without NUL, all bounded. Checked on
+/// the spec and again on every manifest a worker receives.
+pub fn check_env<'a>(vars: impl Iterator<Item = (&'a str, &'a str)>) -> Result<(), Error> {
+    let mut seen = HashSet::new();
+    for (count, (name, value)) in vars.enumerate() {
+        if count >= MAX_ENV_VARS {
+            return Err(Error::field(
+                "env",
+                format!("more than {MAX_ENV_VARS} variables"),
+            ));
+        }
+        let valid = !name.is_empty()
+            && name.len() <= MAX_ENV_NAME
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(Error::field(
+                "env",
+                format!(
+                    "{name:?} is not a variable name: letters, digits and _, not starting with a digit, at most {MAX_ENV_NAME} bytes"
+                ),
+            ));
+        }
+        if value.len() > MAX_ENV_VALUE || value.contains('\0') {
+            return Err(Error::field(
+                "env",
+                format!("{name}: the value is longer than {MAX_ENV_VALUE} bytes or holds a NUL"),
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(Error::field("env", format!("{name} is set twice")));
+        }
+    }
+    Ok(())
 }
 
 /// Arguments of the reduce unit fewer than which any real assembly step

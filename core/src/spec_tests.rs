@@ -515,3 +515,147 @@ fn a_reduce_step_is_literal_and_bounded() {
     });
     assert!(check_spec(&hostile).is_err_and(|e| e.to_string().contains("reduce.args")));
 }
+
+#[test]
+fn a_python_job_becomes_the_runtime_its_script_and_its_environment() {
+    let dir = fixture();
+    fs::write(dir.path().join("sir.py"), b"print(1)").expect("write");
+    fs::write(dir.path().join("deps.zip"), b"PK").expect("write");
+    fs::write(dir.path().join("tabulate-0.9.0-py3-none-any.whl"), b"PK").expect("write");
+    let text = VALID.replace(
+        "module = \"unit.wasm\"\n",
+        "runtime = \"python\"\nscript = \"sir.py\"\npackages = [\"deps.zip\", \"tabulate-0.9.0-py3-none-any.whl\"]\nenv = { MODEL = \"sir\", PYTHONHASHSEED = \"7\" }\n",
+    );
+    let job = LocalJob::parse(&text, dir.path()).expect("valid python spec");
+    assert_eq!(job.module, None);
+    assert_eq!(job.runtime, Some(&crate::runtime::PYTHON));
+    assert_eq!(job.args, ["/input/sir.py", "{start}", "{end}"]);
+    let names: Vec<&str> = job.inputs.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "table.bin",
+            "sir.py",
+            "deps.zip",
+            "tabulate-0.9.0-py3-none-any.whl"
+        ]
+    );
+    let env: Vec<(&str, &str)> = job
+        .env
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("PYTHONHASHSEED", "7"),
+            ("PYTHONDONTWRITEBYTECODE", "1"),
+            (
+                "PYTHONPATH",
+                "/input/deps.zip:/input/tabulate-0.9.0-py3-none-any.whl"
+            ),
+            ("MODEL", "sir"),
+        ],
+        "the runtime's variables first; the spec's override them"
+    );
+    let spec = spec_of(&job, 3);
+    assert_eq!(spec.module, None, "the coordinator fills it in");
+    assert_eq!(spec.runtime, "python");
+    assert_eq!(spec.env.len(), 4);
+    // As the coordinator sees it once it has put the runtime's module in.
+    let served = pb::JobSpec {
+        module: Some(pb::BlobRef {
+            hash: vec![9; 32],
+            size: 1,
+            chunk_root: Vec::new(),
+        }),
+        ..spec
+    };
+    check_spec(&served).expect("the coordinator accepts it");
+}
+
+#[test]
+fn bad_python_specs_say_what_is_wrong() {
+    let python = |extra: &str| format!("runtime = \"python\"\nscript = \"sir.py\"\n{extra}");
+    for (to, expected) in [
+        (
+            "module = \"unit.wasm\"\nruntime = \"python\"\n".to_string(),
+            &["runtime", "not both"][..],
+        ),
+        (String::new(), &["module", "runtime = \"python\""][..]),
+        (
+            "runtime = \"cobol\"\n".to_string(),
+            &["runtime", "\"cobol\"", "\"python\""][..],
+        ),
+        (
+            "runtime = \"python\"\n".to_string(),
+            &["script", "missing"][..],
+        ),
+        (python(""), &["script", "sir.py is not a readable file"][..]),
+        (
+            "module = \"unit.wasm\"\nscript = \"table.bin\"\n".to_string(),
+            &["script", "runtime"][..],
+        ),
+        (
+            "runtime = \"python\"\nscript = \"table.bin\"\npackages = [\"data/a.txt\"]\n"
+                .to_string(),
+            &["packages", ".zip", ".whl"][..],
+        ),
+        (
+            "runtime = \"python\"\nscript = \"../outside.py\"\n".to_string(),
+            &["script"][..],
+        ),
+        (
+            "runtime = \"python\"\nscript = \"table.bin\"\nmodule_signature = \"x.sig\"\n"
+                .to_string(),
+            &["module_signature", "no module of its own"][..],
+        ),
+        (
+            "module = \"unit.wasm\"\nenv = { \"1BAD\" = \"x\" }\n".to_string(),
+            &["env", "1BAD", "not a variable name"][..],
+        ),
+        (
+            "module = \"unit.wasm\"\nenv = { \"A=B\" = \"x\" }\n".to_string(),
+            &["env", "not a variable name"][..],
+        ),
+        (
+            "module = \"unit.wasm\"\nenv = { A = \"nul\\u0000\" }\n".to_string(),
+            &["env", "NUL"][..],
+        ),
+        (
+            format!(
+                "module = \"unit.wasm\"\nenv = {{ A = \"{}\" }}\n",
+                "x".repeat(5000)
+            ),
+            &["env", "4096"][..],
+        ),
+    ] {
+        check("module = \"unit.wasm\"\n", &to, expected);
+    }
+    // script = "../outside.py" must name a file that exists to reach the
+    // inside check.
+    let dir = fixture();
+    let outside = dir.path().parent().expect("parent").join("outside.py");
+    fs::write(&outside, b"print(1)").expect("write");
+    let text = VALID.replace(
+        "module = \"unit.wasm\"\n",
+        "runtime = \"python\"\nscript = \"../outside.py\"\n",
+    );
+    let error = LocalJob::parse(&text, dir.path()).expect_err("outside the folder");
+    fs::remove_file(&outside).ok();
+    assert!(error.to_string().contains("script"), "{error}");
+}
+
+#[test]
+fn environments_are_bounded_in_number_and_names_are_unique() {
+    let many: Vec<(String, String)> = (0..=MAX_ENV_VARS)
+        .map(|i| (format!("V{i}"), String::new()))
+        .collect();
+    let error =
+        check_env(many.iter().map(|(n, v)| (n.as_str(), v.as_str()))).expect_err("too many");
+    assert!(error.to_string().contains("more than 64"), "{error}");
+    let error = check_env([("A", "1"), ("A", "2")].into_iter()).expect_err("twice");
+    assert!(error.to_string().contains("A is set twice"), "{error}");
+    check_env([("_A1", ""), ("PYTHONPATH", "/input/x.zip")].into_iter()).expect("valid");
+    assert!(check_env([("", "x")].into_iter()).is_err());
+}

@@ -11,7 +11,8 @@
 //! resume latency (they end -> the units compute again); and how much a
 //! CPU-bound program of the owner's is slowed while the worker has work,
 //! against the same program with the worker stopped (SIGSTOP), interleaved
-//! round by round.
+//! round by round; then, a minute after work, its memory again, and what
+//! letting go of engines and code cost the next units' start.
 //!
 //! `cargo bench -p cobble-e2e --bench volunteer` (COBBLE_BENCH_ROUNDS=N).
 
@@ -209,7 +210,17 @@ fn main() {
         .unwrap_or(5);
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path();
-    let coordinator = Coordinator::start(dir);
+    // The long job's units, aborted at its cancel, would spend a new
+    // host's daily quota (64) before the quick job at the end.
+    let coordinator = Coordinator::start_with(
+        dir,
+        &[
+            "--initial-daily-quota",
+            "100000",
+            "--max-daily-quota-per-cpu",
+            "100000",
+        ],
+    );
     let worker_dir = dir.join("volunteer");
     let worker: Process = start_worker_with(
         "cobble-worker",
@@ -351,6 +362,51 @@ fn main() {
         "idle after work:    {rss:6.1} MiB resident, {cpu:.3}% of a core ({})",
         rss_parts(pid)
     );
+
+    // What letting go costs: the next units' start (assignment to first
+    // instruction), the first ones after the release beside those after.
+    let seen = worker.log_text().len();
+    let quick = submit_folding_job(
+        &coordinator,
+        dir,
+        ["HPHPPHHPHPPHPHHPPHPH", "0", "12", "20000"],
+        1,
+        "deadline_s = 600",
+    );
+    let (done, status) = coordinator.wait_done(&quick, Duration::from_secs(120));
+    let log = worker.log_text();
+    assert!(
+        done,
+        "the quick job did not finish: {status}\nworker log, last lines:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    let starts = unit_starts(log.get(seen..).unwrap_or_default());
+    let (first, later) = starts.split_at(starts.len().min(cpus));
+    let shown: Vec<String> = first.iter().map(|ms| format!("{ms:.1} ms")).collect();
+    println!(
+        "unit start after idle: {} (first {} units: engines made again, modules read from disk, code paged in); later units median {}",
+        shown.join(", "),
+        first.len(),
+        if later.is_empty() {
+            "n/a".to_string()
+        } else {
+            format!("{:.1} ms", median(later.to_vec()))
+        }
+    );
+}
+
+/// Assignment-to-first-instruction times, in milliseconds, of the units
+/// the worker log `text` says finished, in order.
+fn unit_starts(text: &str) -> Vec<f64> {
+    cobble_e2e::plain(text)
+        .lines()
+        .filter(|line| line.contains("unit finished"))
+        .filter_map(|line| {
+            let rest = line.split("first_instruction_us=").nth(1)?;
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<f64>().ok().map(|us| us / 1000.0)
+        })
+        .collect()
 }
 
 /// A job of long folding units, many more than the worker has slots:

@@ -16,6 +16,7 @@ mod cases {
     mod object_store;
     mod peers;
     mod prefs;
+    mod python;
     mod reflection;
     mod researchers;
     mod resume;

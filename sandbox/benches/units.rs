@@ -238,6 +238,7 @@ async fn run_wasm(
         .run(
             module,
             Invocation {
+                env: &[],
                 args: &args,
                 input_dir: &input,
                 output_dir: &output,

@@ -251,8 +251,11 @@ pub(crate) fn memory(caller: &mut Caller<'_, UnitState>) -> Option<wasmtime::Mem
 
 pub(crate) fn read_u32(caller: &mut Caller<'_, UnitState>, at: u32) -> Option<u32> {
     let memory = memory(caller)?;
-    let data = memory.data(&*caller);
-    let start = at as usize;
-    let bytes = data.get(start..start.checked_add(4)?)?;
-    Some(u32::from_le_bytes(bytes.try_into().ok()?))
+    bytes_at(memory.data(&*caller), at as usize).map(u32::from_le_bytes)
+}
+
+/// The `N` bytes of `data` from `at`, if all are there: a unit's pointers
+/// are read through this, never by indexing.
+pub(crate) fn bytes_at<const N: usize>(data: &[u8], at: usize) -> Option<[u8; N]> {
+    data.get(at..at.checked_add(N)?)?.try_into().ok()
 }

@@ -20,7 +20,7 @@ mod supervise;
 pub use crate::error::{Error, Result};
 use clock::{VirtualMonotonicClock, VirtualWallClock};
 use fuel_ledger::FuelLedger;
-pub use module_cache::{ModuleCache, Origin};
+pub use module_cache::{ModuleCache, Origin, Wasm};
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,6 +68,8 @@ impl UnitLimits {
 #[derive(Debug)]
 pub struct Invocation<'a> {
     pub args: &'a [String],
+    /// The job's signed environment variables; the host's never reach a unit.
+    pub env: &'a [(String, String)],
     /// Host directory shown read-only as `/input`.
     pub input_dir: &'a Path,
     /// Empty host directory shown as `/output`.
@@ -317,7 +319,18 @@ impl Sandbox {
         wasm: &Path,
     ) -> Result<(PreparedModule, Origin)> {
         self.modules
-            .get_or_compile(&self.engine, &self.linker, hash, wasm)
+            .get_or_compile(&self.engine, &self.linker, hash, Wasm::File(wasm))
+    }
+
+    /// As `prepare_from`, for a module already read (`cobble-worker exec`
+    /// hashes it first): read once, compiled only if not cached.
+    pub fn prepare_read(
+        &self,
+        hash: &cobble_core::BlobHash,
+        wasm: &[u8],
+    ) -> Result<(PreparedModule, Origin)> {
+        self.modules
+            .get_or_compile(&self.engine, &self.linker, hash, Wasm::Bytes(wasm))
     }
 
     /// Compiles bytes that have no content id yet (`cobble-worker exec`).
@@ -481,6 +494,7 @@ fn build_wasi(
     // argv[0] is fixed so that replicas see identical arguments.
     builder.arg("unit");
     builder.args(invocation.args);
+    builder.envs(invocation.env);
     builder.stdin(MemoryInputPipe::new(invocation.stdin.clone()));
     builder.stdout(stdout);
     builder.stderr(stderr);

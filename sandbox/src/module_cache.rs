@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use cobble_core::BlobHash;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use wasmtime::{Engine, Linker, Module};
 
 pub struct ModuleCache {
@@ -21,6 +21,16 @@ pub struct ModuleCache {
     /// files, so two of them on one directory do not evict each other.
     engine_key: String,
     loaded: Mutex<HashMap<BlobHash, PreparedModule>>,
+    /// One compile per module at a time: two units of a new module that
+    /// start together (a 26 MB runtime takes seconds) compile it once.
+    compiling: Mutex<HashMap<BlobHash, Arc<Mutex<()>>>>,
+}
+
+/// A module's WebAssembly: a file read only if it must be compiled, or
+/// bytes already in hand.
+pub enum Wasm<'a> {
+    File(&'a Path),
+    Bytes(&'a [u8]),
 }
 
 /// Where a prepared module came from.
@@ -52,25 +62,53 @@ impl ModuleCache {
             dir,
             engine_key,
             loaded: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(HashMap::new()),
         })
     }
 
+    /// The prepared module: from memory, from the disk cache, or compiled
+    /// now, once however many callers ask together. Blocks for as long as
+    /// compiling takes (seconds for a large module): call it off the async
+    /// runtime's threads.
     pub fn get_or_compile(
         &self,
         engine: &Engine,
         linker: &Linker<UnitState>,
         hash: &BlobHash,
-        wasm: &Path,
+        wasm: Wasm<'_>,
     ) -> Result<(PreparedModule, Origin)> {
         if let Some(pre) = self.lock().get(hash) {
             return Ok((pre.clone(), Origin::Memory));
         }
+        let gate = self.gates().entry(*hash).or_default().clone();
+        let _one_compile = gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Whoever held the gate before may have prepared it meanwhile.
+        if let Some(pre) = self.lock().get(hash) {
+            return Ok((pre.clone(), Origin::Memory));
+        }
+        let prepared = self.load_or_compile(engine, linker, hash, wasm);
+        self.gates().remove(hash);
+        prepared
+    }
+
+    fn load_or_compile(
+        &self,
+        engine: &Engine,
+        linker: &Linker<UnitState>,
+        hash: &BlobHash,
+        wasm: Wasm<'_>,
+    ) -> Result<(PreparedModule, Origin)> {
         let (module, origin) = match self.load_compiled(engine, hash) {
             Some(module) => (module, Origin::Disk),
             None => {
-                let bytes = std::fs::read(wasm)
-                    .map_err(Error::io(format!("reading module {}", wasm.display())))?;
-                let module = compile(engine, &bytes)?;
+                let module = match wasm {
+                    Wasm::File(path) => compile(
+                        engine,
+                        &std::fs::read(path)
+                            .map_err(Error::io(format!("reading module {}", path.display())))?,
+                    )?,
+                    Wasm::Bytes(bytes) => compile(engine, bytes)?,
+                };
                 self.store_compiled(hash, &module);
                 (module, Origin::Compiled)
             }
@@ -78,6 +116,13 @@ impl ModuleCache {
         let pre = instantiate_pre(linker, &module)?;
         self.lock().insert(*hash, pre.clone());
         Ok((pre, origin))
+    }
+
+    fn gates(&self) -> std::sync::MutexGuard<'_, HashMap<BlobHash, Arc<Mutex<()>>>> {
+        // A panic while holding this lock leaves a plain map behind.
+        self.compiling
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlobHash, PreparedModule>> {

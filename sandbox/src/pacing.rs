@@ -76,12 +76,15 @@ pub(crate) async fn sleep_hook(caller: &mut Caller<'_, UnitState>, subs: u32, co
     else {
         return;
     };
-    let field = |at: usize, len: usize| sub.get(at..at + len).unwrap_or_default();
-    let flags = u16::from_le_bytes(field(FLAGS_AT, 2).try_into().unwrap_or_default());
-    if sub[TAG_AT] != TAG_CLOCK || flags & ABSTIME != 0 {
+    let (Some(flags), Some(nanos)) = (
+        crate::hooks::bytes_at(sub, FLAGS_AT).map(u16::from_le_bytes),
+        crate::hooks::bytes_at(sub, TIMEOUT_AT).map(u64::from_le_bytes),
+    ) else {
+        return;
+    };
+    if sub.get(TAG_AT) != Some(&TAG_CLOCK) || flags & ABSTIME != 0 {
         return;
     }
-    let nanos = u64::from_le_bytes(field(TIMEOUT_AT, 8).try_into().unwrap_or_default());
     tokio::time::sleep(Duration::from_nanos(nanos)).await;
     if let Some(timeout) = memory
         .data_mut(&mut *caller)

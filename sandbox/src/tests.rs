@@ -67,6 +67,7 @@ async fn run_in(
         .run(
             module,
             Invocation {
+                env: &[],
                 args,
                 input_dir: &dirs.input,
                 output_dir: &dirs.output,
@@ -444,6 +445,24 @@ async fn compiled_modules_are_cached_on_disk() {
     assert_eq!(origin, Origin::Compiled);
 }
 
+#[test]
+fn units_of_a_new_module_that_start_together_compile_it_once() {
+    let wasm = Path::new(cobble_unit_artifacts::FOLDING);
+    let hash = cobble_core::BlobHash::of(&std::fs::read(wasm).expect("guest"));
+    let sandbox = Sandbox::new(None).expect("sandbox");
+    let origins: Vec<Origin> = std::thread::scope(|scope| {
+        let callers: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| sandbox.prepare_from(&hash, wasm).expect("prepare").1))
+            .collect();
+        callers
+            .into_iter()
+            .map(|caller| caller.join().expect("thread"))
+            .collect()
+    });
+    let compiled = origins.iter().filter(|o| **o == Origin::Compiled).count();
+    assert_eq!(compiled, 1, "{origins:?}");
+}
+
 /// The checkpoint protocol from a C unit that knows nothing of Cobble but
 /// files: starved of fuel it stops with a checkpoint; run again on the same
 /// directory it resumes there and prints exactly what a straight run prints.
@@ -600,6 +619,7 @@ async fn a_unit_reading_a_file_pauses_at_once_and_resumes() {
             .run(
                 &module,
                 Invocation {
+                    env: &[],
                     args: &args,
                     input_dir: &dirs.input,
                     output_dir: &dirs.output,

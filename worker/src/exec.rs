@@ -15,6 +15,8 @@ pub struct ExecRequest {
     /// Files placed at `/input/<file name>`.
     pub inputs: Vec<PathBuf>,
     pub args: Vec<String>,
+    /// Variables the unit sees, as a job's `env`.
+    pub env: Vec<(String, String)>,
     pub limits: UnitLimits,
     /// Where `/output` is kept; a temporary directory when None.
     pub output_dir: Option<PathBuf>,
@@ -70,8 +72,7 @@ pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
     let bytes = std::fs::read(&request.module)
         .map_err(Error::io(format!("reading {}", request.module.display())))?;
     let compile_started = Instant::now();
-    let (prepared, origin) =
-        sandbox.prepare_from(&cobble_core::BlobHash::of(&bytes), &request.module)?;
+    let (prepared, origin) = sandbox.prepare_read(&cobble_core::BlobHash::of(&bytes), &bytes)?;
     drop(bytes);
     let compile = compile_started.elapsed();
 
@@ -97,6 +98,7 @@ pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
                 &prepared,
                 Invocation {
                     args: &request.args,
+                    env: &request.env,
                     input_dir: &input_dir,
                     output_dir: &output_dir,
                     checkpoint_dir: request.checkpoint_dir.as_deref(),

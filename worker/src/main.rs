@@ -203,9 +203,22 @@ struct ExecArgs {
     /// Compile the module afresh and keep nothing.
     #[arg(long, conflicts_with = "module_cache")]
     no_module_cache: bool,
+    /// A variable the unit sees, NAME=VALUE, as a job's `env` sets it;
+    /// repeatable. Nothing else of this shell's environment reaches it.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = env_var)]
+    env: Vec<(String, String)>,
     /// Arguments for the module, after `--`.
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+/// `NAME=VALUE`, checked as a job's `env` is.
+fn env_var(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: give NAME=VALUE"))?;
+    cobble_core::spec::check_env([(name, value)].into_iter()).map_err(|e| e.to_string())?;
+    Ok((name.to_string(), value.to_string()))
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -384,6 +397,7 @@ async fn run_exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         module: args.module.clone(),
         inputs: args.inputs,
         args: args.args,
+        env: args.env,
         limits: UnitLimits {
             fuel: args.fuel,
             memory_bytes: u64::from(args.memory_mib) << 20,

@@ -39,6 +39,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Keep at most this much of stderr in an error report.
 const STDERR_TAIL: usize = 2048;
 
+/// The last [`STDERR_TAIL`] bytes of what a failed unit wrote to stderr
+/// (where a Python traceback ends with its exception), as text. Cut as
+/// bytes: the unit chooses them, and a cut inside a character must not
+/// panic the slot.
+fn stderr_tail(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(STDERR_TAIL)..]).into_owned()
+}
+
 /// Settings of `cobble-worker run`.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -487,7 +495,28 @@ impl Worker {
             link_input(&cached, &target)?;
         }
         let sandbox = self.engines.get(manifest.nan_canonicalization_off)?;
-        let prepared = sandbox.prepare(&module_hash, &module_path)?;
+        let preparing = std::time::Instant::now();
+        // Compiling takes seconds for a large module (CPython): off the
+        // runtime's threads, which heartbeats and reports need.
+        let (prepared, origin) = {
+            let sandbox = sandbox.clone();
+            tokio::task::spawn_blocking(move || sandbox.prepare_from(&module_hash, &module_path))
+                .await
+                .map_err(|e| Error::InvalidModule(format!("preparing the module: {e}")))??
+        };
+        if origin != cobble_sandbox::Origin::Memory {
+            tracing::info!(
+                module = %module_hash,
+                ?origin,
+                ms = preparing.elapsed().as_millis() as u64,
+                "module prepared"
+            );
+        }
+        let env: Vec<(String, String)> = manifest
+            .env
+            .iter()
+            .map(|var| (var.name.clone(), var.value.clone()))
+            .collect();
         let limits = manifest.limits.unwrap_or_default();
         // Each pass is one run from the unit's last checkpoint; a unit
         // removed from memory takes another pass when memory allows.
@@ -512,6 +541,7 @@ impl Worker {
                 .map_err(Error::io(format!("creating {}", output_dir.display())))?;
             let invocation = Invocation {
                 args: &manifest.args,
+                env: &env,
                 input_dir: &input_dir,
                 output_dir: &output_dir,
                 checkpoint_dir: Some(&checkpoint_dir),
@@ -575,11 +605,9 @@ impl Worker {
 
     async fn outcome_of(&self, report: RunReport, deadline_ms: i64) -> Result<Outcome> {
         if let Err(failure) = &report.outcome {
-            let stderr = String::from_utf8_lossy(&report.stderr);
-            let tail = &stderr[stderr.len().saturating_sub(STDERR_TAIL)..];
             return Ok(client_error(
                 failure.kind(),
-                &format!("{failure}; stderr: {tail}"),
+                &format!("{failure}; stderr: {}", stderr_tail(&report.stderr)),
             ));
         }
         let mut stdout = report.stdout;
@@ -718,6 +746,7 @@ impl Worker {
             _ => self.download_whole(blob, &hash, &path, deadline_ms).await,
         };
         if result.is_ok() {
+            tracing::info!(blob = %hash, size = blob.size, "blob fetched");
             self.trim_cache();
         }
         result
@@ -977,8 +1006,26 @@ pub(crate) fn link_input(cached: &Path, target: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::attach_later;
+    use super::{STDERR_TAIL, attach_later, stderr_tail};
     use tonic::{Code, Status};
+
+    #[test]
+    fn a_failed_units_stderr_is_cut_without_splitting_a_character() {
+        // Two-byte characters and one more byte: the cut falls one byte
+        // into a character.
+        let mut stderr = "é".repeat(STDERR_TAIL).into_bytes();
+        stderr.push(b'!');
+        let tail = stderr_tail(&stderr);
+        assert!(
+            tail.starts_with('\u{fffd}') && tail.ends_with("é!"),
+            "{tail:?}"
+        );
+        // Bytes that are no text at all, and nothing.
+        assert_eq!(stderr_tail(&[0xff, b'a']), "\u{fffd}a");
+        assert_eq!(stderr_tail(b""), "");
+        let short = "Traceback (most recent call last):\nValueError: boom\n";
+        assert_eq!(stderr_tail(short.as_bytes()), short);
+    }
 
     #[test]
     fn only_a_busy_or_rate_limited_attach_is_tried_again() {

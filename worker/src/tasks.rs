@@ -197,6 +197,7 @@ impl Tasks {
             .collect()
     }
 
+    /// Whether nothing is in hand, without copying the table.
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }

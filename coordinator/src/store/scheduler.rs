@@ -547,6 +547,7 @@ fn build_manifest(
         issued_ms: now,
         nan_canonicalization_off: spec.nan_canonicalization_off,
         module_signature: spec.module_signature,
+        env: spec.env,
     })
 }
 

@@ -196,6 +196,7 @@ pub(super) async fn job_spec(
         known_answer_copies: 0,
         module_signature: Vec::new(),
         reduce: None,
+        ..Default::default()
     }
 }
 

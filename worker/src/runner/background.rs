@@ -203,32 +203,41 @@ async fn govern_loop(worker: Arc<Worker>, activity: watch::Receiver<Activity>) {
 
 /// An idle worker should cost its owner as little memory as the BOINC
 /// client: once nothing has been in hand for [`RELEASE_WHEN_IDLE_FOR`],
-/// the engines and their compiled modules go, and the allocator returns
-/// freed pages. The next unit's start pays a few milliseconds for it
-/// (`Engines`).
+/// the engines and their compiled modules go, the allocator returns freed
+/// pages, and the code pages compiling and running units touched are
+/// unmapped, once per idle spell. The next unit's start pays a few
+/// milliseconds for it (`Engines`, and minor faults for the code).
 async fn release_when_idle(worker: Arc<Worker>) {
     let mut idle_since: Option<Instant> = None;
+    let mut released = false;
     loop {
         let changed = worker.tasks.changed();
-        if worker.tasks.snapshot().is_empty() {
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            let left = RELEASE_WHEN_IDLE_FOR.saturating_sub(since.elapsed());
-            if left.is_zero() {
-                if worker.engines.release() {
-                    crate::sys::return_freed_memory();
-                    tracing::info!("idle: released the engines and compiled modules");
-                }
-                changed.await;
-            } else {
-                tokio::select! {
-                    () = changed => {}
-                    () = tokio::time::sleep(left) => {}
-                }
-            }
-        } else {
-            idle_since = None;
+        if !worker.tasks.is_empty() {
+            (idle_since, released) = (None, false);
             changed.await;
+            continue;
         }
+        let since = *idle_since.get_or_insert_with(Instant::now);
+        let left = RELEASE_WHEN_IDLE_FOR.saturating_sub(since.elapsed());
+        if !left.is_zero() {
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep(left) => {}
+            }
+            continue;
+        }
+        if !released {
+            released = true;
+            let engines = worker.engines.release();
+            crate::sys::return_freed_memory();
+            let code = crate::sys::release_code_pages();
+            tracing::info!(
+                engines,
+                code_pages_kib = code / 1024,
+                "idle: let go of the engines, freed heap and code pages"
+            );
+        }
+        changed.await;
     }
 }
 
