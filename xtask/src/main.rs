@@ -511,9 +511,16 @@ fn demo(root: &Path) -> anyhow::Result<()> {
         "== starting a coordinator on embedded SQLite in {}",
         data.display()
     );
-    let mut coordinator = Command::new(bin("cobble-coordinator"))
+    let mut coordinator = Command::new(bin("cobble-coordinator"));
+    coordinator
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data.join("coordinator"))
+        .arg(data.join("coordinator"));
+    // Python jobs too, once `cargo xtask setup` has fetched the runtime.
+    let python = root.join("target/third-party").join(PYTHON_WASM);
+    if python.is_file() {
+        coordinator.arg("--python-runtime").arg(&python);
+    }
+    let mut coordinator = coordinator
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(data.join("coordinator.log"))?)
         .spawn()?;
