@@ -1,6 +1,7 @@
 //! `cobble`: the researcher's and the public's command. Submit a job,
 //! follow it, collect its validated results, view the leaderboard.
 
+mod init;
 mod output;
 mod signing;
 
@@ -46,6 +47,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Writes a working example job to start from into DIR (new or empty):
+    /// `--python`, a parameter sweep of an epidemic model.
+    Init {
+        /// A Python job (runs on the coordinator's CPython runtime).
+        #[arg(long, required = true)]
+        python: bool,
+        dir: PathBuf,
+    },
     /// Upload a job's module and inputs and submit it; prints the job id.
     Submit {
         /// The job spec (TOML).
@@ -104,6 +113,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
+        Command::Init { python: _, dir } => return init::python(dir),
         Command::Keygen { file } => return signing::keygen(file),
         Command::SignModule { module, key, out } => {
             return signing::sign_module(module, key, out.as_deref());
@@ -178,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
                 .into_inner();
             output::print_leaderboard(&board, json)?;
         }
-        Command::Keygen { .. } | Command::SignModule { .. } => {}
+        Command::Init { .. } | Command::Keygen { .. } | Command::SignModule { .. } => {}
         Command::Transfers { json } => {
             let stats = StatsServiceClient::new(connect().await?.channel())
                 .get_transfer_stats(pb::TransferStatsRequest {})

@@ -315,3 +315,59 @@ fn bad_python_specs_are_refused_with_the_reason() {
     assert!(exited, "a coordinator with a wrong runtime started: {log}");
     assert!(log.contains("not the pinned"), "{log}");
 }
+
+#[test]
+fn cobble_init_python_writes_a_job_that_runs_and_matches_native_cpython() {
+    let Some(runtime) = runtime() else {
+        return;
+    };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let job_dir = dir.join("sir");
+    let coordinator = start(dir, &runtime);
+    coordinator.cli_ok(&["init", "--python", job_dir.to_str().expect("utf-8")]);
+    // A second init into it is refused, and what is there stays.
+    std::fs::write(job_dir.join("sir.py"), "# mine\n").expect("write");
+    let again = coordinator.cli(&["init", "--python", job_dir.to_str().expect("utf-8")]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is not empty"));
+    assert_eq!(
+        std::fs::read_to_string(job_dir.join("sir.py")).expect("read"),
+        "# mine\n"
+    );
+    coordinator.cli_ok(&[
+        "init",
+        "--python",
+        dir.join("fresh").to_str().expect("utf-8"),
+    ]);
+    let job_dir = dir.join("fresh");
+
+    let _volunteers = start_volunteers(&coordinator, dir, &["one", "two"]);
+    let job = coordinator.submit(&job_dir.join("job.toml"));
+    let (done, status) = coordinator.wait_done(&job, Duration::from_secs(600));
+    assert!(done, "{status}");
+    assert!(
+        status.contains("10 done") && status.contains("20 valid"),
+        "{status}"
+    );
+    let out = dir.join("out");
+    coordinator.cli_ok(&["results", &job, "--out", out.to_str().expect("utf-8")]);
+    let computed: String = (0..10)
+        .map(|unit| {
+            std::fs::read_to_string(out.join(unit.to_string()).join("stdout")).expect("stdout")
+        })
+        .collect();
+    assert_eq!(computed.lines().count(), 40, "{computed}");
+    if python3() {
+        let native = Command::new("python3")
+            .arg(job_dir.join("sir.py"))
+            .args(["0", "40"])
+            .output()
+            .expect("python3");
+        assert_eq!(
+            computed,
+            String::from_utf8_lossy(&native.stdout),
+            "the sweep through the sandbox differs from native CPython's"
+        );
+    }
+}
