@@ -258,15 +258,7 @@ impl LocalJob {
         };
         let mut inputs = Vec::new();
         for input in &raw.inputs {
-            let path = base.join(input);
-            if !path.is_file() {
-                return Err(Error::field(
-                    "inputs",
-                    format!("{} is not a readable file", path.display()),
-                ));
-            }
-            check_inside(base, &path, "inputs")?;
-            inputs.push((file_name(&path, "inputs")?, path));
+            inputs.push(local_file(base, input, "inputs")?);
         }
         let mut args = raw.args;
         let mut env: Vec<(String, String)> = Vec::new();
@@ -519,8 +511,8 @@ impl LocalJob {
     }
 }
 
-/// A file a spec names (a script, a package): readable, inside the spec's
-/// folder; returns its name under /input and its path.
+/// A file a spec names (an input, a script, a package): readable, inside
+/// the spec's folder; returns its name under /input and its path.
 fn local_file(base: &Path, named: &Path, field: &str) -> Result<(String, PathBuf), Error> {
     let path = base.join(named);
     if !path.is_file() {

