@@ -209,6 +209,10 @@ async fn upload_job(connection: &Connection, job: &LocalJob) -> anyhow::Result<p
     if let cobble_core::spec::LocalSplit::Files(files) = &job.split {
         paths.extend(files.iter().map(|(_, p)| p.as_path()));
     }
+    if let Some(reduce) = &job.reduce {
+        paths.extend(reduce.module.as_deref());
+        paths.extend(reduce.inputs.iter().map(|(_, p)| p.as_path()));
+    }
     let mut uploaded: HashMap<PathBuf, pb::BlobRef> = HashMap::new();
     for path in paths {
         if !uploaded.contains_key(path) {

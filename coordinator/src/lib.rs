@@ -90,7 +90,6 @@ async fn load_runtimes(
     config: &Config,
     blobs: &BlobStore,
 ) -> Result<std::collections::HashMap<&'static str, pb::BlobRef>> {
-    use sha2::Digest;
     let mut runtimes = std::collections::HashMap::new();
     let Some(path) = &config.python_runtime else {
         return Ok(runtimes);
@@ -99,15 +98,9 @@ async fn load_runtimes(
     let bytes = tokio::fs::read(path)
         .await
         .map_err(|e| Error::InvalidArgument(format!("--python-runtime {}: {e}", path.display())))?;
-    let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-    if sha256 != runtime.sha256 {
-        return Err(Error::InvalidArgument(format!(
-            "--python-runtime {}: SHA-256 {sha256}, not the pinned {} ({}; `cargo xtask setup` fetches it)",
-            path.display(),
-            runtime.sha256,
-            runtime.source
-        )));
-    }
+    runtime.check(&bytes).map_err(|reason| {
+        Error::InvalidArgument(format!("--python-runtime {}: {reason}", path.display()))
+    })?;
     let hash = cobble_core::BlobHash::of(&bytes);
     if !blobs.contains(&hash).await? {
         blobs.put(&bytes).await?;

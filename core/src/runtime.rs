@@ -37,6 +37,35 @@ pub const PYTHON: Runtime = Runtime {
 
 pub const RUNTIMES: &[Runtime] = &[PYTHON];
 
+impl Runtime {
+    /// `env` with this runtime's variables added where it does not set
+    /// them: what a program on the runtime sees in a job that set `env`.
+    pub fn with_env(&self, env: &[(String, String)]) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(name, _)| !env.iter().any(|(set, _)| set == name))
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        all.extend_from_slice(env);
+        all
+    }
+
+    /// Whether `bytes` are this runtime's module: its pinned SHA-256.
+    pub fn check(&self, bytes: &[u8]) -> Result<(), String> {
+        use sha2::Digest;
+        let sha256 = hex::encode(sha2::Sha256::digest(bytes));
+        if sha256 == self.sha256 {
+            Ok(())
+        } else {
+            Err(format!(
+                "SHA-256 {sha256}, not the pinned {} ({}; `cargo xtask setup` fetches it)",
+                self.sha256, self.source
+            ))
+        }
+    }
+}
+
 /// The runtime a spec names, if there is one by that name.
 pub fn named(name: &str) -> Option<&'static Runtime> {
     RUNTIMES.iter().find(|runtime| runtime.name == name)

@@ -74,6 +74,12 @@ struct SpecToml {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReduceToml {
+    /// A module of its own; default: the job's.
+    module: Option<PathBuf>,
+    module_signature: Option<PathBuf>,
+    /// A script of its own, on `runtime` (default: the job's runtime).
+    script: Option<PathBuf>,
+    runtime: Option<String>,
     #[serde(default)]
     args: Vec<String>,
 }
@@ -179,8 +185,33 @@ pub struct LocalJob {
     /// The module's signature by the project's code-signing key, from
     /// `module_signature` or `<module>.sig`.
     pub module_signature: Option<Vec<u8>>,
-    /// `[reduce] args`: the reduce unit's arguments, when the job has one.
-    pub reduce: Option<Vec<String>>,
+    /// `[reduce]`: the unit that assembles the job's result, if any.
+    pub reduce: Option<LocalReduce>,
+}
+
+/// A job's `[reduce]` step, with its files resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalReduce {
+    /// A module of its own; none runs the job's module (or runtime).
+    pub module: Option<PathBuf>,
+    pub module_signature: Option<Vec<u8>>,
+    /// A runtime other than the job's, which the coordinator serves as
+    /// this unit's module; its script is the first argument.
+    pub runtime: Option<&'static Runtime>,
+    pub args: Vec<String>,
+    /// Files of its own (its script), beside the job's shared inputs.
+    pub inputs: Vec<(String, PathBuf)>,
+}
+
+impl LocalReduce {
+    /// The variables the reduce unit sees: the job's, with its own
+    /// runtime's added.
+    pub fn env(&self, job_env: &[(String, String)]) -> Vec<(String, String)> {
+        match self.runtime {
+            Some(runtime) => runtime.with_env(job_env),
+            None => job_env.to_vec(),
+        }
+    }
 }
 
 impl LocalJob {
@@ -262,6 +293,7 @@ impl LocalJob {
         }
         let mut args = raw.args;
         let mut env: Vec<(String, String)> = Vec::new();
+        let mut script_arg = None;
         if let Some(runtime) = runtime {
             let script = raw.script.as_ref().ok_or_else(|| {
                 Error::field(
@@ -270,6 +302,7 @@ impl LocalJob {
                 )
             })?;
             let (name, path) = local_file(base, script, "script")?;
+            script_arg = Some(format!("/input/{name}"));
             args.insert(0, format!("/input/{name}"));
             inputs.push((name, path));
             let mut python_path = Vec::new();
@@ -390,6 +423,10 @@ impl LocalJob {
             ),
             None => (Vec::new(), 0),
         };
+        let reduce = raw
+            .reduce
+            .map(|r| parse_reduce(r, base, runtime, script_arg, &inputs))
+            .transpose()?;
         let job = LocalJob {
             name: raw.name,
             module,
@@ -409,7 +446,7 @@ impl LocalJob {
                 .and_then(|e| e.nan_canonicalization)
                 .unwrap_or(true),
             module_signature,
-            reduce: raw.reduce.map(|r| r.args),
+            reduce,
         };
         job.check()?;
         Ok(job)
@@ -438,12 +475,21 @@ impl LocalJob {
             &self.limits,
         )?;
         check_validator(&self.validator, false)?;
-        check_reduce(self.reduce.as_deref())?;
         check_env(
             self.env
                 .iter()
                 .map(|(name, value)| (name.as_str(), value.as_str())),
         )?;
+        if let Some(reduce) = &self.reduce {
+            let own: Vec<&str> = reduce.inputs.iter().map(|(n, _)| n.as_str()).collect();
+            check_reduce(&reduce.args, &own, &input_names)?;
+            check_env(
+                reduce
+                    .env(&self.env)
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_str())),
+            )?;
+        }
         check_known_answers(&self.known_answers, self.known_answer_copies, &self.limits)
     }
 
@@ -453,7 +499,9 @@ impl LocalJob {
         &self,
         mut blob_of: impl FnMut(&Path) -> Result<pb::BlobRef, E>,
     ) -> Result<pb::JobSpec, E> {
-        let mut named = |list: &[(String, PathBuf)]| -> Result<Vec<pb::NamedBlob>, E> {
+        let named = |list: &[(String, PathBuf)],
+                     blob_of: &mut dyn FnMut(&Path) -> Result<pb::BlobRef, E>|
+         -> Result<Vec<pb::NamedBlob>, E> {
             list.iter()
                 .map(|(name, path)| {
                     Ok(pb::NamedBlob {
@@ -463,11 +511,11 @@ impl LocalJob {
                 })
                 .collect()
         };
-        let inputs = named(&self.inputs)?;
+        let inputs = named(&self.inputs, &mut blob_of)?;
         let rule = match &self.split {
             LocalSplit::Range(range) => Rule::Range(*range),
             LocalSplit::Files(files) => Rule::Files(pb::FilesSplit {
-                files: named(files)?,
+                files: named(files, &mut blob_of)?,
             }),
         };
         Ok(pb::JobSpec {
@@ -503,12 +551,123 @@ impl LocalJob {
             known_answers: self.known_answers.clone(),
             known_answer_copies: self.known_answer_copies,
             module_signature: self.module_signature.clone().unwrap_or_default(),
-            reduce: self
-                .reduce
-                .as_ref()
-                .map(|args| pb::ReduceStep { args: args.clone() }),
+            reduce: match &self.reduce {
+                Some(reduce) => Some(pb::ReduceStep {
+                    args: reduce.args.clone(),
+                    module: match &reduce.module {
+                        Some(path) => Some(blob_of(path)?),
+                        None => None,
+                    },
+                    module_signature: reduce.module_signature.clone().unwrap_or_default(),
+                    runtime: reduce
+                        .runtime
+                        .map_or_else(String::new, |r| r.name.to_string()),
+                    inputs: named(&reduce.inputs, &mut blob_of)?,
+                }),
+                None => None,
+            },
         })
     }
+}
+
+/// `[reduce]`: a module of its own, a script on a runtime (the job's or
+/// its own), or, with neither, the job's program with other arguments (on a
+/// runtime, the job's script again, first).
+fn parse_reduce(
+    raw: ReduceToml,
+    base: &Path,
+    job_runtime: Option<&'static Runtime>,
+    job_script: Option<String>,
+    job_inputs: &[(String, PathBuf)],
+) -> Result<LocalReduce, Error> {
+    let mut args = raw.args;
+    let mut inputs = Vec::new();
+    let (module, module_signature, runtime) = match (raw.module, raw.script) {
+        (Some(_), Some(_)) => {
+            return Err(Error::field(
+                "reduce.module",
+                "give either `module` or `script`, not both",
+            ));
+        }
+        (Some(module), None) => {
+            if raw.runtime.is_some() {
+                return Err(Error::field(
+                    "reduce.runtime",
+                    "a reduce module runs on no runtime; `runtime` goes with `script`",
+                ));
+            }
+            let module = base.join(module);
+            if !module.is_file() {
+                return Err(Error::field(
+                    "reduce.module",
+                    format!("{} is not a readable file", module.display()),
+                ));
+            }
+            check_wasm_file(&module, "reduce.module")?;
+            let signature = read_signature(base, &module, raw.module_signature.as_deref())?;
+            (Some(module), signature, None)
+        }
+        (None, Some(script)) => {
+            if raw.module_signature.is_some() {
+                return Err(Error::field(
+                    "reduce.module_signature",
+                    "a reduce script has no module of its own to sign",
+                ));
+            }
+            let runtime = match &raw.runtime {
+                Some(name) => crate::runtime::named(name).ok_or_else(|| {
+                    Error::field(
+                        "reduce.runtime",
+                        format!(
+                            "{name:?} is not a runtime this version knows: {}",
+                            crate::runtime::names()
+                        ),
+                    )
+                })?,
+                None => job_runtime.ok_or_else(|| {
+                    Error::field(
+                        "reduce.script",
+                        "a script runs on a runtime: add runtime = \"python\" to [reduce]",
+                    )
+                })?,
+            };
+            let (name, path) = local_file(base, &script, "reduce.script")?;
+            args.insert(0, format!("/input/{name}"));
+            match job_inputs.iter().find(|(known, _)| *known == name) {
+                // The job's own script, run again.
+                Some((_, known)) if *known == path => {}
+                Some(_) => {
+                    return Err(Error::field(
+                        "reduce.script",
+                        format!("{name:?}: the job has another input of that name"),
+                    ));
+                }
+                None => inputs.push((name, path)),
+            }
+            // On the job's runtime it runs the job's module.
+            let own = (Some(runtime) != job_runtime).then_some(runtime);
+            (None, None, own)
+        }
+        (None, None) => {
+            if raw.runtime.is_some() || raw.module_signature.is_some() {
+                return Err(Error::field(
+                    "reduce.runtime",
+                    "`runtime` goes with `script`, `module_signature` with `module`",
+                ));
+            }
+            if let Some(script) = job_script {
+                args.insert(0, script);
+            }
+            (None, None, None)
+        }
+    };
+    Ok(LocalReduce {
+        module,
+        module_signature,
+        runtime,
+        args,
+        inputs,
+    })
 }
 
 /// A file a spec names (an input, a script, a package): readable, inside
@@ -1009,8 +1168,42 @@ pub fn check_spec(spec: &pb::JobSpec) -> Result<(), Error> {
     spec.validator
         .as_ref()
         .map_or(Ok(()), |v| check_validator(v, true))?;
-    check_reduce(spec.reduce.as_ref().map(|r| r.args.as_slice()))?;
+    if let Some(reduce) = &spec.reduce {
+        check_reduce_step(spec, reduce, &input_names)?;
+    }
     check_known_answers(&spec.known_answers, spec.known_answer_copies, &limits)
+}
+
+/// Every blob a spec names, with what names it: modules (the job's, its
+/// validator's, its reduce step's), shared inputs, split files and the
+/// reduce step's own files. What a coordinator must hold before accepting
+/// the job and keep while it lives.
+pub fn blobs_mut(spec: &mut pb::JobSpec) -> Vec<(String, &mut pb::BlobRef)> {
+    let mut blobs: Vec<(String, &mut pb::BlobRef)> = Vec::new();
+    if let Some(module) = spec.module.as_mut() {
+        blobs.push(("module".into(), module));
+    }
+    if let Some(module) = spec.validator.as_mut().and_then(|v| v.module.as_mut()) {
+        blobs.push(("validator.module".into(), module));
+    }
+    fn named<'a>(list: &'a mut [pb::NamedBlob], blobs: &mut Vec<(String, &'a mut pb::BlobRef)>) {
+        for input in list {
+            if let Some(blob) = input.blob.as_mut() {
+                blobs.push((input.name.clone(), blob));
+            }
+        }
+    }
+    named(&mut spec.inputs, &mut blobs);
+    if let Some(Rule::Files(files)) = spec.split.as_mut().and_then(|s| s.rule.as_mut()) {
+        named(&mut files.files, &mut blobs);
+    }
+    if let Some(reduce) = spec.reduce.as_mut() {
+        if let Some(module) = reduce.module.as_mut() {
+            blobs.push(("reduce.module".into(), module));
+        }
+        named(&mut reduce.inputs, &mut blobs);
+    }
+    blobs
 }
 
 /// A job's environment: at most this many variables, names of at most
@@ -1061,12 +1254,94 @@ pub fn check_env<'a>(vars: impl Iterator<Item = (&'a str, &'a str)>) -> Result<(
 const MAX_REDUCE_ARGS: usize = 256;
 const MAX_REDUCE_ARG: usize = 4096;
 
-/// The reduce unit's arguments: literal (there is one reduce unit, so no
-/// per-unit placeholder means anything), bounded in number and length.
-fn check_reduce(args: Option<&[String]>) -> Result<(), Error> {
-    let Some(args) = args else {
+/// A reduce step as the coordinator receives it (its runtime's module
+/// already filled in): blobs named by hash, signature of the right length,
+/// the variables it would see within bounds.
+fn check_reduce_step(
+    spec: &pb::JobSpec,
+    reduce: &pb::ReduceStep,
+    job_inputs: &[&str],
+) -> Result<(), Error> {
+    if let Some(module) = &reduce.module {
+        crate::BlobHash::from_slice(&module.hash)
+            .map_err(|e| Error::field("reduce.module", e.to_string()))?;
+    }
+    if !matches!(reduce.module_signature.len(), 0 | 64) {
+        return Err(Error::field(
+            "reduce.module_signature",
+            format!(
+                "{} bytes; an ed25519 signature is 64",
+                reduce.module_signature.len()
+            ),
+        ));
+    }
+    let own: Vec<&str> = reduce.inputs.iter().map(|i| i.name.as_str()).collect();
+    check_reduce(&reduce.args, &own, job_inputs)?;
+    for input in &reduce.inputs {
+        let blob = input.blob.as_ref().ok_or_else(|| {
+            Error::field("reduce.inputs", format!("{:?} has no blob", input.name))
+        })?;
+        crate::BlobHash::from_slice(&blob.hash)
+            .map_err(|e| Error::field("reduce.inputs", e.to_string()))?;
+    }
+    if reduce.runtime.is_empty() {
         return Ok(());
-    };
+    }
+    let runtime = crate::runtime::named(&reduce.runtime).ok_or_else(|| {
+        Error::field(
+            "reduce.runtime",
+            format!(
+                "{:?} is not a runtime this coordinator knows: {}",
+                reduce.runtime,
+                crate::runtime::names()
+            ),
+        )
+    })?;
+    if reduce.module.is_none() {
+        return Err(Error::field(
+            "reduce.module",
+            "missing: a runtime's module is the coordinator's to fill in",
+        ));
+    }
+    let job_env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|var| (var.name.clone(), var.value.clone()))
+        .collect();
+    check_env(
+        runtime
+            .with_env(&job_env)
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    )
+}
+
+/// The reduce unit's arguments: literal (there is one reduce unit, so no
+/// per-unit placeholder means anything), bounded in number and length. Its
+/// own files' names are plain and not the job's; and no name of either is a
+/// number, which would hide a unit's outputs under `/input/INDEX/`.
+fn check_reduce(args: &[String], own_inputs: &[&str], job_inputs: &[&str]) -> Result<(), Error> {
+    for name in own_inputs {
+        check_input_name("reduce.inputs", name)?;
+        if job_inputs.contains(name) {
+            return Err(Error::field(
+                "reduce.inputs",
+                format!("{name:?}: the job has an input of that name"),
+            ));
+        }
+    }
+    if let Some(name) = job_inputs
+        .iter()
+        .chain(own_inputs)
+        .find(|name| name.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(Error::field(
+            "inputs",
+            format!(
+                "{name:?}: the reduce unit reads unit {name}'s outputs at /input/{name}/; rename the file"
+            ),
+        ));
+    }
     if args.len() > MAX_REDUCE_ARGS {
         return Err(Error::field(
             "reduce.args",

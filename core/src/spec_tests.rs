@@ -502,18 +502,268 @@ fn a_reduce_step_is_literal_and_bounded() {
     check(
         "deadline_s = 60\n",
         "deadline_s = 60\n[reduce]\nmodule = \"x.wasm\"\n",
-        &["unknown field", "module"],
+        &["reduce.module", "x.wasm is not a readable file"],
     );
     // Over the wire, the coordinator checks again.
     let mut hostile = spec.clone();
     hostile.reduce = Some(pb::ReduceStep {
         args: vec!["x".into(); 1000],
+        ..Default::default()
     });
     assert!(check_spec(&hostile).is_err_and(|e| e.to_string().contains("at most 256")));
     hostile.reduce = Some(pb::ReduceStep {
         args: vec!["y".repeat(5000)],
+        ..Default::default()
     });
     assert!(check_spec(&hostile).is_err_and(|e| e.to_string().contains("reduce.args")));
+}
+
+#[test]
+fn a_reduce_step_may_run_a_module_or_a_script_of_its_own() {
+    let dir = fixture();
+    fs::write(dir.path().join("assemble.wasm"), b"\0asm").expect("write");
+    fs::write(dir.path().join("plot.py"), b"print(2)").expect("write");
+    fs::write(dir.path().join("sir.py"), b"print(1)").expect("write");
+    let reduce = |job: &str, step: &str| {
+        let text = format!("{job}[reduce]\n{step}");
+        LocalJob::parse(&text, dir.path())
+            .map(|job| (job.reduce.clone().expect("a reduce step"), job))
+    };
+    // A wasm module of its own.
+    let (step, job) = reduce(VALID, "module = \"assemble.wasm\"\nargs = [\"x\"]\n").expect("valid");
+    assert_eq!(step.module, Some(dir.path().join("assemble.wasm")));
+    assert_eq!(
+        (step.runtime, step.args.clone()),
+        (None, vec!["x".to_string()])
+    );
+    let spec = spec_of(&job, 4);
+    let wire = spec.reduce.as_ref().expect("reduce");
+    assert!(wire.module.is_some() && wire.runtime.is_empty());
+    check_spec(&spec).expect("accepted");
+    // A Python script after a wasm job: the runtime is its own, and so are
+    // the runtime's variables, on top of the job's.
+    let (step, job) = reduce(
+        &VALID.replace("[split]", "env = { MODEL = \"sir\" }\n[split]"),
+        "runtime = \"python\"\nscript = \"plot.py\"\nargs = [\"/input\"]\n",
+    )
+    .expect("valid");
+    assert_eq!(step.runtime, Some(&crate::runtime::PYTHON));
+    assert_eq!(step.args, ["/input/plot.py", "/input"]);
+    assert_eq!(
+        step.inputs,
+        [("plot.py".to_string(), dir.path().join("plot.py"))]
+    );
+    let env = step.env(&job.env);
+    assert_eq!(
+        env.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "MODEL"]
+    );
+    assert_eq!(job.env.len(), 1, "the job's own units see only the job's");
+    let mut spec = spec_of(&job, 5);
+    assert_eq!(
+        spec.reduce.as_ref().map(|r| r.runtime.as_str()),
+        Some("python")
+    );
+    assert!(
+        check_spec(&spec).is_err_and(|e| e.to_string().contains("reduce.module")),
+        "the coordinator fills a runtime's module in before it checks"
+    );
+    if let Some(reduce) = spec.reduce.as_mut() {
+        reduce.module = Some(pb::BlobRef {
+            hash: vec![9; 32],
+            size: 1,
+            chunk_root: Vec::new(),
+        });
+    }
+    check_spec(&spec).expect("accepted once served");
+    // On a Python job: a script of its own runs on the job's runtime; no
+    // script runs the job's again, with the step's arguments.
+    let python = VALID.replace(
+        "module = \"unit.wasm\"\n",
+        "runtime = \"python\"\nscript = \"sir.py\"\n",
+    );
+    let (step, _) = reduce(&python, "script = \"plot.py\"\n").expect("valid");
+    assert_eq!(
+        (step.runtime, step.args.as_slice()),
+        (None, &["/input/plot.py".to_string()][..])
+    );
+    let (step, _) = reduce(&python, "args = [\"--table\"]\n").expect("valid");
+    assert_eq!(step.args, ["/input/sir.py", "--table"]);
+    assert!(step.inputs.is_empty());
+    let (step, _) = reduce(&python, "script = \"sir.py\"\n").expect("the job's script again");
+    assert!(step.inputs.is_empty(), "{step:?}");
+
+    // And what is wrong, said.
+    for (job, step, expected) in [
+        (
+            VALID,
+            "module = \"assemble.wasm\"\nscript = \"plot.py\"\n",
+            &["reduce.module", "not both"][..],
+        ),
+        (
+            VALID,
+            "script = \"plot.py\"\n",
+            &["reduce.script", "a script runs on a runtime"][..],
+        ),
+        (
+            VALID,
+            "runtime = \"python\"\n",
+            &["reduce.runtime", "goes with `script`"][..],
+        ),
+        (
+            VALID,
+            "runtime = \"cobol\"\nscript = \"plot.py\"\n",
+            &["reduce.runtime", "\"cobol\""][..],
+        ),
+        (
+            VALID,
+            "module = \"assemble.wasm\"\nruntime = \"python\"\n",
+            &["reduce.runtime", "no runtime"][..],
+        ),
+        (
+            VALID,
+            "script = \"../plot.py\"\nruntime = \"python\"\n",
+            &["reduce.script"][..],
+        ),
+        (VALID, "module = \"table.bin\"\n", &["reduce.module"][..]),
+        (
+            &python,
+            "script = \"plot.py\"\nmodule_signature = \"x.sig\"\n",
+            &["reduce.module_signature"][..],
+        ),
+    ] {
+        let error = reduce(job, step).expect_err(step).to_string();
+        for fragment in expected {
+            assert!(error.contains(fragment), "{step:?}: {error}");
+        }
+    }
+    // An input named like a unit's folder would hide its outputs.
+    fs::write(dir.path().join("7"), b"x").expect("write");
+    let error = reduce(
+        &VALID.replace("[\"table.bin\"]", "[\"table.bin\", \"7\"]"),
+        "args = []\n",
+    )
+    .expect_err("a numeric name");
+    assert!(error.to_string().contains("/input/7/"), "{error}");
+    // The same name under another path: refused, not silently replaced.
+    fs::create_dir(dir.path().join("other")).expect("mkdir");
+    fs::write(dir.path().join("other/table.bin"), b"x").expect("write");
+    let error = reduce(
+        VALID,
+        "runtime = \"python\"\nscript = \"other/table.bin\"\n",
+    )
+    .expect_err("a name taken");
+    assert!(
+        error.to_string().contains("another input of that name"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_hostile_reduce_step_is_refused_on_the_wire() {
+    let dir = fixture();
+    let job = LocalJob::parse(&format!("{VALID}[reduce]\nargs = []\n"), dir.path()).expect("valid");
+    let spec = spec_of(&job, 1);
+    let blob = Some(pb::BlobRef {
+        hash: vec![2; 32],
+        size: 1,
+        chunk_root: Vec::new(),
+    });
+    let named = |name: &str, blob: Option<pb::BlobRef>| pb::NamedBlob {
+        name: name.into(),
+        blob,
+    };
+    let cases: Vec<(pb::ReduceStep, &str)> = vec![
+        (
+            pb::ReduceStep {
+                runtime: "perl".into(),
+                module: blob.clone(),
+                ..Default::default()
+            },
+            "\"perl\"",
+        ),
+        (
+            pb::ReduceStep {
+                runtime: "python".into(),
+                ..Default::default()
+            },
+            "reduce.module",
+        ),
+        (
+            pb::ReduceStep {
+                module: blob.clone(),
+                module_signature: vec![1; 10],
+                ..Default::default()
+            },
+            "64",
+        ),
+        (
+            pb::ReduceStep {
+                module: Some(pb::BlobRef {
+                    hash: vec![1; 5],
+                    size: 1,
+                    chunk_root: Vec::new(),
+                }),
+                ..Default::default()
+            },
+            "reduce.module",
+        ),
+        (
+            pb::ReduceStep {
+                inputs: vec![named("x.py", None)],
+                ..Default::default()
+            },
+            "has no blob",
+        ),
+        (
+            pb::ReduceStep {
+                inputs: vec![named("../x.py", blob.clone())],
+                ..Default::default()
+            },
+            "plain file name",
+        ),
+        (
+            pb::ReduceStep {
+                inputs: vec![named("12", blob.clone())],
+                ..Default::default()
+            },
+            "/input/12/",
+        ),
+        (
+            pb::ReduceStep {
+                inputs: vec![named("table.bin", blob.clone())],
+                ..Default::default()
+            },
+            "the job has an input of that name",
+        ),
+    ];
+    for (step, expected) in cases {
+        let hostile = pb::JobSpec {
+            reduce: Some(step.clone()),
+            ..spec.clone()
+        };
+        let error = check_spec(&hostile).expect_err(expected).to_string();
+        assert!(error.contains(expected), "{step:?}: {error}");
+    }
+    // 63 variables of the job's own leave no room for the runtime's two.
+    let hostile = pb::JobSpec {
+        env: (0..63)
+            .map(|i| pb::EnvVar {
+                name: format!("V{i}"),
+                value: String::new(),
+            })
+            .collect(),
+        reduce: Some(pb::ReduceStep {
+            runtime: "python".into(),
+            module: blob,
+            ..Default::default()
+        }),
+        ..spec
+    };
+    let error = check_spec(&hostile)
+        .expect_err("too many variables")
+        .to_string();
+    assert!(error.contains("more than 64"), "{error}");
 }
 
 #[test]

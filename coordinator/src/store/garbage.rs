@@ -1,7 +1,7 @@
 //! Collecting blobs nothing refers to: uploads never submitted, outputs of
 //! reports that were refused, and what purged jobs left (`retention.rs`).
 //! A blob, file or inline row, is kept while any unpurged job's spec
-//! (module, inputs, split files, validator) or any result's output names
+//! (`cobble_core::spec::blobs_mut`) or any result's output names
 //! it, and a runtime's module always.
 
 use super::Store;
@@ -70,24 +70,10 @@ impl Store {
                 .fetch_all(self.db.pool())
                 .await?;
         for spec in specs {
-            let spec = pb::JobSpec::decode(spec.as_slice())
+            let mut spec = pb::JobSpec::decode(spec.as_slice())
                 .map_err(|e| Error::Corrupt(format!("job spec: {e}")))?;
-            spec.module.iter().for_each(&mut add);
-            if let Some(module) = spec.validator.as_ref().and_then(|v| v.module.as_ref()) {
-                add(module);
-            }
-            spec.inputs
-                .iter()
-                .filter_map(|i| i.blob.as_ref())
-                .for_each(&mut add);
-            if let Some(pb::split_rule::Rule::Files(files)) =
-                spec.split.as_ref().and_then(|s| s.rule.as_ref())
-            {
-                files
-                    .files
-                    .iter()
-                    .filter_map(|f| f.blob.as_ref())
-                    .for_each(&mut add);
+            for (_, blob) in cobble_core::spec::blobs_mut(&mut spec) {
+                add(blob);
             }
         }
         let outputs: Vec<Vec<u8>> =

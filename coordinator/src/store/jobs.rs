@@ -20,19 +20,25 @@ impl Store {
         let spec = &self.with_runtime(spec)?;
         spec::check_spec(spec)?;
         if let Some(code_key) = self.code_key() {
-            let module = spec
-                .module
-                .as_ref()
-                .map(|m| BlobHash::from_slice(&m.hash))
-                .transpose()?
-                .ok_or_else(|| Error::InvalidArgument("the job names no module".into()))?;
-            cobble_core::code_signing::verify(&module, &spec.module_signature, code_key).map_err(
-                |e| {
+            let mut modules = vec![("module", spec.module.as_ref(), &spec.module_signature)];
+            if let Some(reduce) = spec.reduce.as_ref().filter(|r| r.module.is_some()) {
+                modules.push((
+                    "reduce.module",
+                    reduce.module.as_ref(),
+                    &reduce.module_signature,
+                ));
+            }
+            for (field, module, signature) in modules {
+                let module = module
+                    .map(|m| BlobHash::from_slice(&m.hash))
+                    .transpose()?
+                    .ok_or_else(|| Error::InvalidArgument("the job names no module".into()))?;
+                cobble_core::code_signing::verify(&module, signature, code_key).map_err(|e| {
                     Error::InvalidArgument(format!(
-                        "this project runs only code signed by its code-signing key: {e}. Sign the module with `cobble sign-module` on the machine that holds the key, and put the .sig file beside it"
+                        "{field}: this project runs only code signed by its code-signing key: {e}. Sign the module with `cobble sign-module` on the machine that holds the key, and put the .sig file beside it"
                     ))
-                },
-            )?;
+                })?;
+            }
         }
         self.require_blobs(spec).await?;
         self.prepare_validator(spec).await?;
@@ -141,75 +147,54 @@ impl Store {
     /// commit to the chunk lists peers' chunks are checked against.
     async fn with_chunk_roots(&self, spec: &pb::JobSpec) -> Result<pb::JobSpec> {
         let mut spec = spec.clone();
-        let mut refs: Vec<&mut pb::BlobRef> = Vec::new();
-        refs.extend(spec.module.as_mut());
-        refs.extend(spec.inputs.iter_mut().filter_map(|i| i.blob.as_mut()));
-        if let Some(pb::split_rule::Rule::Files(files)) =
-            spec.split.as_mut().and_then(|s| s.rule.as_mut())
-        {
-            refs.extend(files.files.iter_mut().filter_map(|f| f.blob.as_mut()));
-        }
-        for blob in refs {
+        for (_, blob) in spec::blobs_mut(&mut spec) {
             let hash = BlobHash::from_slice(&blob.hash)?;
             blob.chunk_root = self.blobs.chunk_list(&hash).await?.root().to_vec();
         }
         Ok(spec)
     }
 
-    /// Refuses a spec naming blobs the coordinator does not hold.
     /// A job on a runtime gets the runtime's module, which this coordinator
-    /// serves; its own code is an input, which signed-code projects cannot
-    /// check, so they take no such job.
+    /// serves, and so does a reduce step on one; their own code is an
+    /// input, which signed-code projects cannot check, so they take no such
+    /// job.
     fn with_runtime(&self, spec: &pb::JobSpec) -> Result<pb::JobSpec> {
-        if spec.runtime.is_empty() {
-            return Ok(spec.clone());
+        let mut spec = spec.clone();
+        if !spec.runtime.is_empty() {
+            if spec.module.is_some() {
+                return Err(Error::InvalidArgument(
+                    "a job on a runtime names no module of its own".into(),
+                ));
+            }
+            spec.module = Some(self.runtime_module(&spec.runtime)?);
         }
-        if spec.module.is_some() {
-            return Err(Error::InvalidArgument(
-                "a job on a runtime names no module of its own".into(),
-            ));
+        if let Some(reduce) = spec.reduce.as_mut().filter(|r| !r.runtime.is_empty()) {
+            if reduce.module.is_some() {
+                return Err(Error::InvalidArgument(
+                    "a reduce step on a runtime names no module of its own".into(),
+                ));
+            }
+            reduce.module = Some(self.runtime_module(&reduce.runtime)?);
         }
+        Ok(spec)
+    }
+
+    fn runtime_module(&self, runtime: &str) -> Result<pb::BlobRef> {
         if self.code_key().is_some() {
             return Err(Error::InvalidArgument(format!(
-                "this project runs only code signed by its code-signing key; a {} script is not signed code",
-                spec.runtime
+                "this project runs only code signed by its code-signing key; a {runtime} script is not signed code"
             )));
         }
-        let module = self.runtimes().get(spec.runtime.as_str()).ok_or_else(|| {
+        self.runtimes().get(runtime).cloned().ok_or_else(|| {
             Error::InvalidArgument(format!(
-                "this coordinator serves no {:?} runtime; its operator starts it with --{}-runtime FILE",
-                spec.runtime, spec.runtime
+                "this coordinator serves no {runtime:?} runtime; its operator starts it with --{runtime}-runtime FILE"
             ))
-        })?;
-        Ok(pb::JobSpec {
-            module: Some(module.clone()),
-            ..spec.clone()
         })
     }
 
+    /// Refuses a spec naming blobs the coordinator does not hold.
     async fn require_blobs(&self, spec: &pb::JobSpec) -> Result<()> {
-        let mut refs: Vec<(&str, &pb::BlobRef)> = Vec::new();
-        if let Some(module) = &spec.module {
-            refs.push(("module", module));
-        }
-        if let Some(module) = spec.validator.as_ref().and_then(|v| v.module.as_ref()) {
-            refs.push(("validator.module", module));
-        }
-        for input in &spec.inputs {
-            if let Some(blob) = &input.blob {
-                refs.push((input.name.as_str(), blob));
-            }
-        }
-        if let Some(pb::split_rule::Rule::Files(files)) =
-            spec.split.as_ref().and_then(|s| s.rule.as_ref())
-        {
-            for file in &files.files {
-                if let Some(blob) = &file.blob {
-                    refs.push((file.name.as_str(), blob));
-                }
-            }
-        }
-        for (name, blob) in refs {
+        for (name, blob) in spec::blobs_mut(&mut spec.clone()) {
             let hash = BlobHash::from_slice(&blob.hash)?;
             match self.blobs.size_of(&hash).await? {
                 Some(size) if size == blob.size => {}

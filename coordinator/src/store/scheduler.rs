@@ -535,19 +535,25 @@ fn build_manifest(
         .map_err(|e| Error::Corrupt(format!("job spec: {e}")))?;
     let payload = pb::Manifest::decode(candidate.payload.as_slice())
         .map_err(|e| Error::Corrupt(format!("unit payload: {e}")))?;
+    // A unit whose payload names a module (a reduce step with one of its
+    // own) runs it, with the payload's signature and variables.
+    let (module, module_signature, env) = match payload.module {
+        Some(module) => (Some(module), payload.module_signature, payload.env),
+        None => (spec.module, spec.module_signature, spec.env),
+    };
     Ok(pb::Manifest {
         unit_id: candidate.unit_id,
         job_id: candidate.job_id,
         lease_id,
-        module: spec.module,
+        module,
         inputs: payload.inputs,
         args: payload.args,
         limits: spec.limits,
         deadline_ms,
         issued_ms: now,
         nan_canonicalization_off: spec.nan_canonicalization_off,
-        module_signature: spec.module_signature,
-        env: spec.env,
+        module_signature,
+        env,
     })
 }
 

@@ -144,10 +144,12 @@ fn any_needs(rows: &[sqlx::any::AnyRow], hash: &cobble_core::BlobHash) -> Result
         let payload: Vec<u8> = row.try_get("payload")?;
         let payload = pb::Manifest::decode(payload.as_slice())
             .map_err(|e| crate::Error::Corrupt(format!("unit payload: {e}")))?;
+        // A reduce step's own module travels in its payload.
         let input = payload
             .inputs
             .iter()
             .filter_map(|i| i.blob.as_ref())
+            .chain(payload.module.as_ref())
             .any(|b| b.hash == wanted);
         if input {
             return Ok(true);

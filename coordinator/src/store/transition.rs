@@ -693,7 +693,8 @@ impl Store {
     /// unit accepted from a single trusted host is checked by a quorum
     /// (a reduce must not rest on one host's word, which a later catch
     /// could overturn), then the reduce unit is made, its inputs every
-    /// unit's canonical stdout and files under `INDEX/`, and issued like
+    /// unit's canonical stdout and files under `INDEX/` (with the job's
+    /// shared inputs and the step's own files), and issued like
     /// any other. The job ends when it is done or errored. A unit that
     /// errored means no reduce: it would assemble a partial result.
     async fn reduce_ready_in(&self, tx: &mut Tx, job_id: i64, now: i64) -> Result<bool> {
@@ -744,7 +745,10 @@ impl Store {
         if checking {
             return Ok(false);
         }
-        let mut inputs = Vec::new();
+        // The job's shared inputs (a runtime job's script and packages),
+        // the step's own, then every unit's outputs.
+        let mut inputs = spec.inputs.clone();
+        inputs.extend(reduce.inputs.iter().cloned());
         for row in &rows {
             let index: i64 = row.try_get("idx")?;
             let output: Option<Vec<u8>> = row.try_get("output")?;
@@ -774,9 +778,30 @@ impl Store {
             .iter()
             .find(|i| !cobble_core::manifest::is_input_path(&i.name))
             .map(|i| i.name.clone());
+        // A module of its own travels in the payload with its signature and
+        // the variables it sees; without one, the unit runs the job's.
+        let env = match cobble_core::runtime::named(&reduce.runtime) {
+            Some(runtime) => {
+                let job_env: Vec<(String, String)> =
+                    spec.env.into_iter().map(|v| (v.name, v.value)).collect();
+                runtime
+                    .with_env(&job_env)
+                    .into_iter()
+                    .map(|(name, value)| pb::EnvVar { name, value })
+                    .collect()
+            }
+            None => spec.env,
+        };
         let payload = pb::Manifest {
             args: reduce.args,
             inputs,
+            env: if reduce.module.is_some() {
+                env
+            } else {
+                Vec::new()
+            },
+            module: reduce.module,
+            module_signature: reduce.module_signature,
             ..Default::default()
         };
         let unit_id: i64 = sqlx::query_scalar(

@@ -468,10 +468,59 @@ async fn a_reduce_unit_assembles_the_agreed_outputs_and_only_those() {
     for backend in backends().await {
         let store = &backend.store;
         let mut spec = job_spec(store, 2, (2, 2, 2), 600, None).await;
+        let blob = |bytes: &'static [u8]| async move {
+            let hash = store.blobs.put(bytes).await.expect("blob");
+            pb::BlobRef {
+                hash: hash.0.to_vec(),
+                size: bytes.len() as u64,
+                chunk_root: Vec::new(),
+            }
+        };
+        // A shared input, a reduce module and a file of the step's own.
+        let table = blob(b"shared table").await;
+        let assemble = blob(b"\0asm\x01\0\0\0 pretend assembler").await;
+        let config = blob(b"assembly settings").await;
+        spec.inputs = vec![pb::NamedBlob {
+            name: "table.bin".into(),
+            blob: Some(table.clone()),
+        }];
+        spec.env = vec![pb::EnvVar {
+            name: "MODEL".into(),
+            value: "sir".into(),
+        }];
         spec.reduce = Some(pb::ReduceStep {
             args: vec!["assemble".into(), "/input".into()],
+            module: Some(assemble.clone()),
+            inputs: vec![pb::NamedBlob {
+                name: "assemble.cfg".into(),
+                blob: Some(config.clone()),
+            }],
+            ..Default::default()
         });
         let owner = owner(store).await;
+        // Worst values first: a step's file named like a unit's folder,
+        // one named like a shared input, a module never uploaded.
+        for (hostile, expected) in [
+            ("0", "/input/0/"),
+            ("table.bin", "the job has an input of that name"),
+        ] {
+            let mut bad = spec.clone();
+            if let Some(reduce) = bad.reduce.as_mut() {
+                reduce.inputs[0].name = hostile.into();
+            }
+            let error = store.submit_job(&bad, &owner).await.expect_err(hostile);
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+        let mut bad = spec.clone();
+        if let Some(reduce) = bad.reduce.as_mut() {
+            reduce.module = Some(pb::BlobRef {
+                hash: vec![7; 32],
+                size: 10,
+                chunk_root: Vec::new(),
+            });
+        }
+        let error = store.submit_job(&bad, &owner).await.expect_err("missing");
+        assert!(error.to_string().contains("reduce.module"), "{error}");
         let job = store.submit_job(&spec, &owner).await.expect("submit").0;
         let hosts = [attach(store, "a").await, attach(store, "b").await];
         for _ in 0..2 {
@@ -494,6 +543,12 @@ async fn a_reduce_unit_assembles_the_agreed_outputs_and_only_those() {
         for host in hosts {
             let manifest = take_one(store, host).await.expect("the reduce unit");
             assert_eq!(manifest.args, ["assemble", "/input"]);
+            // The step's own module, in place of the job's; the job's env.
+            assert_eq!(
+                manifest.module.as_ref().map(|m| m.hash.clone()),
+                Some(assemble.hash.clone())
+            );
+            assert_eq!(manifest.env, spec.env);
             reduce_inputs = manifest
                 .inputs
                 .iter()
@@ -505,7 +560,8 @@ async fn a_reduce_unit_assembles_the_agreed_outputs_and_only_those() {
                 .expect("report");
         }
         let names: Vec<&str> = reduce_inputs.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["0/stdout", "1/stdout"]);
+        assert_eq!(names, ["table.bin", "assemble.cfg", "0/stdout", "1/stdout"]);
+        assert_eq!(reduce_inputs[1].1, Some(config.hash.clone()));
         let status = store.job_status(job).await.expect("status");
         assert_eq!((status.state.as_str(), status.units_done), ("done", 3));
         let results = store.job_results(job).await.expect("results");
@@ -515,7 +571,7 @@ async fn a_reduce_unit_assembles_the_agreed_outputs_and_only_those() {
 
         // One unit that never agrees: errored, so no reduce unit.
         let mut spec = job_spec(store, 1, (2, 2, 2), 600, None).await;
-        spec.reduce = Some(pb::ReduceStep { args: vec![] });
+        spec.reduce = Some(pb::ReduceStep::default());
         let failed = store.submit_job(&spec, &owner).await.expect("submit").0;
         for (i, host) in hosts.iter().enumerate() {
             let manifest = take_one(store, *host).await.expect("a replica");
