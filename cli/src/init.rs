@@ -4,10 +4,12 @@
 use anyhow::{Context, bail};
 use std::path::Path;
 
-/// The Python example: an SIR epidemic model swept over its infection rate.
+/// The Python example: an SIR epidemic model swept over its infection
+/// rate, and a reduce step that tabulates and plots the sweep.
 const PYTHON: &[(&str, &str)] = &[
     ("job.toml", include_str!("../templates/python/job.toml")),
     ("sir.py", include_str!("../templates/python/sir.py")),
+    ("reduce.py", include_str!("../templates/python/reduce.py")),
     ("README.md", include_str!("../templates/python/README.md")),
 ];
 
@@ -30,7 +32,7 @@ pub fn python(dir: &Path) -> anyhow::Result<()> {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     println!(
-        "wrote a Python job to {}: job.toml, sir.py, README.md",
+        "wrote a Python job to {}: job.toml, sir.py, reduce.py, README.md",
         dir.display()
     );
     Ok(())

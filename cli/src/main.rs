@@ -3,6 +3,7 @@
 
 mod init;
 mod output;
+mod run_local;
 mod signing;
 
 use anyhow::Context;
@@ -54,6 +55,23 @@ enum Command {
         #[arg(long, required = true)]
         python: bool,
         dir: PathBuf,
+    },
+    /// Run a job's first units and its reduce step on this machine, in the
+    /// sandbox volunteers use, and print their outputs, fuel and time.
+    RunLocal {
+        /// The job spec (TOML).
+        spec: PathBuf,
+        /// How many of the job's units to run.
+        #[arg(long, default_value_t = 3)]
+        units: usize,
+        /// Where outputs go [default: run-local/ beside the spec]; replaced
+        /// on the next run.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// CPython for WASI, for a job on the Python runtime [default: where
+        /// `cargo xtask setup` leaves it].
+        #[arg(long, env = "COBBLE_PYTHON_RUNTIME", value_name = "FILE")]
+        python_runtime: Option<PathBuf>,
     },
     /// Upload a job's module and inputs and submit it; prints the job id.
     Submit {
@@ -114,6 +132,24 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Init { python: _, dir } => return init::python(dir),
+        Command::RunLocal {
+            spec,
+            units,
+            out,
+            python_runtime,
+        } => {
+            let passed = run_local::run(run_local::Options {
+                spec: spec.clone(),
+                units: *units,
+                out: out.clone(),
+                python_runtime: python_runtime.clone(),
+            })
+            .await?;
+            if !passed {
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
         Command::Keygen { file } => return signing::keygen(file),
         Command::SignModule { module, key, out } => {
             return signing::sign_module(module, key, out.as_deref());
@@ -188,7 +224,10 @@ async fn main() -> anyhow::Result<()> {
                 .into_inner();
             output::print_leaderboard(&board, json)?;
         }
-        Command::Init { .. } | Command::Keygen { .. } | Command::SignModule { .. } => {}
+        Command::Init { .. }
+        | Command::RunLocal { .. }
+        | Command::Keygen { .. }
+        | Command::SignModule { .. } => {}
         Command::Transfers { json } => {
             let stats = StatsServiceClient::new(connect().await?.channel())
                 .get_transfer_stats(pb::TransferStatsRequest {})

@@ -43,14 +43,8 @@ pub fn verify(assignment: &Assignment, project_key: &VerifyingKey) -> Result<Man
         .map_err(|e| Error::MalformedManifest(e.to_string()))?;
     // The worker places each input at its name: a signed manifest (from a
     // stolen project key, say) must not name a file outside `/input`.
-    for input in &manifest.inputs {
-        if !is_input_path(&input.name) {
-            return Err(Error::MalformedManifest(format!(
-                "input name {:?} is not a path inside /input",
-                input.name
-            )));
-        }
-    }
+    check_input_names(manifest.inputs.iter().map(|i| i.name.as_str()))
+        .map_err(Error::MalformedManifest)?;
     // The unit sees these and nothing else of an environment: bounded and
     // well formed, whoever signed them.
     crate::spec::check_env(
@@ -61,6 +55,34 @@ pub fn verify(assignment: &Assignment, project_key: &VerifyingKey) -> Result<Man
     )
     .map_err(|e| Error::MalformedManifest(e.to_string()))?;
     Ok(manifest)
+}
+
+/// Names of one unit's inputs: each a path inside `/input`, none twice,
+/// and none both a file and a folder of another (`0/a` beside `0/a/b`), so
+/// that placing them never lands on a file already placed.
+pub fn check_input_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), String> {
+    let names: Vec<&str> = names.collect();
+    let mut files = std::collections::HashSet::new();
+    for name in &names {
+        if !is_input_path(name) {
+            return Err(format!("input name {name:?} is not a path inside /input"));
+        }
+        if !files.insert(*name) {
+            return Err(format!("two inputs are named {name:?}"));
+        }
+    }
+    for name in &names {
+        let mut folder = *name;
+        while let Some((parent, _)) = folder.rsplit_once('/') {
+            if files.contains(parent) {
+                return Err(format!(
+                    "input {parent:?} is a file, and {name:?} would need it as a folder"
+                ));
+            }
+            folder = parent;
+        }
+    }
+    Ok(())
 }
 
 /// A name a unit may see under `/input`: relative, its components plain
@@ -263,5 +285,26 @@ mod tests {
         let parsed = project_key_from_hex(&hex::encode(key.as_bytes())).ok();
         assert_eq!(parsed, Some(key));
         assert!(project_key_from_hex("abcd").is_err());
+    }
+
+    #[test]
+    fn input_names_that_would_land_on_each_other_are_refused() {
+        let check = |names: &[&str]| check_input_names(names.iter().copied());
+        check(&["sir.py", "0/stdout", "0/tile.pgm", "1/stdout", "1/a/b/c"]).expect("distinct");
+        // A unit that wrote a file named stdout beside its stdout.
+        let error = check(&["0/stdout", "0/stdout"]).expect_err("twice");
+        assert!(error.contains("two inputs"), "{error}");
+        // A shared input named like a unit's folder, and a file that would
+        // have to be a folder.
+        for names in [
+            &["0", "0/stdout"][..],
+            &["0/a", "0/a/b"][..],
+            &["0/a/b/c", "0/a"][..],
+        ] {
+            let error = check(names).expect_err("file and folder");
+            assert!(error.contains("is a file"), "{names:?}: {error}");
+        }
+        let error = check(&["../x"]).expect_err("outside");
+        assert!(error.contains("not a path inside /input"), "{error}");
     }
 }

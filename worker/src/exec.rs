@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct ExecRequest {
     pub module: PathBuf,
-    /// Files placed at `/input/<file name>`.
-    pub inputs: Vec<PathBuf>,
+    /// Files placed at `/input/<name>`; a name may hold folders, as a
+    /// reduce unit's `INDEX/stdout` does.
+    pub inputs: Vec<(String, PathBuf)>,
     pub args: Vec<String>,
     /// Variables the unit sees, as a job's `env`.
     pub env: Vec<(String, String)>,
@@ -86,12 +87,22 @@ pub async fn exec(request: ExecRequest) -> Result<ExecReport> {
         std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     }
     let result = async {
-        for input in &request.inputs {
-            let name = input.file_name().ok_or_else(|| Error::Io {
-                context: format!("input {}", input.display()),
-                source: std::io::Error::other("has no file name"),
-            })?;
-            crate::runner::link_input(input, &input_dir.join(name))?;
+        for (name, path) in &request.inputs {
+            // The check a manifest's names pass: nothing lands outside /input.
+            if !cobble_core::manifest::is_input_path(name) {
+                return Err(Error::Io {
+                    context: format!("input {}", path.display()),
+                    source: std::io::Error::other(format!(
+                        "{name:?} is not a name under /input: plain parts, at most 4 levels"
+                    )),
+                });
+            }
+            let target = input_dir.join(name);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(Error::io(format!("creating {}", parent.display())))?;
+            }
+            crate::runner::link_input(path, &target)?;
         }
         let report = sandbox
             .run(

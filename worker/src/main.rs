@@ -172,9 +172,10 @@ struct RunArgs {
 struct ExecArgs {
     /// The WASI command module to run.
     module: PathBuf,
-    /// A file to place at /input/<its file name>; repeatable.
-    #[arg(long = "input")]
-    inputs: Vec<PathBuf>,
+    /// A file to place at /input/<its file name>, or NAME=PATH to place
+    /// it at /input/NAME (NAME may hold folders: 0/stdout); repeatable.
+    #[arg(long = "input", value_name = "PATH|NAME=PATH", value_parser = named_input)]
+    inputs: Vec<(String, PathBuf)>,
     /// Fuel budget (deterministic work units).
     #[arg(long, default_value_t = cobble_core::spec::DEFAULT_FUEL)]
     fuel: u64,
@@ -210,6 +211,27 @@ struct ExecArgs {
     /// Arguments for the module, after `--`.
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+/// `PATH` (placed under its file name) or `NAME=PATH`, the name checked as
+/// a manifest's input names are.
+fn named_input(text: &str) -> Result<(String, PathBuf), String> {
+    if let Some((name, path)) = text.split_once('=')
+        && !std::path::Path::new(text).exists()
+    {
+        if !cobble_core::manifest::is_input_path(name) {
+            return Err(format!(
+                "{name:?} is not a name under /input: relative, plain parts, at most 4 levels"
+            ));
+        }
+        return Ok((name.to_string(), PathBuf::from(path)));
+    }
+    let path = PathBuf::from(text);
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{text:?} has no file name"))?;
+    Ok((name.to_string(), path))
 }
 
 /// `NAME=VALUE`, checked as a job's `env` is.

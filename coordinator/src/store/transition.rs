@@ -774,10 +774,8 @@ impl Store {
                 });
             }
         }
-        let bad_name = inputs
-            .iter()
-            .find(|i| !cobble_core::manifest::is_input_path(&i.name))
-            .map(|i| i.name.clone());
+        let bad_names =
+            cobble_core::manifest::check_input_names(inputs.iter().map(|i| i.name.as_str())).err();
         // A module of its own travels in the payload with its signature and
         // the variables it sees; without one, the unit runs the job's.
         let env = match cobble_core::runtime::named(&reduce.runtime) {
@@ -814,9 +812,9 @@ impl Store {
         .bind(now)
         .fetch_one(&mut **tx)
         .await?;
-        if let Some(name) = bad_name {
+        if let Some(problem) = bad_names {
             let reason = format!(
-                "reduce: output {name:?} cannot be an input (at most 3 levels under /input/INDEX/, plain names)"
+                "reduce: the units' outputs cannot all be its inputs: {problem} (at most 3 levels under /input/INDEX/, plain names, no file named stdout)"
             );
             sqlx::query(
                 "UPDATE units SET state = 'errored', error = $1, finished_ms = $2 WHERE id = $3",

@@ -588,6 +588,42 @@ async fn a_reduce_unit_assembles_the_agreed_outputs_and_only_those() {
         );
         let results = store.job_results(failed).await.expect("results");
         assert!(results.units.iter().all(|u| !u.reduce), "{results:?}");
+
+        // A unit that wrote a file named stdout: its outputs cannot all sit
+        // under /input/0/, so the reduce unit errors with the reason
+        // instead of reaching hosts whose manifests would refuse it.
+        let mut spec = job_spec(store, 1, (2, 2, 2), 600, None).await;
+        spec.reduce = Some(pb::ReduceStep::default());
+        let clash = store.submit_job(&spec, &owner).await.expect("submit").0;
+        for host in hosts {
+            let manifest = take_one(store, host).await.expect("a replica");
+            let mut answer = success(store, b"same", 10).await;
+            if let Some(Outcome::Success(success)) = answer.outcome.as_mut() {
+                success.files = vec![pb::OutputFile {
+                    name: "stdout".into(),
+                    blob: success.stdout.clone(),
+                }];
+            }
+            report(store, host, &manifest.lease_id, answer)
+                .await
+                .expect("report");
+        }
+        let status = store.job_status(clash).await.expect("status");
+        assert_eq!(
+            (status.state.as_str(), status.units_errored),
+            ("done", 1),
+            "{status:?}"
+        );
+        let results = store.job_results(clash).await.expect("results");
+        let reduce = results
+            .units
+            .iter()
+            .find(|u| u.reduce)
+            .expect("the reduce unit");
+        assert!(
+            reduce.error.contains("two inputs are named \"0/stdout\""),
+            "{reduce:?}"
+        );
         assert!(
             take_one(store, hosts[0]).await.is_none(),
             "nothing more to do"

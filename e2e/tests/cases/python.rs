@@ -230,7 +230,8 @@ fn a_scripts_traceback_reaches_the_researcher() {
             format!(
                 "name = \"{name}\"\nruntime = \"python\"\nscript = \"script.py\"\n\
                  [split]\nrange = {{ start = 0, end = 1, per_unit = 1 }}\n\
-                 [replication]\nmin_quorum = 1\ntarget_results = 1\nmax_total_results = 1\n"
+                 [replication]\nmin_quorum = 1\ntarget_results = 1\nmax_total_results = 1\n\
+                 [reduce]\nargs = [\"/input\"]\n"
             ),
         )
         .expect("write spec");
@@ -258,6 +259,18 @@ fn a_scripts_traceback_reaches_the_researcher() {
                 assert!(text.contains(line), "{name}: {line:?} missing from\n{text}");
             }
         }
+        // Every unit failed: the job never made its reduce unit.
+        let listed = coordinator.cli_ok(&[
+            "results",
+            &job,
+            "--json",
+            "--out",
+            dir.join("out").to_str().expect("utf-8"),
+        ]);
+        let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+        let units = listed["units"].as_array().expect("units");
+        assert_eq!(units.len(), 1, "{listed}");
+        assert!(units.iter().all(|u| u["reduce"] == false), "{listed}");
     }
 }
 
@@ -346,8 +359,9 @@ fn cobble_init_python_writes_a_job_that_runs_and_matches_native_cpython() {
     let job = coordinator.submit(&job_dir.join("job.toml"));
     let (done, status) = coordinator.wait_done(&job, Duration::from_secs(600));
     assert!(done, "{status}");
+    // Ten units and the reduce unit, each agreed by both hosts.
     assert!(
-        status.contains("10 done") && status.contains("20 valid"),
+        status.contains("11 done") && status.contains("22 valid"),
         "{status}"
     );
     let out = dir.join("out");
@@ -369,5 +383,179 @@ fn cobble_init_python_writes_a_job_that_runs_and_matches_native_cpython() {
             String::from_utf8_lossy(&native.stdout),
             "the sweep through the sandbox differs from native CPython's"
         );
+        // The reduce step, natively over the same validated outputs.
+        assert_reduce_is_native(&job_dir, &out, &dir.join("native"));
+    }
+    let table = std::fs::read_to_string(out.join("reduce/sweep.csv")).expect("the table");
+    assert_eq!(table.lines().count(), 41, "{table}");
+    assert!(table.starts_with("beta,peak_infected,peak_day,ever_infected\n0.10,"));
+}
+
+/// Runs the example's reduce.py with native CPython over the unit folders
+/// in `outputs` and asserts that its stdout, table and plot equal those in
+/// `outputs/reduce/`, which the sandbox made.
+fn assert_reduce_is_native(job_dir: &Path, outputs: &Path, native_out: &Path) {
+    let native = Command::new("python3")
+        .arg(job_dir.join("reduce.py"))
+        .arg(outputs)
+        .arg(native_out)
+        .output()
+        .expect("python3");
+    assert!(native.status.success(), "{native:?}");
+    let reduced = outputs.join("reduce");
+    assert_eq!(
+        std::fs::read(reduced.join("stdout")).expect("the reduce unit's stdout"),
+        native.stdout
+    );
+    for file in ["sweep.csv", "sweep.svg"] {
+        assert_eq!(
+            std::fs::read(reduced.join(file)).expect("the reduce unit's file"),
+            std::fs::read(native_out.join(file)).expect("native file"),
+            "{file} differs from native CPython's"
+        );
+    }
+}
+
+/// `cobble`, with the compiled-module cache `worker_exec` uses.
+fn cobble() -> Command {
+    let cobble = cobble_e2e::binary("cobble");
+    let mut command = Command::new(&cobble);
+    if let Some(profile_dir) = cobble.parent() {
+        command.env("XDG_CACHE_HOME", profile_dir.join("exec-cache"));
+    }
+    command
+}
+
+#[test]
+fn cobble_run_local_runs_the_first_units_and_the_reduce_step_and_shows_a_traceback() {
+    let Some(runtime) = runtime() else {
+        return;
+    };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let job_dir = temp.path().join("sir");
+    let init = cobble()
+        .args(["init", "--python"])
+        .arg(&job_dir)
+        .output()
+        .expect("cobble init");
+    assert!(init.status.success(), "{init:?}");
+    let spec = job_dir.join("job.toml");
+    let run_local = |extra: &[&std::ffi::OsStr]| {
+        let output = cobble()
+            .arg("run-local")
+            .arg(&spec)
+            .env("COBBLE_PYTHON_RUNTIME", &runtime)
+            .args(extra)
+            .output()
+            .expect("cobble run-local");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+
+    let (passed, text) = run_local(&[]);
+    assert!(passed, "{text}");
+    for expected in [
+        "running 3 of the job's 10 units, then its reduce step",
+        "unit 0 [/input/sir.py 0 4]: ok, fuel ",
+        "unit 2 [/input/sir.py 8 12]: ok",
+        "0.10,10,0,374",
+        "reads all 10",
+        "reduce [/input/reduce.py /input /output]: ok",
+        "12 infection rates from 0.10 to 0.21",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from\n{text}");
+    }
+    assert!(!text.contains("unit 3 ["), "{text}");
+    let out = job_dir.join("run-local");
+    let table = std::fs::read_to_string(out.join("reduce/sweep.csv")).expect("the table");
+    assert_eq!(table.lines().count(), 13, "{table}");
+    if python3() {
+        // The same reduce natively, over the same three units' outputs.
+        assert_reduce_is_native(&job_dir, &out, &temp.path().join("native"));
+    }
+
+    // Run again with --units 1: the folder it made is replaced.
+    let (passed, text) = run_local(&["--units".as_ref(), "1".as_ref()]);
+    assert!(passed, "{text}");
+    assert!(!out.join("2").exists() && out.join("0/stdout").is_file());
+
+    // A folder of the researcher's is never replaced.
+    let mine = temp.path().join("mine");
+    std::fs::create_dir_all(&mine).expect("mkdir");
+    std::fs::write(mine.join("notes.txt"), "keep").expect("write");
+    let (passed, text) = run_local(&["--out".as_ref(), mine.as_os_str()]);
+    assert!(
+        !passed && text.contains("holds files run-local did not write"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mine.join("notes.txt")).expect("kept"),
+        "keep"
+    );
+
+    // A runtime that is not the pinned file is refused.
+    let (passed, text) = run_local(&["--python-runtime".as_ref(), spec.as_os_str()]);
+    assert!(!passed && text.contains("not the pinned"), "{text}");
+
+    // A script that raises: its traceback, verbatim, and no reduce step.
+    let script = job_dir.join("sir.py");
+    let source = std::fs::read_to_string(&script).expect("read");
+    std::fs::write(
+        &script,
+        source.replace("    start, end = int(", "    1 / 0\n    start, end = int("),
+    )
+    .expect("write");
+    let (passed, text) = run_local(&[]);
+    assert!(!passed, "{text}");
+    for expected in [
+        "unit 0 [/input/sir.py 0 4]: FAILED",
+        "| Traceback (most recent call last):",
+        "| ZeroDivisionError: division by zero",
+        "no reduce step: a unit failed",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from\n{text}");
+    }
+}
+
+#[test]
+fn exec_places_a_named_input_in_a_folder_and_nowhere_outside_input() {
+    let Some(runtime) = runtime() else {
+        return;
+    };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    std::fs::write(
+        dir.join("show.py"),
+        "print(open('/input/3/stdout').read())\n",
+    )
+    .expect("write");
+    std::fs::write(dir.join("unit-out"), "unit three said hello").expect("write");
+    let run = |named: &str| {
+        cobble_e2e::worker_exec()
+            .arg(&runtime)
+            .arg("--input")
+            .arg(dir.join("show.py"))
+            .arg("--input")
+            .arg(named)
+            .args(["--", "/input/show.py"])
+            .output()
+            .expect("cobble-worker exec")
+    };
+    let output = run(&format!("3/stdout={}", dir.join("unit-out").display()));
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "unit three said hello\n"
+    );
+    // A name that climbs out of /input is refused before anything runs.
+    for hostile in ["../3/stdout", "/etc/passwd", "a/b/c/d/e"] {
+        let output = run(&format!("{hostile}={}", dir.join("unit-out").display()));
+        assert!(!output.status.success(), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("is not a name under /input"), "{stderr}");
     }
 }
