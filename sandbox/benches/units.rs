@@ -221,6 +221,33 @@ fn write_input(path: &Path) {
     std::fs::write(path, bytes).expect("writing the input file");
 }
 
+/// One run with `scratch/in` as /input and `scratch/out` as /output.
+async fn run_in(
+    sandbox: &Sandbox,
+    module: &PreparedModule,
+    args: &[String],
+    env: &[(String, String)],
+    scratch: &Path,
+) -> cobble_sandbox::RunReport {
+    sandbox
+        .run(
+            module,
+            Invocation {
+                env,
+                args,
+                input_dir: &scratch.join("in"),
+                output_dir: &scratch.join("out"),
+                checkpoint_dir: None,
+                stdin: Vec::new(),
+                seed: [0; 32],
+                limits: limits(),
+                control: UnitControl::unpaused(),
+            },
+        )
+        .await
+        .expect("sandbox runs")
+}
+
 async fn run_wasm(
     sandbox: &Sandbox,
     module: &PreparedModule,
@@ -234,23 +261,7 @@ async fn run_wasm(
     // As the worker places a cached blob: a hard link, no copy.
     std::fs::hard_link(data, input.join("data")).expect("linking the input");
     let args = args_with(example, "/input/data");
-    let report = sandbox
-        .run(
-            module,
-            Invocation {
-                env: &[],
-                args: &args,
-                input_dir: &input,
-                output_dir: &output,
-                checkpoint_dir: None,
-                stdin: Vec::new(),
-                seed: [0; 32],
-                limits: limits(),
-                control: UnitControl::unpaused(),
-            },
-        )
-        .await
-        .expect("sandbox runs");
+    let report = run_in(sandbox, module, &args, &[], scratch.path()).await;
     assert_eq!(
         report.outcome,
         Ok(()),
@@ -390,6 +401,11 @@ fn main() {
         );
         summary.push((example, production_ratio, compile, disk_load + startup));
     }
+    let python = if "python".contains(only.as_str()) {
+        python_row(&runtime, rounds)
+    } else {
+        None
+    };
     println!("summary: production settings, ratio to native (default flags)\n");
     println!("| unit | wasm / native | first compile | cached start |\n|---|---|---|---|");
     for (example, ratio, compile, cached) in &summary {
@@ -401,6 +417,14 @@ fn main() {
             cached.as_secs_f64() * 1e3,
         );
     }
+    if let Some(row) = &python {
+        println!(
+            "| python sir.py (CPython 3.12 WASI vs native CPython) | {:.2}x | {:.0} ms | {:.1} ms |",
+            row.ratio,
+            row.compile.as_secs_f64() * 1e3,
+            row.cached_start.as_secs_f64() * 1e3,
+        );
+    }
     if !summary.is_empty() {
         let logs: f64 = summary.iter().map(|(_, ratio, _, _)| ratio.ln()).sum();
         println!(
@@ -409,4 +433,154 @@ fn main() {
             summary.len()
         );
     }
+}
+
+/// What the Python example measured.
+struct PythonRow {
+    ratio: f64,
+    compile: Duration,
+    /// From a unit's assignment (module on disk, compiled) to its script's
+    /// first line: loading the compiled module plus CPython's start.
+    cached_start: Duration,
+}
+
+/// The files the Python row needs, or None after saying which is missing.
+fn python_files() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let runtime = root
+        .join("target/third-party")
+        .join(cobble_core::runtime::PYTHON.file);
+    let script = root.join("cli/templates/python/sir.py");
+    let native = Command::new("python3").arg("--version").output();
+    if !runtime.is_file() || !native.is_ok_and(|o| o.status.success()) {
+        println!(
+            "python: skipped ({} and a native python3 are needed; `cargo xtask setup` fetches the first)\n",
+            runtime.display()
+        );
+        return None;
+    }
+    Some((runtime, script))
+}
+
+/// Runs `script` (placed at /input/<its name>) on the CPython module with
+/// the runtime's variables; returns the run's time, its start (module to
+/// first instruction) and its stdout.
+async fn run_python(
+    sandbox: &Sandbox,
+    module: &PreparedModule,
+    script: &Path,
+    args: &[&str],
+) -> (Duration, Duration, Vec<u8>) {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let (input, output) = (scratch.path().join("in"), scratch.path().join("out"));
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::create_dir_all(&output).expect("mkdir");
+    std::fs::copy(script, input.join("script.py")).expect("placing the script");
+    let args: Vec<String> = std::iter::once("/input/script.py")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    let env = cobble_core::runtime::PYTHON.with_env(&[]);
+    let report = run_in(sandbox, module, &args, &env, scratch.path()).await;
+    assert_eq!(report.outcome, Ok(()), "python: {:?}", report.outcome);
+    (report.elapsed, report.startup, report.stdout)
+}
+
+/// The Python example (`cobble init --python`'s sir.py over all 40 rates)
+/// through the sandbox on the pinned CPython, against native CPython on the
+/// same script, interleaved as the other rows; then the cached start: a
+/// fresh sandbox loading the compiled runtime from its disk cache, as a
+/// worker's first Python unit after a restart does, and one already in
+/// memory, as every later unit, each up to an empty script's first line.
+fn python_row(runtime: &tokio::runtime::Runtime, rounds: usize) -> Option<PythonRow> {
+    let (wasm, script) = python_files()?;
+    let bytes = std::fs::read(&wasm).expect("the runtime");
+    let sandbox = Sandbox::with_settings(None, EngineSettings::default()).expect("engine");
+    let started = Instant::now();
+    let module = sandbox.prepare_bytes(&bytes).expect("compiles");
+    let compile = started.elapsed();
+    let native_run = || {
+        let started = Instant::now();
+        let output = Command::new("python3")
+            .arg(&script)
+            .args(["0", "40"])
+            .env("PYTHONHASHSEED", "0")
+            .output()
+            .expect("python3 runs");
+        assert!(output.status.success(), "native python3 failed");
+        (started.elapsed(), output.stdout)
+    };
+    let (mut ratios, mut wasm_times, mut native_times) = (Vec::new(), Vec::new(), Vec::new());
+    let mut identical = true;
+    for _ in 0..rounds {
+        let (before, native_out) = native_run();
+        let (elapsed, _, out) =
+            runtime.block_on(run_python(&sandbox, &module, &script, &["0", "40"]));
+        let (after, _) = native_run();
+        identical &= out == native_out;
+        let native = (before + after) / 2;
+        ratios.push(elapsed.as_secs_f64() / native.as_secs_f64());
+        wasm_times.push(elapsed);
+        native_times.push(native);
+    }
+    let (low, ratio, high) = spread(ratios);
+    println!(
+        "python sir.py 0 40 (CPython 3.12 for WASI vs native CPython {}): native {:.3} s, wasm {:.3} s, ratio {ratio:.2}x (rounds {low:.2}-{high:.2}); output {} native's",
+        String::from_utf8_lossy(
+            &Command::new("python3")
+                .arg("--version")
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        )
+        .trim(),
+        median(native_times).as_secs_f64(),
+        median(wasm_times).as_secs_f64(),
+        if identical {
+            "bit-identical to"
+        } else {
+            "DIFFERS from"
+        }
+    );
+
+    let empty = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(empty.path(), "").expect("write");
+    let cache = tempfile::tempdir().expect("temp dir");
+    let hash = cobble_core::BlobHash::of(&bytes);
+    Sandbox::new(Some(cache.path().to_path_buf()))
+        .expect("engine")
+        .prepare(&hash, &wasm)
+        .expect("compile into the disk cache");
+    let (mut from_disk, mut loads, mut in_memory) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let fresh = Sandbox::new(Some(cache.path().to_path_buf())).expect("engine");
+        let started = Instant::now();
+        let cached = fresh
+            .prepare(&hash, &wasm)
+            .expect("load from the disk cache");
+        let load = started.elapsed();
+        let (elapsed, startup, _) =
+            runtime.block_on(run_python(&fresh, &cached, empty.path(), &[]));
+        from_disk.push(load + startup + elapsed);
+        loads.push(load);
+        // The next unit on the same worker: the module is in memory.
+        let started = Instant::now();
+        let again = fresh.prepare(&hash, &wasm).expect("in memory");
+        let lookup = started.elapsed();
+        let (elapsed, startup, _) = runtime.block_on(run_python(&fresh, &again, empty.path(), &[]));
+        in_memory.push(lookup + startup + elapsed);
+    }
+    let cached_start = median(in_memory);
+    println!(
+        "  first compile {:.1} s; to an empty script's end: from the disk cache {:.1} ms (of which loading {:.1} ms), module in memory {:.1} ms (goal: under 50 ms)\n",
+        compile.as_secs_f64(),
+        median(from_disk).as_secs_f64() * 1e3,
+        median(loads).as_secs_f64() * 1e3,
+        cached_start.as_secs_f64() * 1e3,
+    );
+    Some(PythonRow {
+        ratio,
+        compile,
+        cached_start,
+    })
 }

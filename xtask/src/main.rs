@@ -73,6 +73,8 @@ fn main() -> anyhow::Result<()> {
         "bench" => {
             ensure_wasm_target()?;
             ensure_c_toolchain()?;
+            // The units bench's Python row runs on the pinned CPython.
+            fetch_python_runtime(&root);
             // `units`: wasm against native; `volunteer`: what the worker
             // costs its owner; `swarm`: peer-to-peer input delivery;
             // `integrity`: wrong results and replication cost under

@@ -198,12 +198,15 @@ fn is_image(name: &str) -> bool {
     content_type(name).starts_with("image/")
 }
 
-/// Only raster images a browser shows without running anything; all else
-/// is text or a download.
+/// Images, shown inline, and text; all else is a download. An SVG may hold
+/// scripts: in an `<img>` a browser runs none, and opened directly it is
+/// served under `sandbox; default-src 'none'` (see `output`), so
+/// none runs either, in any origin.
 fn content_type(name: &str) -> &'static str {
     let extension = name.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
     match extension.as_str() {
         "png" => "image/png",
+        "svg" => "image/svg+xml",
         "jpg" | "jpeg" => "image/jpeg",
         "gif" => "image/gif",
         "webp" => "image/webp",
@@ -498,9 +501,9 @@ mod tests {
     }
 
     #[test]
-    fn only_raster_images_are_shown_inline() {
-        assert!(is_image("tile.PNG") && is_image("a.jpeg"));
-        for other in ["page.svg", "page.html", "x.pgm", "stdout", "noext"] {
+    fn images_are_shown_inline_and_pages_never() {
+        assert!(is_image("tile.PNG") && is_image("a.jpeg") && is_image("sweep.svg"));
+        for other in ["page.html", "page.xhtml", "x.pgm", "stdout", "noext"] {
             assert!(!is_image(other), "{other}");
         }
         assert_eq!(content_type("page.html"), "application/octet-stream");

@@ -473,8 +473,19 @@ fn a_job_page_shows_progress_to_all_and_outputs_to_its_researcher() {
         "probe.wasm",
         &one_unit("page", "page.html", "<script>alert(3)</script>"),
     ));
+    // A plot that carries a script, as a hostile unit's could.
+    let plot_job = coordinator.submit(&write_job(
+        &dir.join("plot"),
+        cobble_unit_artifacts::SANDBOX_PROBE,
+        "probe.wasm",
+        &one_unit(
+            "plot",
+            "plot.svg",
+            "<svg xmlns='http://www.w3.org/2000/svg'><script>alert(4)</script></svg>",
+        ),
+    ));
     let _worker = start_worker_with("cobble-worker", &coordinator, &dir.join("w"), "ada", &[]);
-    for job in [&image_job, &page_job] {
+    for job in [&image_job, &page_job, &plot_job] {
         let (done, status) = coordinator.wait_done(job, Duration::from_secs(120));
         assert!(done, "{status}");
     }
@@ -575,6 +586,30 @@ fn a_job_page_shows_progress_to_all_and_outputs_to_its_researcher() {
     assert!(
         html.header("content-security-policy")
             .is_some_and(|p| p.starts_with("sandbox"))
+    );
+    // An SVG is previewed, and opened directly it runs nothing: the
+    // sandbox without allow-scripts, and no source allowed for scripts.
+    let plot_page = http_request(&site, "GET", &format!("/jobs/{plot_job}"), &with_cookie, "");
+    let plot_path = format!("/jobs/{plot_job}/units/0/files/plot.svg");
+    assert!(
+        plot_page
+            .body
+            .contains(&format!("<img class=\"preview\" src=\"{plot_path}\"")),
+        "{}",
+        plot_page.body
+    );
+    let plot = http_request(&site, "GET", &plot_path, &with_cookie, "");
+    assert_eq!(
+        (plot.status, plot.content_type.as_str()),
+        (200, "image/svg+xml")
+    );
+    let policy = plot.header("content-security-policy").unwrap_or_default();
+    assert!(
+        policy.starts_with("sandbox;")
+            && !policy.contains("allow-scripts")
+            && policy.contains("default-src 'none'")
+            && !policy.contains("script-src"),
+        "{policy}"
     );
     let bearer = format!("Bearer {token}");
     let scripted = http_request(
