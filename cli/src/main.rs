@@ -49,11 +49,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Writes a working example job to start from into DIR (new or empty):
-    /// `--python`, a parameter sweep of an epidemic model.
+    /// a parameter sweep of an epidemic model and a reduce step.
+    #[command(group(clap::ArgGroup::new("language").required(true).args(["python", "rust"])))]
     Init {
-        /// A Python job (runs on the coordinator's CPython runtime).
-        #[arg(long, required = true)]
+        /// In Python (runs on the coordinator's CPython runtime).
+        #[arg(long)]
         python: bool,
+        /// In Rust, built to a WASI module with cargo.
+        #[arg(long)]
+        rust: bool,
         dir: PathBuf,
     },
     /// Run a job's first units and its reduce step on this machine, in the
@@ -131,7 +135,9 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Init { python: _, dir } => return init::python(dir),
+        Command::Init { python, dir, .. } => {
+            return init::write(if *python { &init::PYTHON } else { &init::RUST }, dir);
+        }
         Command::RunLocal {
             spec,
             units,

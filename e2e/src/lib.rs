@@ -60,6 +60,17 @@ pub fn worker_exec() -> Command {
     command
 }
 
+/// `cobble` run without a coordinator (`init`, `run-local`), with the
+/// compiled-module cache `worker_exec` uses.
+pub fn cobble() -> Command {
+    let cobble = binary("cobble");
+    let mut command = Command::new(&cobble);
+    if let Some(profile_dir) = cobble.parent() {
+        command.env("XDG_CACHE_HOME", profile_dir.join("exec-cache"));
+    }
+    command
+}
+
 /// A running process that is killed when dropped, with its stderr in a file.
 pub struct Process {
     pub child: Child,

@@ -8,6 +8,7 @@ mod cases {
     mod exec;
     mod faults;
     mod floating_point;
+    mod init;
     mod install;
     mod integrity;
     mod job;

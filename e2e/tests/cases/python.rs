@@ -5,7 +5,7 @@
 //! match native CPython with the same `PYTHONHASHSEED`, a package zip is
 //! importable, and a script's traceback reaches the researcher.
 
-use cobble_e2e::{Coordinator, Process, start_volunteers};
+use cobble_e2e::{Coordinator, Process, cobble, start_volunteers};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -414,16 +414,6 @@ fn assert_reduce_is_native(job_dir: &Path, outputs: &Path, native_out: &Path) {
             "{file} differs from native CPython's"
         );
     }
-}
-
-/// `cobble`, with the compiled-module cache `worker_exec` uses.
-fn cobble() -> Command {
-    let cobble = cobble_e2e::binary("cobble");
-    let mut command = Command::new(&cobble);
-    if let Some(profile_dir) = cobble.parent() {
-        command.env("XDG_CACHE_HOME", profile_dir.join("exec-cache"));
-    }
-    command
 }
 
 #[test]
