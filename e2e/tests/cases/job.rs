@@ -238,6 +238,10 @@ fn coordinator_killed_mid_job_loses_nothing() {
     let job = coordinator.submit(&spec);
     let _ada = start_worker("cobble-worker", &coordinator, &dir.join("ada"), "ada");
     let _bob = start_worker("cobble-worker", &coordinator, &dir.join("bob"), "bob");
+    // A third host: a lease that times out across the outage leaves its
+    // unit needing a result from a host that never held it, and the
+    // scheduler never gives a unit twice to one host (BOINC's rule).
+    let _cy = start_worker("cobble-worker", &coordinator, &dir.join("cy"), "cy");
 
     let mut before = 0;
     assert!(wait_until_fast(Duration::from_secs(120), || {
