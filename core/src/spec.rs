@@ -245,27 +245,12 @@ impl LocalJob {
                         "`script` and `packages` go with `runtime = \"python\"`; a module reads its files from `inputs`",
                     ));
                 }
-                let module = base.join(module);
-                if !module.is_file() {
-                    return Err(Error::field(
-                        "module",
-                        format!("{} is not a readable file", module.display()),
-                    ));
-                }
-                check_wasm_file(&module, "module")?;
+                let module = wasm_module(base, module, "module")?;
                 let signature = read_signature(base, &module, raw.module_signature.as_deref())?;
                 (Some(module), None, signature)
             }
             (None, Some(name)) => {
-                let runtime = crate::runtime::named(name).ok_or_else(|| {
-                    Error::field(
-                        "runtime",
-                        format!(
-                            "{name:?} is not a runtime this version knows: {}",
-                            crate::runtime::names()
-                        ),
-                    )
-                })?;
+                let runtime = runtime_named(name, "runtime", "version")?;
                 if raw.module_signature.is_some() {
                     return Err(Error::field(
                         "module_signature",
@@ -373,20 +358,12 @@ impl LocalJob {
             deadline_s: l.deadline_s.unwrap_or(DEFAULT_DEADLINE_S),
             max_output_bytes: l.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
         });
-        let validator_module = match raw.validator.as_ref().and_then(|v| v.module.as_ref()) {
-            Some(path) => {
-                let path = base.join(path);
-                if !path.is_file() {
-                    return Err(Error::field(
-                        "validator.module",
-                        format!("{} is not a readable file", path.display()),
-                    ));
-                }
-                check_wasm_file(&path, "validator.module")?;
-                Some(path)
-            }
-            None => None,
-        };
+        let validator_module = raw
+            .validator
+            .as_ref()
+            .and_then(|v| v.module.as_deref())
+            .map(|path| wasm_module(base, path, "validator.module"))
+            .transpose()?;
         let validator = raw.validator.map_or_else(bitwise, |v| pb::Validator {
             kind: v.kind,
             rel_tolerance: v.rel_tolerance.unwrap_or(0.0),
@@ -596,14 +573,7 @@ fn parse_reduce(
                     "a reduce module runs on no runtime; `runtime` goes with `script`",
                 ));
             }
-            let module = base.join(module);
-            if !module.is_file() {
-                return Err(Error::field(
-                    "reduce.module",
-                    format!("{} is not a readable file", module.display()),
-                ));
-            }
-            check_wasm_file(&module, "reduce.module")?;
+            let module = wasm_module(base, &module, "reduce.module")?;
             let signature = read_signature(base, &module, raw.module_signature.as_deref())?;
             (Some(module), signature, None)
         }
@@ -615,15 +585,7 @@ fn parse_reduce(
                 ));
             }
             let runtime = match &raw.runtime {
-                Some(name) => crate::runtime::named(name).ok_or_else(|| {
-                    Error::field(
-                        "reduce.runtime",
-                        format!(
-                            "{name:?} is not a runtime this version knows: {}",
-                            crate::runtime::names()
-                        ),
-                    )
-                })?,
+                Some(name) => runtime_named(name, "reduce.runtime", "version")?,
                 None => job_runtime.ok_or_else(|| {
                     Error::field(
                         "reduce.script",
@@ -900,6 +862,58 @@ fn check_inside(base: &Path, path: &Path, field: &str) -> Result<(), Error> {
     }
 }
 
+/// A module a spec names (the job's, its validator's, its reduce step's):
+/// a readable WebAssembly file, its path resolved against the spec's folder.
+fn wasm_module(base: &Path, named: &Path, field: &str) -> Result<PathBuf, Error> {
+    let path = base.join(named);
+    if !path.is_file() {
+        return Err(Error::field(
+            field,
+            format!("{} is not a readable file", path.display()),
+        ));
+    }
+    check_wasm_file(&path, field)?;
+    Ok(path)
+}
+
+/// The runtime a spec names; `knower` says who does not know another
+/// ("version" in the CLI, "coordinator" on the wire).
+fn runtime_named(name: &str, field: &str, knower: &str) -> Result<&'static Runtime, Error> {
+    crate::runtime::named(name).ok_or_else(|| {
+        Error::field(
+            field,
+            format!(
+                "{name:?} is not a runtime this {knower} knows: {}",
+                crate::runtime::names()
+            ),
+        )
+    })
+}
+
+/// A module signature on the wire: absent, or the 64 bytes of ed25519.
+fn check_signature_shape(field: &str, signature: &[u8]) -> Result<(), Error> {
+    if matches!(signature.len(), 0 | 64) {
+        Ok(())
+    } else {
+        Err(Error::field(
+            field,
+            format!("an ed25519 signature is 64 bytes, not {}", signature.len()),
+        ))
+    }
+}
+
+/// Files on the wire: each names a blob by a well-formed hash.
+fn check_named_blobs(field: &str, list: &[pb::NamedBlob]) -> Result<(), Error> {
+    for named in list {
+        let blob = named
+            .blob
+            .as_ref()
+            .ok_or_else(|| Error::field(field, format!("{:?} has no blob", named.name)))?;
+        crate::BlobHash::from_slice(&blob.hash).map_err(|e| Error::field(field, e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Modules may live anywhere (a build directory), but must be WebAssembly:
 /// a mistyped path must not upload some other file for volunteers to see.
 fn check_wasm_file(path: &Path, field: &str) -> Result<(), Error> {
@@ -1110,15 +1124,8 @@ fn unit_count(range: &pb::RangeSplit) -> u64 {
 /// nothing the CLI checked. Returns the validated parts.
 pub fn check_spec(spec: &pb::JobSpec) -> Result<(), Error> {
     check_name(&spec.name)?;
-    if !spec.runtime.is_empty() && crate::runtime::named(&spec.runtime).is_none() {
-        return Err(Error::field(
-            "runtime",
-            format!(
-                "{:?} is not a runtime this coordinator knows: {}",
-                spec.runtime,
-                crate::runtime::names()
-            ),
-        ));
+    if !spec.runtime.is_empty() {
+        runtime_named(&spec.runtime, "runtime", "coordinator")?;
     }
     check_env(
         spec.env
@@ -1131,31 +1138,15 @@ pub fn check_spec(spec: &pb::JobSpec) -> Result<(), Error> {
         .as_ref()
         .ok_or_else(|| Error::field("module", "missing"))?;
     crate::BlobHash::from_slice(&module.hash).map_err(|e| Error::field("module", e.to_string()))?;
-    if !matches!(spec.module_signature.len(), 0 | 64) {
-        return Err(Error::field(
-            "module_signature",
-            format!(
-                "an ed25519 signature is 64 bytes, not {}",
-                spec.module_signature.len()
-            ),
-        ));
-    }
+    check_signature_shape("module_signature", &spec.module_signature)?;
     let rule = spec
         .split
         .as_ref()
         .and_then(|s| s.rule.as_ref())
         .ok_or_else(|| Error::field("split", "missing"))?;
-    let mut blobs: Vec<&pb::NamedBlob> = spec.inputs.iter().collect();
+    check_named_blobs("inputs", &spec.inputs)?;
     if let Rule::Files(files) = rule {
-        blobs.extend(files.files.iter());
-    }
-    for named in blobs {
-        let blob = named
-            .blob
-            .as_ref()
-            .ok_or_else(|| Error::field("inputs", format!("{:?} has no blob", named.name)))?;
-        crate::BlobHash::from_slice(&blob.hash)
-            .map_err(|e| Error::field("inputs", e.to_string()))?;
+        check_named_blobs("inputs", &files.files)?;
     }
     let input_names: Vec<&str> = spec.inputs.iter().map(|i| i.name.as_str()).collect();
     let replication = spec
@@ -1266,37 +1257,14 @@ fn check_reduce_step(
         crate::BlobHash::from_slice(&module.hash)
             .map_err(|e| Error::field("reduce.module", e.to_string()))?;
     }
-    if !matches!(reduce.module_signature.len(), 0 | 64) {
-        return Err(Error::field(
-            "reduce.module_signature",
-            format!(
-                "{} bytes; an ed25519 signature is 64",
-                reduce.module_signature.len()
-            ),
-        ));
-    }
+    check_signature_shape("reduce.module_signature", &reduce.module_signature)?;
     let own: Vec<&str> = reduce.inputs.iter().map(|i| i.name.as_str()).collect();
     check_reduce(&reduce.args, &own, job_inputs)?;
-    for input in &reduce.inputs {
-        let blob = input.blob.as_ref().ok_or_else(|| {
-            Error::field("reduce.inputs", format!("{:?} has no blob", input.name))
-        })?;
-        crate::BlobHash::from_slice(&blob.hash)
-            .map_err(|e| Error::field("reduce.inputs", e.to_string()))?;
-    }
+    check_named_blobs("reduce.inputs", &reduce.inputs)?;
     if reduce.runtime.is_empty() {
         return Ok(());
     }
-    let runtime = crate::runtime::named(&reduce.runtime).ok_or_else(|| {
-        Error::field(
-            "reduce.runtime",
-            format!(
-                "{:?} is not a runtime this coordinator knows: {}",
-                reduce.runtime,
-                crate::runtime::names()
-            ),
-        )
-    })?;
+    let runtime = runtime_named(&reduce.runtime, "reduce.runtime", "coordinator")?;
     if reduce.module.is_none() {
         return Err(Error::field(
             "reduce.module",
