@@ -129,6 +129,14 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     let mut inputs = local(&wire.inputs)?;
     inputs.extend(reduce.inputs.iter().cloned());
     inputs.extend(outputs);
+    // The coordinator's own check: where it would error the reduce unit
+    // (a unit wrote a file named stdout), so does this run.
+    if let Err(problem) =
+        cobble_core::manifest::check_input_names(inputs.iter().map(|(n, _)| n.as_str()))
+    {
+        println!("no reduce step: the units' outputs cannot all be its inputs: {problem}");
+        return Ok(false);
+    }
     if runs < total {
         println!(
             "the reduce step reads the outputs of these {runs} units; submitted, it reads all {total}"

@@ -498,9 +498,26 @@ fn cobble_run_local_runs_the_first_units_and_the_reduce_step_and_shows_a_traceba
     let (passed, text) = run_local(&["--python-runtime".as_ref(), spec.as_os_str()]);
     assert!(!passed && text.contains("not the pinned"), "{text}");
 
-    // A script that raises: its traceback, verbatim, and no reduce step.
+    // A unit that writes a file named stdout: as on the coordinator, no
+    // reduce step, with the reason.
     let script = job_dir.join("sir.py");
     let source = std::fs::read_to_string(&script).expect("read");
+    std::fs::write(
+        &script,
+        source.replace(
+            "    start, end = int(",
+            "    open('/output/stdout', 'w').write('mine')\n    start, end = int(",
+        ),
+    )
+    .expect("write");
+    let (passed, text) = run_local(&[]);
+    assert!(!passed, "{text}");
+    assert!(
+        text.contains("no reduce step") && text.contains("two inputs are named \"0/stdout\""),
+        "{text}"
+    );
+
+    // A script that raises: its traceback, verbatim, and no reduce step.
     std::fs::write(
         &script,
         source.replace("    start, end = int(", "    1 / 0\n    start, end = int("),
